@@ -1,0 +1,254 @@
+"""The Google Cloud Storage adapter: GCS and fake-gcs-server through google-cloud-storage.
+
+Owns: building `storage.Client`s from a matched `GcsCredentials` entry, and the table that
+turns google-api-core / google-auth errors into clearmount's `StoreError`s. The only
+importer of google.*. Blocking and thread-safe, as `ObjectStore` requires.
+
+Credentials, in order: the entry's `credentials_json` (a file path or the JSON itself, any
+type google-auth loads: service account, authorized user, external account); without it,
+anonymous when `STORAGE_EMULATOR_HOST` points at an emulator; else application-default
+credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, the metadata server); else anonymous,
+with a warning, which still reads public buckets. A version is the object's generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import google.auth
+import google.auth.exceptions
+import requests.exceptions
+from google.api_core import exceptions as api_exceptions
+from google.auth.credentials import AnonymousCredentials, Credentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.config import Config, GcsCredentials
+from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
+from clearmount.urls import StorageURL, match_gcs
+
+log = logging.getLogger(__name__)
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
+# Bounded SDK retries (its default keeps retrying for 120 s): clearmount.transfer retries with
+# its own deadlines on top, so an unreachable server must surface as `Unavailable` quickly.
+_RETRY = DEFAULT_RETRY.with_delay(initial=0.5, multiplier=2.0, maximum=4.0).with_timeout(8.0)
+_TIMEOUT = (10.0, 60.0)  # seconds: connect, then between bytes of a response
+# The smallest ranged GET of `read_range`: one request per caller chunk would pay a round
+# trip per MiB. Memory stays bounded by max(chunk_size, _MIN_GET) per stream.
+_MIN_GET = 4 << 20
+
+# One client per (credentials, project, emulator): it holds the authorized session and pool.
+_clients: dict[tuple[str | None, str | None, str | None], storage.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _load_credentials(entry: GcsCredentials) -> tuple[Credentials | None, str | None]:
+    """The credentials and project of `entry`'s credentials_json, or (None, None)."""
+    value = (entry.credentials_json or "").strip()
+    if not value:
+        return None, None
+    try:
+        if value.startswith("{"):
+            info = json.loads(value)
+            loaded = google.auth.load_credentials_from_dict(info, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+        else:
+            path = os.path.expanduser(value)
+            loaded = google.auth.load_credentials_from_file(path, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+    except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+        # ClearML falls back to the default credentials too; the value may be a secret, so
+        # only the kind of failure is logged.
+        log.warning(
+            "%s: credentials_json is neither a readable credentials file nor credentials JSON "
+            "(%s); using the default credentials",
+            entry.source,
+            type(exc).__name__,
+        )
+        return None, None
+    credentials, project = loaded
+    return credentials, project
+
+
+def _anonymous() -> Credentials:
+    return AnonymousCredentials()  # type: ignore[no-untyped-call]
+
+
+def _credentials(entry: GcsCredentials) -> tuple[Credentials, str | None]:
+    credentials, project = _load_credentials(entry)
+    if credentials is not None:
+        return credentials, project
+    if os.environ.get(EMULATOR_ENV):
+        return _anonymous(), None
+    try:
+        credentials, project = google.auth.default(scopes=_SCOPES)
+    except google.auth.exceptions.DefaultCredentialsError:
+        log.warning(
+            "%s: no credentials_json and no application-default credentials; "
+            "reading Google Cloud Storage anonymously (public buckets only)",
+            entry.source,
+        )
+        return _anonymous(), None
+    return credentials, project
+
+
+def _client(entry: GcsCredentials) -> storage.Client:
+    emulator = os.environ.get(EMULATOR_ENV) or None
+    cache_key = (entry.credentials_json, entry.project, emulator)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is not None:
+            return client
+        credentials, project = _credentials(entry)
+        client = storage.Client(project=entry.project or project, credentials=credentials)
+        _clients[cache_key] = client
+        return client
+
+
+def translate(exc: BaseException, url: str, entry: str) -> StoreError:
+    """The `StoreError` for a google-api-core/google-auth/requests exception."""
+    if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
+        return translate(exc.cause, url, entry)
+    if isinstance(exc, api_exceptions.NotFound):
+        return NotFound("no such object or bucket", url, entry)
+    if isinstance(exc, (api_exceptions.Forbidden, api_exceptions.Unauthorized)):
+        return AccessDenied(f"access denied ({exc.code})", url, entry)
+    if isinstance(exc, api_exceptions.PreconditionFailed):
+        return Stale("object changed while being read", url, entry)
+    if isinstance(exc, api_exceptions.GoogleAPICallError):
+        return Unavailable(f"server error {exc.code}", url, entry)
+    if isinstance(
+        exc, (google.auth.exceptions.RefreshError, google.auth.exceptions.DefaultCredentialsError)
+    ):
+        # Token refresh refused (revoked key, wrong audience): a credentials problem.
+        return AccessDenied(f"credentials rejected: {type(exc).__name__}", url, entry)
+    if isinstance(
+        exc, (requests.exceptions.RequestException, google.auth.exceptions.TransportError)
+    ):
+        return Unavailable(f"cannot reach the server: {type(exc).__name__}", url, entry)
+    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+
+
+@contextlib.contextmanager
+def _translated(url: str, entry: str) -> Iterator[None]:
+    """Turn whatever the SDK raises inside the block into the `StoreError` for it."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
+        raise translate(exc, url, entry) from None
+
+
+def _info(blob: Any) -> ObjectInfo:
+    return ObjectInfo(
+        key=blob.name,
+        size=int(blob.size or 0),
+        version=str(blob.generation),
+        mtime=blob.updated.timestamp() if blob.updated is not None else 0.0,
+    )
+
+
+class GcsStore(ObjectStore):
+    """One bucket."""
+
+    def __init__(self, url: StorageURL, entry: GcsCredentials) -> None:
+        self.base_url = url.base_url
+        self.entry = entry.source
+        self._client = _client(entry)
+        self._bucket = self._client.bucket(url.bucket)
+
+    def _url(self, key: str) -> str:
+        return f"{self.base_url}/{key}" if key else self.base_url
+
+    def exists(self) -> bool:
+        with _translated(self.base_url, self.entry):
+            return bool(self._bucket.exists(timeout=_TIMEOUT, retry=_RETRY))
+
+    def head(self, key: str) -> ObjectInfo:
+        with _translated(self._url(key), self.entry):
+            blob = self._bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+        if blob is None:
+            raise NotFound("no such object", self._url(key), self.entry)
+        return _info(blob)
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
+        with _translated(self._url(prefix), self.entry):
+            iterator = self._client.list_blobs(
+                self._bucket,
+                prefix=prefix or None,
+                delimiter="/",
+                page_token=token or None,
+                max_results=limit,
+                timeout=_TIMEOUT,
+                retry=_RETRY,
+            )
+            page = next(iterator.pages, None)
+            objects = tuple(_info(blob) for blob in page) if page is not None else ()
+            # Set by the SDK when a page starts: this page's prefixes, in server order.
+            prefixes = tuple(getattr(page, "prefixes", ()))
+            next_token = iterator.next_page_token or None
+        return ListPage(objects, prefixes, next_token)
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        if end <= start:
+            return
+        url = self._url(key)
+        try:
+            generation = int(version)
+        except ValueError:
+            raise Stale(f"not a generation: {version!r}", url, self.entry) from None
+        # Pinned twice: `ifGenerationMatch` makes GCS answer 412 once the live object is another
+        # generation; `generation` makes servers that ignore preconditions on media GETs
+        # (fake-gcs-server) answer 404 for a generation that is gone, resolved below.
+        blob = self._bucket.blob(key, generation=generation)
+        get_size = max(chunk_size, _MIN_GET)
+        offset = start
+        while offset < end:
+            stop = min(offset + get_size, end)
+            try:
+                with _translated(url, self.entry):
+                    # Every GET is pinned, so a replaced object raises Stale wherever the stream
+                    # is. raw_download: the stored bytes, which `size` counts.
+                    data = blob.download_as_bytes(
+                        start=offset,
+                        end=stop - 1,
+                        raw_download=True,
+                        checksum=None,
+                        if_generation_match=generation,
+                        timeout=_TIMEOUT,
+                        retry=_RETRY,
+                    )
+            except NotFound as error:
+                raise self._gone(key, version, error) from None
+            if len(data) != stop - offset:
+                raise Unavailable(
+                    f"short read: {len(data)} of {stop - offset} bytes at {offset}", url, self.entry
+                )
+            offset = stop
+            for at in range(0, len(data), chunk_size):
+                yield data[at : at + chunk_size]
+
+    def _gone(self, key: str, version: str, error: NotFound) -> StoreError:
+        """Why generation `version` of `key` is not found: `Stale` if another one is live."""
+        try:
+            self.head(key)
+        except NotFound:
+            return error
+        except StoreError as other:
+            return other
+        return Stale(f"generation {version} is no longer live", error.url, self.entry)
+
+
+def open_store(url: StorageURL, config: Config) -> GcsStore:
+    """The store for the bucket of `url`, with the matching credentials[] entry or defaults."""
+    return GcsStore(url, match_gcs(config.gcs, url))

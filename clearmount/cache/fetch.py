@@ -1,0 +1,293 @@
+"""Fetching objects into the cache while readers read them.
+
+Owns: `Fetcher`, the single-flight table (one `Fetch` per URL and object version, however
+many opens), and `Fetch`, which streams an object into its `.partially` file with parallel
+ranged GETs, tells waiting readers when their bytes are on disk, then verifies the size and
+renames the file into place. A reader never waits for more than the bytes it asked for.
+
+Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
+own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
+that file. Progress comes back to the trio loop through `trio.from_thread.run_sync`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache.index import CacheIndex
+from clearmount.cache.layout import CacheLayout
+from clearmount.errors import CacheError, ClearmountError, Unavailable
+from clearmount.transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+# A part cut mid-body (connection reset, server restart) is resumed from the last byte
+# received this many times before the fetch fails; botocore already retried the request.
+_RESUMES_PER_PART = 2
+
+
+class _Aborted(Exception):
+    """Raised inside a worker thread when its fetch no longer wants bytes."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an open file reads from: a descriptor, and the fetch still filling it (if any)."""
+
+    fd: int
+    fetch: Fetch | None
+
+
+class Fetch:
+    def __init__(
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        final: Path,
+        partial: Path,
+        part_size: int,
+        parallel: int,
+    ) -> None:
+        self.url = url
+        self.store = store
+        self.info = info
+        self.final = final
+        self.partial = partial
+        self.part_size = part_size
+        parts = -(-info.size // part_size)
+        self.parallel = max(1, min(parallel, parts))
+        # fronts[i]: the end of the bytes already on disk in part i (written from its start)
+        self.fronts = [i * part_size for i in range(parts)]
+        self._pending = collections.deque(range(parts))
+        self._changed = trio.Event()
+        self.error: ClearmountError | None = None
+        self.complete = False
+        self.aborted = False
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(front - i * self.part_size for i, front in enumerate(self.fronts))
+
+    def has(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are on disk."""
+        if self.complete:
+            return True
+        end = min(end, self.info.size)
+        if start >= end:
+            return True
+        for i in range(start // self.part_size, (end - 1) // self.part_size + 1):
+            if self.fronts[i] < min((i + 1) * self.part_size, end):
+                return False
+        return True
+
+    async def wait_for(self, start: int, end: int) -> None:
+        """Return once bytes [start, end) are on disk; raise the fetch's error if they never
+        will be."""
+        while not self.has(start, end):
+            if self.error is not None:
+                raise self.error
+            self._prioritize(start // self.part_size)
+            await self._changed.wait()
+
+    def _prioritize(self, part: int) -> None:
+        # A reader jumped ahead (torch.load reads a zip's directory at the end first): its
+        # part goes next instead of waiting behind every part before it.
+        if self._pending and self._pending[0] != part and part in self._pending:
+            self._pending.remove(part)
+            self._pending.appendleft(part)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def _advance(self, part: int, front: int) -> None:
+        if self.aborted:
+            raise _Aborted
+        self.fronts[part] = front
+        self._wake()
+
+    async def run(self, transfer: Transfer, index: CacheIndex) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.parallel):
+                    nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
+            if self.error is None:
+                self._install(index)
+        except (ClearmountError, OSError) as exc:
+            self._fail(exc)
+        except BaseException:
+            self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url))
+            raise
+        finally:
+            self._wake()
+
+    async def _worker(self, transfer: Transfer, siblings: trio.CancelScope) -> None:
+        try:
+            while self._pending and self.error is None:
+                part = self._pending.popleft()
+                await transfer.data(self._fetch_part, part)
+        except (ClearmountError, OSError, _Aborted) as exc:
+            if self.error is None:
+                self._fail(exc)
+            siblings.cancel()
+
+    def _fetch_part(self, part: int) -> None:
+        """Download one part into the partial file (runs in a worker thread)."""
+        position = part * self.part_size
+        end = min(position + self.part_size, self.info.size)
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for attempt in range(_RESUMES_PER_PART + 1):
+                try:
+                    chunks = self.store.read_range(self.info.key, self.info.version, position, end)
+                    for chunk in chunks:
+                        os.pwrite(fd, chunk, position)
+                        position += len(chunk)
+                        trio.from_thread.run_sync(self._advance, part, position)
+                    return
+                except Unavailable as exc:
+                    if attempt == _RESUMES_PER_PART or self.aborted:
+                        raise
+                    log.warning("resuming %s at byte %d after: %s", self.url, position, exc)
+        finally:
+            os.close(fd)
+
+    def _install(self, index: CacheIndex) -> None:
+        """Verify the finished partial file and rename it into place."""
+        size = self.partial.stat().st_size
+        if size != self.info.size:
+            raise CacheError(
+                f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
+            )
+        os.rename(self.partial, self.final)
+        index.put(self.final.name, self.url, self.info.version, self.info.size)
+        self.complete = True
+        log.debug("fetched %s (%d bytes)", self.url, self.info.size)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.aborted = True
+        if isinstance(exc, ClearmountError):
+            self.error = exc
+        elif isinstance(exc, OSError):
+            self.error = CacheError(f"cache write failed for {self.url}: {exc.strerror or exc}")
+        else:
+            self.error = Unavailable("fetch aborted", self.url)
+        log.error("fetch failed: %s", self.error)
+        try:
+            self.partial.unlink()
+        except OSError:
+            pass
+
+
+class Fetcher:
+    """Finds a cache file for an object version, or starts (or joins) the fetch filling it."""
+
+    def __init__(
+        self,
+        layout: CacheLayout,
+        index: CacheIndex,
+        transfer: Transfer,
+        part_size: int,
+        parallel: int,
+    ) -> None:
+        self.layout = layout
+        self.index = index
+        self.transfer = transfer
+        self.part_size = part_size
+        self.parallel = parallel
+        self.in_flight: dict[tuple[str, str], Fetch] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Fetches run in `nursery`, so they outlive the open() that started them."""
+        self._nursery = nursery
+
+    def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
+        """A readable descriptor for `url` at `info.version`: cached, in flight, or new.
+
+        Does not wait for data: the caller awaits `Source.fetch.wait_for` per read.
+        """
+        fetch = self.in_flight.get((url, info.version))
+        if fetch is not None:
+            return Source(self._open_read(fetch.partial), fetch)
+        final = self.layout.final_path(url)
+        cached = self._cached_fd(final, url, info)
+        if cached is not None:
+            return Source(cached, None)
+        return self._start(url, store, info, final, parallel)
+
+    def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot open cache file {final}: {exc.strerror}") from None
+        size = os.fstat(fd).st_size
+        entry = self.index.get(final.name)
+        if entry is None and size == info.size:
+            # Downloaded by the ClearML SDK (or a daemon without an index): same name, same
+            # size; adopt it under the version we see now.
+            self.index.put(final.name, url, info.version, info.size)
+        elif entry is None or entry.version != info.version or size != info.size:
+            os.close(fd)
+            return None
+        # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
+        try:
+            os.utime(final)
+        except OSError:
+            pass
+        return fd
+
+    def _start(
+        self, url: str, store: ObjectStore, info: ObjectInfo, final: Path, parallel: bool
+    ) -> Source:
+        if self._nursery is None:
+            raise RuntimeError("Fetcher.start() was not called")
+        try:
+            partial, lock_fd = self.layout.create_partial(final)
+        except OSError as exc:
+            raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        fetch = Fetch(
+            url, store, info, final, partial, self.part_size, self.parallel if parallel else 1
+        )
+        read_fd = self._open_read(partial)
+        self.in_flight[(url, info.version)] = fetch
+        self._nursery.start_soon(self._run, fetch, lock_fd)
+        return Source(read_fd, fetch)
+
+    async def _run(self, fetch: Fetch, lock_fd: int) -> None:
+        try:
+            await fetch.run(self.transfer, self.index)
+        finally:
+            self.in_flight.pop((fetch.url, fetch.info.version), None)
+            os.close(lock_fd)
+
+    @staticmethod
+    def _open_read(path: Path) -> int:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
+
+    def cached_bytes(self, url: str, version: str) -> int:
+        """How many bytes of this version are on local disk (for `user.clearmount.cached`)."""
+        fetch = self.in_flight.get((url, version))
+        if fetch is not None:
+            return fetch.bytes_done
+        final = self.layout.final_path(url)
+        entry = self.index.get(final.name)
+        if entry is None or entry.version != version:
+            return 0
+        try:
+            return final.stat().st_size
+        except OSError:
+            return 0

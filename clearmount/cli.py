@@ -1,0 +1,269 @@
+"""The command line: `clearmount MOUNTPOINT …` and the helper commands.
+
+Owns: argument parsing, exit codes, daemonizing, and printing. Each command loads the
+configuration once and hands typed values down; `UserError`s become one line on stderr and
+their exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from clearmount import __version__, urls
+from clearmount import config as config_module
+from clearmount.errors import UserError
+
+log = logging.getLogger("clearmount")
+
+EXIT_CODES = """exit codes:
+  0  mounted and ready (background), or unmounted cleanly (--foreground)
+  1  unexpected failure (see the log)
+  2  bad command line or -o option
+  3  configuration error (clearml.conf unparsable, ${VAR} unset, cache dir unusable)
+  4  mount point problem (missing, not a directory, not empty, already mounted)
+  5  FUSE could not mount (no /dev/fuse, fuse3 not installed, not permitted)"""
+
+MOUNT_HELP = """Mount every storage that clearml.conf configures under MOUNTPOINT, read-only.
+
+A path under the mount is the storage URL with "://" replaced by "/":
+  s3://bucket/key                 -> MOUNTPOINT/s3/bucket/key
+  s3://minio-host:9000/bucket/key -> MOUNTPOINT/s3/minio-host:9000/bucket/key
+  gs://bucket/key                 -> MOUNTPOINT/gs/bucket/key
+  azure://acct.blob.core.windows.net/container/key
+                                  -> MOUNTPOINT/azure/acct.blob.core.windows.net/container/key
+Files are fetched into the ClearML cache when opened and shared with the ClearML SDK.
+
+other commands:
+  clearmount config [--config FILE]   print the effective configuration (secrets masked)
+  clearmount path URL                 print the mount path of a storage URL
+  clearmount url PATH                 print the storage URL of a mount path
+"""
+
+OPTIONS_HELP = """mount options (-o, comma separated):
+  attr_timeout=S      seconds a file's metadata is trusted before asking the server (60)
+  dir_timeout=S       seconds a directory listing is reused (60)
+  negative_timeout=S  seconds "no such file" is remembered (5)
+  fetch_concurrency=N ranged GETs at once over all downloads (32)
+  metadata_concurrency=N  HEAD/LIST requests at once (32)
+  uid=N,gid=N         owner shown for every file (default: the user running clearmount)
+  allow_other         let other users read the mount (needs user_allow_other in /etc/fuse.conf)
+  allow_root          let root read the mount
+  nonempty            allow mounting over a non-empty directory
+  log_file=PATH       log file when running in the background
+                      (default: CACHE/clearmount/clearmount.log)
+"""
+
+
+def _mount_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clearmount",
+        description=MOUNT_HELP,
+        epilog=OPTIONS_HELP + "\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("mountpoint", type=Path, help="an existing, empty directory")
+    _add_config_arg(parser)
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="cache directory (default: CLEARML_CACHE_DIR, sdk.storage.cache.default_base_dir, "
+        "~/.clearml/cache)",
+    )
+    parser.add_argument(
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground and log to stderr (default: return once the mount is "
+        "ready and run in the background)",
+    )
+    parser.add_argument("-d", "--debug", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="mount options, see below",
+    )
+    parser.add_argument("--version", action="version", version=f"clearmount {__version__}")
+    return parser
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="clearml.conf to read (default: CLEARML_CONFIG_FILE, else ~/clearml.conf over "
+        "~/trains.conf)",
+    )
+
+
+def _load(path: Path | None) -> config_module.Config:
+    config = config_module.load(path)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+def _mount(argv: Sequence[str]) -> int:
+    args = _mount_parser().parse_args(argv)
+    from clearmount import daemon
+    from clearmount import log as logsetup
+    from clearmount.cache.layout import CacheLayout
+    from clearmount.options import parse_options
+
+    logsetup.setup(debug=args.debug)
+    options = parse_options(args.options)
+    config = _load(args.config)
+    cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
+    cache = CacheLayout(cache_root)
+    cache.prepare()
+    mountpoint = args.mountpoint.expanduser().absolute()
+    daemon.prepare_mountpoint(mountpoint, options.nonempty)
+    request = daemon.MountRequest(mountpoint, config, options, cache)
+    if args.foreground:
+        daemon.serve(request, on_ready=lambda: None)
+        return 0
+    log_file = options.log_file or str(cache.state_dir / "clearmount.log")
+    report = _daemonize()
+    logsetup.setup(debug=args.debug, path=log_file)
+    try:
+        daemon.serve(request, on_ready=lambda: report(0, f"mounted {mountpoint}"))
+    except UserError as exc:
+        log.error("%s", exc)
+        report(exc.exit_code, str(exc))
+        return exc.exit_code
+    return 0
+
+
+def _daemonize() -> Callable[[int, str], None]:
+    """Fork; the parent waits until the child reports ready (exit 0) or failed (its code)."""
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read().decode(errors="replace")
+        code, _, text = message.partition(":")
+        if not code:
+            print(
+                "clearmount: the daemon exited before the mount was ready (see its log)",
+                file=sys.stderr,
+            )
+            os._exit(1)
+        if code != "0":
+            print(f"clearmount: {text}", file=sys.stderr)
+        os._exit(int(code))
+    os.close(read_end)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+
+    def report(code: int, text: str) -> None:
+        try:
+            os.write(write_end, f"{code}:{text}".encode())
+            os.close(write_end)
+        except OSError:
+            return
+        # Nobody reads our terminal any more: logs go to the log file from here on.
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+
+    return report
+
+
+def _config_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clearmount config",
+        description="Print the effective configuration (secrets masked) and which credentials "
+        "entry each configured bucket, host and container resolves to.",
+    )
+    _add_config_arg(parser)
+    args = parser.parse_args(argv)
+    from clearmount import log as logsetup
+
+    logsetup.setup()
+    config = _load(args.config)
+    print(config_module.describe(config))
+    return 0
+
+
+def _mounted_clearmounts() -> list[Path]:
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as table:
+            for line in table:
+                fields, _, tail = line.partition(" - ")
+                if tail.split(" ", 1)[0] == "fuse.clearmount":
+                    mounts.append(Path(fields.split(" ")[4].replace("\\040", " ")))
+    except OSError:
+        pass
+    return mounts
+
+
+def _path_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clearmount path", description="Print where a storage URL appears in the mount."
+    )
+    parser.add_argument("url", help="e.g. s3://bucket/key or s3://host:9000/bucket/key")
+    parser.add_argument(
+        "--mountpoint",
+        type=Path,
+        help="the mount point (default: the one clearmount mount, else a relative path)",
+    )
+    _add_config_arg(parser)
+    args = parser.parse_args(argv)
+    s3 = config_module.load(args.config).s3 if args.config else None
+    try:
+        relative = urls.url_to_path(args.url, s3)
+    except ValueError as exc:
+        raise UserError(f"not a storage URL: {args.url} ({exc})", 2) from None
+    mountpoint = args.mountpoint
+    if mountpoint is None:
+        mounts = _mounted_clearmounts()
+        mountpoint = mounts[0] if len(mounts) == 1 else None
+    print(os.path.join(mountpoint, relative) if mountpoint else relative)
+    return 0
+
+
+def _url_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clearmount url", description="Print the storage URL of a path in the mount."
+    )
+    parser.add_argument("path", help="a path under a clearmount mount, or relative (s3/bucket/k)")
+    args = parser.parse_args(argv)
+    path = os.path.abspath(args.path)
+    relative = args.path
+    for mountpoint in _mounted_clearmounts():
+        if path.startswith(str(mountpoint).rstrip("/") + "/"):
+            relative = path[len(str(mountpoint).rstrip("/")) + 1 :]
+            break
+    try:
+        print(urls.path_to_url(relative))
+    except ValueError:
+        raise UserError(f"{args.path} is not a path under a clearmount mount", 2) from None
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "config": _config_command,
+    "path": _path_command,
+    "url": _url_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
+    try:
+        code = command(argv[1:]) if command else _mount(argv)
+    except UserError as exc:
+        print(f"clearmount: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

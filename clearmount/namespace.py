@@ -1,0 +1,419 @@
+"""The tree the mount shows: inodes, lookups, listings and their time-to-live.
+
+Owns: inode numbers and lookup counts (`forget`), what each mount path is (the root, the
+scheme/host/account levels named by the config, directories and files inside a bucket), the
+attribute/listing/negative caches and their TTLs, and the rules for keys that cannot be
+shown. Never touches cache files; talks to stores only through `Transfer`.
+
+A file inode stands for one object *version*: when the object changes, the next lookup
+yields a new inode, so the kernel page cache (kept across opens) never mixes two versions.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from clearmount import backends, urls
+from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.config import Config
+from clearmount.errors import NotFound, Stale, StoreError
+from clearmount.options import MountOptions
+from clearmount.transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+_NAME_MAX = 255
+# Listing entries remembered per mount beyond which expired ones are swept.
+_ENTRY_SWEEP_AT = 200_000
+
+
+class Kind(enum.Enum):
+    ROOT = "root"
+    VIRTUAL = "virtual"  # a scheme, host or account level: its names come from the config
+    DIR = "dir"  # a bucket root or a prefix inside a bucket
+    FILE = "file"
+
+
+@dataclass(eq=False)
+class Node:
+    inode: int
+    parts: tuple[str, ...]  # mount path components below the mount point
+    kind: Kind
+    info: ObjectInfo | None = None  # FILE: the version this inode stands for
+    validated_at: float = 0.0
+    lookups: int = 0
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.parts)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry as a listing saw it."""
+
+    parts: tuple[str, ...]
+    kind: Kind
+    info: ObjectInfo | None
+
+
+@dataclass
+class _Known:
+    """What the daemon last heard of one path: a file version, a directory, or nothing."""
+
+    kind: Kind | None  # None: it does not exist
+    info: ObjectInfo | None
+    at: float
+
+
+@dataclass
+class _Listing:
+    names: dict[str, _Known]
+    at: float
+    skipped: list[str] = field(default_factory=list)
+
+
+def showable(name: str) -> bool:
+    """Whether a listing name can be a directory entry at all."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode()) <= _NAME_MAX
+    )
+
+
+class Namespace:
+    def __init__(self, config: Config, options: MountOptions, transfer: Transfer) -> None:
+        self.config = config
+        self.options = options
+        self.transfer = transfer
+        self.started = time.time()
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[tuple[object, ...], int] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._known: dict[tuple[str, ...], _Known] = {}
+        self._listings: dict[tuple[str, ...], _Listing] = {}
+        self.root = Node(ROOT_INODE, (), Kind.ROOT)
+        self._nodes[ROOT_INODE] = self.root
+
+    # ----- inodes ---------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Node:
+        node = self._nodes.get(inode)
+        if node is None:
+            raise NotFound(f"unknown inode {inode}")
+        return node
+
+    def _node(self, parts: tuple[str, ...], kind: Kind, info: ObjectInfo | None) -> Node:
+        key: tuple[object, ...] = (parts, info.version) if info is not None else (parts,)
+        inode = self._by_key.get(key)
+        if inode is not None:
+            node = self._nodes[inode]
+            node.validated_at = time.monotonic()
+            return node
+        inode = self._next_inode
+        self._next_inode += 1
+        node = Node(inode, parts, kind, info, time.monotonic())
+        self._nodes[inode] = node
+        self._by_key[key] = inode
+        return node
+
+    def _parent(self, node: Node) -> Node | None:
+        if len(node.parts) <= 1:
+            return self.root
+        inode = self._by_key.get((node.parts[:-1],))
+        return self._nodes[inode] if inode is not None else None
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self._nodes.get(inode)
+        if node is None or node.kind is Kind.ROOT:
+            return
+        node.lookups -= count
+        if node.lookups <= 0:
+            self.drop_if_unused(node)
+
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    def drop_if_unused(self, node: Node) -> None:
+        """Forget a node the kernel holds no reference to (none left, or none ever given)."""
+        if node.lookups > 0 or node.kind is Kind.ROOT or self._nodes.get(node.inode) is not node:
+            return
+        del self._nodes[node.inode]
+        key: tuple[object, ...] = (
+            (node.parts, node.info.version) if node.info is not None else (node.parts,)
+        )
+        self._by_key.pop(key, None)
+
+    # ----- where a path lives ---------------------------------------------------------------
+
+    def container_depth(self, parts: tuple[str, ...]) -> int:
+        """How many leading components name the bucket/container root of `parts`."""
+        scheme = parts[0]
+        if scheme == "s3":
+            return 3 if len(parts) > 1 and self._is_s3_host(parts[1]) else 2
+        if scheme == "azure":
+            return 3
+        return 2
+
+    def _is_s3_host(self, name: str) -> bool:
+        if ":" in name:
+            return True
+        return any(entry.host.lower() == name.lower() for entry in self.config.s3.credentials)
+
+    def url_of(self, parts: tuple[str, ...]) -> urls.StorageURL:
+        return urls.parse_url(urls.path_to_url("/".join(parts)), self.config.s3)
+
+    def url_string(self, node: Node) -> str:
+        """The URL ClearML records for this node (what the cache file name hashes)."""
+        return str(self.url_of(node.parts)) if node.parts else ""
+
+    def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
+        """The store holding `parts` and the key (or prefix) inside it."""
+        depth = self.container_depth(parts)
+        store = backends.open_store(self.url_of(parts[:depth]), self.config)
+        return store, "/".join(parts[depth:])
+
+    # ----- lookups --------------------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        """The child `name` of `parent`, or None when there is none."""
+        if name == ".":
+            return parent
+        if name == "..":
+            return self._parent(parent)
+        if not showable(name) or parent.kind is Kind.FILE:
+            return None
+        parts = (*parent.parts, name)
+        known = self._fresh(parts)
+        if known is None:
+            listing = self._listings.get(parent.parts)
+            if parent.kind in (Kind.ROOT, Kind.VIRTUAL):
+                # These levels list what the config names; others are still found by name.
+                known = await self._probe_virtual(parent, name)
+            elif listing is not None and self._age(listing.at) < self.options.negative_timeout:
+                # A listing proves absence only briefly: a new object must not stay
+                # invisible for a whole listing TTL to a job just handed its URL.
+                known = listing.names.get(name) or _Known(None, None, listing.at)
+            else:
+                known = await self._probe(parts)
+            self._remember(parts, known)
+        if known.kind is None:
+            return None
+        return self._node(parts, known.kind, known.info)
+
+    def _fresh(self, parts: tuple[str, ...]) -> _Known | None:
+        known = self._known.get(parts)
+        if known is None:
+            return None
+        ttl = self.options.attr_timeout if known.kind else self.options.negative_timeout
+        return known if time.monotonic() - known.at < ttl else None
+
+    def _listing_fresh(self, listing: _Listing) -> bool:
+        return self._age(listing.at) < self.options.dir_timeout
+
+    @staticmethod
+    def _age(moment: float) -> float:
+        return time.monotonic() - moment
+
+    def _remember(self, parts: tuple[str, ...], known: _Known) -> None:
+        if len(self._known) >= _ENTRY_SWEEP_AT:
+            horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
+            self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
+        self._known[parts] = known
+
+    async def _probe(self, parts: tuple[str, ...]) -> _Known:
+        """Ask the server whether `parts` is a file, a directory, or nothing.
+
+        HEAD and a one-key listing run together: a key `a` beside keys `a/...` shows as the
+        directory (as listings do), and neither answer waits for the other.
+        """
+        store, key = self.store_for(parts)
+        found: dict[str, object] = {}
+        failures: list[StoreError] = []
+
+        async def head() -> None:
+            try:
+                found["file"] = await self.transfer.metadata(store.head, key)
+            except NotFound:
+                pass
+            except StoreError as exc:
+                failures.append(exc)
+
+        async def children() -> None:
+            try:
+                page = await self.transfer.metadata(store.list_page, key + "/", None, 1)
+            except StoreError as exc:
+                failures.append(exc)
+            else:
+                found["dir"] = bool(page.objects or page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head)
+            nursery.start_soon(children)
+        if failures:
+            raise failures[0]
+        now = time.monotonic()
+        if found.get("dir"):
+            if "file" in found:
+                log.warning("skipping object %s: a directory of the same name exists", key)
+            return _Known(Kind.DIR, None, now)
+        info = found.get("file")
+        if isinstance(info, ObjectInfo):
+            return _Known(Kind.FILE, info, now)
+        return _Known(None, None, now)
+
+    async def _probe_virtual(self, parent: Node, name: str) -> _Known:
+        parts = (*parent.parts, name)
+        now = time.monotonic()
+        if parent.kind is Kind.ROOT:
+            return _Known(Kind.VIRTUAL if name in self.schemes() else None, None, now)
+        scheme = parts[0]
+        is_host_level = (scheme == "s3" and len(parts) == 2 and self._is_s3_host(name)) or (
+            scheme == "azure" and len(parts) == 2
+        )
+        if is_host_level:
+            return _Known(Kind.VIRTUAL, None, now)
+        store, _ = self.store_for(parts)
+        exists = await self.transfer.metadata(store.exists)
+        return _Known(Kind.DIR if exists else None, None, now)
+
+    async def revalidate(self, node: Node) -> None:
+        """Before an open: make sure the file still is the version its inode stands for.
+
+        Raises `Stale` when the object changed, which the kernel answers by looking the name
+        up again (and so opening the new version's inode); `NotFound` when it is gone.
+        """
+        if node.info is None or time.monotonic() - node.validated_at < self.options.attr_timeout:
+            return
+        store, key = self.store_for(node.parts)
+        try:
+            info = await self.transfer.metadata(store.head, key)
+        except NotFound:
+            self._remember(node.parts, _Known(None, None, time.monotonic()))
+            raise
+        self._remember(node.parts, _Known(Kind.FILE, info, time.monotonic()))
+        if info.version != node.info.version or info.size != node.info.size:
+            self._listings.pop(node.parts[:-1], None)
+            raise Stale("object changed since it was looked up", self.url_string(node))
+        node.validated_at = time.monotonic()
+
+    # ----- listings -------------------------------------------------------------------------
+
+    def schemes(self) -> list[str]:
+        names = ["s3"]
+        if (
+            self.config.gcs.credentials
+            or self.config.gcs.defaults.project
+            or os.environ.get("STORAGE_EMULATOR_HOST")
+        ):
+            names.append("gs")
+        if self.config.azure.containers:
+            names.append("azure")
+        return names
+
+    async def listdir(self, node: Node) -> list[tuple[str, Entry]]:
+        """The entries of a directory; `child` turns one into a node when it is handed out."""
+        listing = self._listings.get(node.parts)
+        if listing is None or not self._listing_fresh(listing):
+            if node.kind in (Kind.ROOT, Kind.VIRTUAL):
+                listing = await self._list_virtual(node)
+            else:
+                listing = await self._list_prefix(node.parts)
+            self._listings[node.parts] = listing
+            for name, known in listing.names.items():
+                self._remember((*node.parts, name), known)
+        return [
+            (name, Entry((*node.parts, name), known.kind, known.info))
+            for name, known in listing.names.items()
+            if known.kind is not None
+        ]
+
+    def child(self, entry: Entry) -> Node:
+        """The node of a listed entry (lookup count untouched; see `drop_if_unused`)."""
+        return self._node(entry.parts, entry.kind, entry.info)
+
+    async def _list_virtual(self, node: Node) -> _Listing:
+        now = time.monotonic()
+        parts = node.parts
+        s3, az, gcs = self.config.s3, self.config.azure, self.config.gcs
+        dirs: list[str] = []
+        virtual: list[str] = []
+        if not parts:
+            virtual = self.schemes()
+        elif parts == ("s3",):
+            for name in urls.s3_roots(s3):
+                (virtual if self._is_s3_host(name) else dirs).append(name)
+        elif parts[0] == "s3":
+            dirs = list(urls.s3_host_buckets(s3, parts[1]))
+            if not dirs or any(e.host == parts[1] and not e.bucket for e in s3.credentials):
+                dirs += await self._containers(parts)
+        elif parts == ("gs",):
+            dirs = list(urls.gcs_roots(gcs))
+        elif parts == ("azure",):
+            virtual = list(urls.azure_roots(az))
+        elif parts[0] == "azure":
+            dirs = list(urls.azure_account_containers(az, parts[1]))
+            if not dirs or any(not c.container_name for c in az.containers):
+                dirs += await self._containers(parts)
+        names = {name: _Known(Kind.VIRTUAL, None, now) for name in virtual}
+        names.update({name: _Known(Kind.DIR, None, now) for name in dirs if showable(name)})
+        return _Listing(dict(sorted(names.items())), now)
+
+    async def _containers(self, parts: tuple[str, ...]) -> list[str]:
+        url = urls.parse_url(urls.path_to_url("/".join(parts) + "/x"), self.config.s3)
+        try:
+            return await self.transfer.metadata(backends.list_containers, url, self.config)
+        except StoreError as exc:
+            log.warning("cannot list buckets under %s: %s", "/".join(parts), exc)
+            return []
+
+    async def _list_prefix(self, parts: tuple[str, ...]) -> _Listing:
+        store, key = self.store_for(parts)
+        prefix = key + "/" if key else ""
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        skipped: list[str] = []
+        token: str | None = None
+        while True:
+            page = await self.transfer.metadata(store.list_page, prefix, token)
+            for info in page.objects:
+                name = info.key[len(prefix) :]
+                if name == "":
+                    continue  # the "directory marker" object of this prefix itself
+                if showable(name):
+                    files[name] = info
+                else:
+                    skipped.append(info.key)
+            for child in page.prefixes:
+                name = child[len(prefix) :].removesuffix("/")
+                if showable(name):
+                    dirs.add(name)
+                else:
+                    skipped.append(child)
+            token = page.next_token
+            if token is None:
+                break
+        for name in dirs & files.keys():
+            skipped.append(files.pop(name).key)
+        if skipped:
+            log.warning(
+                "skipped %d key(s) under %s that cannot be shown as files (e.g. %r)",
+                len(skipped),
+                store.base_url + "/" + prefix,
+                skipped[0],
+            )
+        now = time.monotonic()
+        names = {name: _Known(Kind.DIR, None, now) for name in dirs}
+        names.update({name: _Known(Kind.FILE, info, now) for name, info in files.items()})
+        return _Listing(dict(sorted(names.items())), now, skipped)

@@ -1,0 +1,309 @@
+"""The read path through a real mount: SeaweedFS on 127.0.0.1 behind the counting proxy.
+
+What a user relies on: the bytes read equal the bytes stored, listings are complete, one
+fetch serves every concurrent reader, cached files are reused (ours and the SDK's), changed
+objects are seen after the TTL while old readers keep their bytes, and errors are the
+documented errno with a log line that names the URL.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import MountFactory
+from proxy import Proxy
+from servers import S3Server, poll_until, s3_conf, unique_name
+
+MIB = 1 << 20
+PART = 8 * MIB  # ClearML's default multipart_chunksize
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_file(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    return s3_server.make_bucket()
+
+
+@pytest.fixture(scope="module")
+def big_object(s3_server: S3Server, bucket: str) -> tuple[str, bytes]:
+    """A 300 MiB object, uploaded once per module (multipart, as ClearML uploads)."""
+    data = os.urandom(300 * MIB)
+    key = "checkpoints/big.bin"
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=data)
+    return key, data
+
+
+def test_bytes_equal_for_small_odd_and_large_objects(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, big_object
+) -> None:
+    objects = {
+        "sizes/zero": b"",
+        "sizes/one": b"x",
+        "odd names/with space.txt": b"space",
+        "odd names/ünïcødé ✓.txt": b"unicode",
+        "odd names/plus+sign.txt": b"plus",
+        "odd names/per%25cent%.txt": b"percent",
+    }
+    for key, data in objects.items():
+        s3_server.put(bucket, key, data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    for key, data in objects.items():
+        path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+        assert read_file(path) == data, key
+        assert path.stat().st_size == len(data)
+
+    key, data = big_object
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    assert path.stat().st_size == len(data)
+    # random offsets first, while the fetch runs: each read waits only for its own bytes
+    rng = random.Random(7)
+    with open(path, "rb") as f:
+        for _ in range(200):
+            offset = rng.randrange(len(data))
+            length = rng.choice([1, 4096, 131072, MIB + 17])
+            f.seek(offset)
+            assert f.read(length) == data[offset : offset + length], offset
+        f.seek(len(data) - 1)
+        assert f.read(10) == data[-1:]
+    assert sha256(read_file(path)) == sha256(data)
+    # parallel ranged GETs, each byte fetched once
+    gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
+    assert len(gets) == -(-len(data) // PART)
+    assert all(g.ranged for g in gets)
+
+
+def test_listing_is_complete_paginated_and_nested(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    client = s3_server.client()
+    names = [f"f{i:05d}.txt" for i in range(10_000)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda n: client.put_object(Bucket=bucket, Key=f"many/{n}", Body=b"1"), names))
+    s3_server.put(bucket, "a/b/c/deep.txt", b"deep")
+    s3_server.put(bucket, "a/top.txt", b"top")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    assert sorted(os.listdir(root / "many")) == names
+    assert s3_proxy.count("GET", f"/{bucket}") >= 10  # it took every page
+    assert sorted(os.listdir(root)) == ["a", "many"]
+    assert sorted(os.listdir(root / "a")) == ["b", "top.txt"]
+    assert (root / "a" / "b").is_dir() and (root / "a" / "b" / "c").is_dir()
+    assert read_file(root / "a/b/c/deep.txt") == b"deep"
+    # ls -l: attributes come with the listing (readdirplus), no request per file
+    s3_proxy.reset()
+    sizes = [entry.stat().st_size for entry in os.scandir(root / "many")]
+    assert sizes == [1] * 10_000
+    assert s3_proxy.count("HEAD") == 0
+
+
+def test_buckets_configured_listed_and_unlisted_found_by_name(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    listed = s3_server.make_bucket()
+    unlisted = s3_server.make_bucket()
+    s3_server.put(unlisted, "hello.txt", b"hello")
+    admin = s3_server.admin
+    conf = s3_conf(
+        s3_proxy,
+        {"bucket": listed, "key": admin.key, "secret": admin.secret},
+        s3_extra=f'key: "{admin.key}", secret: "{admin.secret}", secure: false',
+    )
+    mount = mounted(conf)
+    host_dir = mount / f"s3/{s3_proxy.endpoint}"
+    assert os.listdir(host_dir) == [listed]
+    assert read_file(host_dir / unlisted / "hello.txt") == b"hello"
+    assert not (host_dir / "no-such-bucket-here").exists()
+
+
+def test_missing_key_is_enoent_and_writes_are_erofs(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    s3_server.put(bucket, "ro/file.txt", b"data")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    base = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/ro")
+    with pytest.raises(FileNotFoundError):
+        read_file(base / "missing.txt")
+    for command in (
+        ["touch", str(base / "new.txt")],
+        ["mkdir", str(base / "newdir")],
+        ["rm", "-f", str(base / "file.txt")],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode != 0 and "Read-only file system" in result.stderr, command
+    with pytest.raises(OSError) as raised:
+        open(base / "file.txt", "r+b")
+    assert raised.value.errno == errno.EROFS
+    assert read_file(base / "file.txt") == b"data"
+    assert os.statvfs(mount.path).f_namemax == 255
+
+
+def test_credentials_matched_per_bucket_and_wrong_secret_is_eacces(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    admin, second = s3_server.admin, s3_server.second
+    own = s3_server.make_bucket(second=True)  # only `second` may use it (admin too)
+    forbidden = s3_server.make_bucket()  # `second` may not read it
+    wrong = s3_server.make_bucket("data")
+    near = s3_server.make_bucket("data-large")  # must not match the entry for "data"
+    for b in (own, forbidden, wrong, near):
+        s3_server.put(b, "x.txt", b"x of " + b.encode())
+    conf = s3_conf(
+        s3_proxy,
+        {"bucket": own, "key": second.key, "secret": second.secret},
+        {"bucket": forbidden, "key": second.key, "secret": second.secret},
+        {"bucket": "data", "key": admin.key, "secret": "not-the-secret"},
+        admin,  # host entry: everything else
+    )
+    mount = mounted(conf)
+    host = mount / f"s3/{s3_proxy.endpoint}"
+    assert read_file(host / own / "x.txt") == b"x of " + own.encode()
+    assert read_file(host / near / "x.txt") == b"x of data-large"
+    for denied in (forbidden, wrong):
+        with pytest.raises(OSError) as raised:
+            read_file(host / denied / "x.txt")
+        assert raised.value.errno == errno.EACCES, denied
+    log = mount.log_text()
+    assert f"s3://{s3_proxy.endpoint}/data" in log and "credentials[2]" in log
+    # the mount survived and still serves
+    assert read_file(host / own / "x.txt").startswith(b"x of")
+    keys_used = {r.headers.get("authorization", "").split("Credential=")[-1][:20] for r in s3_proxy.requests(path=f"/{own}/x.txt")}
+    assert all(k.startswith(second.key[:20]) for k in keys_used if k)
+
+
+def test_one_fetch_for_concurrent_readers_and_cache_reuse(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    data = os.urandom(3 * MIB)
+    key = unique_name("shared") + ".bin"
+    s3_server.put(bucket, key, data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    readers = [
+        subprocess.Popen(["sha256sum", str(path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    sums = {proc.communicate(timeout=60)[0].split()[0] for proc in readers}
+    assert sums == {sha256(data)}
+    assert s3_proxy.count("GET", f"/{bucket}/{key}") == 1
+    assert read_file(path) == data
+    assert s3_proxy.count("GET", f"/{bucket}/{key}") == 1
+    # ClearML's own layout: <cache>/storage_manager/global/<md5(url)>.<basename>
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/{key}"
+    cached = mount.cache_dir / "storage_manager/global" / f"{hashlib.md5(url.encode()).hexdigest()}.{key}"
+    assert cached.read_bytes() == data
+    assert oct(cached.stat().st_mode & 0o777) == oct(0o600)
+    assert os.getxattr(path, "user.clearmount.url").decode() == url
+    assert int(os.getxattr(path, "user.clearmount.cached")) == len(data)
+
+
+def test_file_downloaded_by_the_clearml_sdk_is_served_without_get(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, tmp_path: Path
+) -> None:
+    data = os.urandom(100_000)
+    key = "sdk/model.pt"
+    s3_server.put(bucket, key, data)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/{key}"
+    cache = tmp_path / "shared-cache"
+    folder = cache / "storage_manager/global"
+    folder.mkdir(parents=True)
+    (folder / f"{hashlib.md5(url.encode()).hexdigest()}.model.pt").write_bytes(data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), cache_dir=cache)
+    assert read_file(mount.path_of(url)) == data
+    assert s3_proxy.count("GET", f"/{bucket}/{key}") == 0
+
+
+def test_changed_object_seen_after_ttl_while_old_reader_keeps_old_bytes(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    key = unique_name("changing") + ".txt"
+    s3_server.put(bucket, key, b"version one")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=["attr_timeout=1"])
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    with open(path, "rb") as old:
+        assert old.read() == b"version one"
+        s3_server.put(bucket, key, b"version two, longer")
+        poll_until(lambda: read_file(path) == b"version two, longer", 15, "the new version")
+        old.seek(0)
+        assert old.read() == b"version one"
+    assert path.stat().st_size == len(b"version two, longer")
+
+
+def test_memory_stays_flat_while_streaming_a_large_object(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, big_object
+) -> None:
+    key, data = big_object
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), debug=False)
+    assert mount.proc is not None
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            digest.update(chunk)
+    assert digest.hexdigest() == sha256(data)
+    status = Path(f"/proc/{mount.proc.pid}/status").read_text()
+    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    # A whole object in RAM would be 300 MiB; parts stream to disk in 1 MiB chunks.
+    assert peak_kib < 160 * 1024, f"daemon peak RSS {peak_kib} KiB"
+
+
+def test_skips_keys_that_cannot_be_files(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    s3_server.put(bucket, "clash", b"a file named like a directory")
+    s3_server.put(bucket, "clash/inner.txt", b"inner")
+    s3_server.put(bucket, "double//slash.txt", b"slashes")
+    s3_server.put(bucket, "fine.txt", b"fine")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    assert sorted(os.listdir(root)) == ["clash", "double", "fine.txt"]
+    assert (root / "clash").is_dir()
+    assert read_file(root / "clash/inner.txt") == b"inner"
+    assert "skipped" in mount.log_text()
+
+
+def test_concurrent_threads_random_reads_during_fetch(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    data = random.Random(5).randbytes(40 * MIB)
+    key = unique_name("threads") + ".bin"
+    s3_server.put(bucket, key, data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        with open(path, "rb", buffering=0) as f:
+            for _ in range(50):
+                offset = rng.randrange(len(data))
+                got = os.pread(f.fileno(), 65536, offset)
+                if got != data[offset : offset + 65536]:
+                    errors.append(f"wrong bytes at {offset}")
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert s3_proxy.count("GET", f"/{bucket}/{key}") == -(-len(data) // PART)
