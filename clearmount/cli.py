@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -189,6 +190,8 @@ def _config_command(argv: Sequence[str]) -> int:
     logsetup.setup()
     config = _load(args.config)
     print(config_module.describe(config))
+    print("resolution (configured URL -> credentials entry):")
+    print(textwrap.indent(urls.describe_matches(config), "  "))
     return 0
 
 

@@ -54,7 +54,9 @@ class MountRequest:
 def prepare_mountpoint(path: Path, nonempty: bool) -> None:
     """Check the mount point, cleaning up a dead mount a crash left there."""
     try:
-        os.stat(path)
+        # statfs, unlike stat, is never answered from the kernel's attribute cache, so a
+        # dead FUSE mount fails it with ENOTCONN.
+        os.statvfs(path)
     except FileNotFoundError:
         raise MountPointError(
             f"mount point {path} does not exist (create it with: mkdir -p {path})"
@@ -82,7 +84,7 @@ def _lazy_unmount(path: Path) -> None:
     )
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         detail = result.stderr.strip() or exc.strerror
         raise MountPointError(f"cannot clean up the dead mount at {path}: {detail}") from None

@@ -62,6 +62,20 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (all bound at once while choosing, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def poll_until(
     condition: Callable[[], T],
     timeout: float,
@@ -222,8 +236,34 @@ class ServerProcess:
         return True
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start and wait until `ready`; ServerError (with the log) if it does not come up."""
         if self.running:
             return
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._start_once(timeout)
+                self.started_once = True
+                return
+            except ServerError:
+                with open(self.log_path, "rb") as log:
+                    log.seek(offset)
+                    clash = b"address already in use" in log.read().lower()
+                if not (clash and attempt < 2 and self.reassign_ports()):
+                    raise
+
+    def reassign_ports(self) -> bool:
+        """Pick new ports after a clash with another process; False if it cannot."""
+        if self._fixed_port or self.started_once:
+            return False
+        self.port = free_port()
+        return True
+
+    port = 0
+    _fixed_port = False
+    started_once = False
+
+    def _start_once(self, timeout: float) -> None:
         with open(self.log_path, "ab") as log:
             log.write(f"==== {time.strftime('%H:%M:%S')} starting {self.name}\n".encode())
             log.flush()
@@ -243,6 +283,9 @@ class ServerProcess:
                 f"{self.name} to be ready",
                 diagnose=lambda: f"log {self.log_path}:\n{self.log_tail()}",
             )
+        except TimeoutError as exc:
+            self.stop()
+            raise ServerError(str(exc)) from None
         except BaseException:
             self.stop()
             raise
@@ -313,26 +356,35 @@ class S3Server(ServerProcess):
         second: Identity | None = None,
     ) -> None:
         super().__init__(workdir)
+        self._fixed_port = bool(port)
         self.port = port or free_port()
-        # every port weed opens, fixed now so that a restart comes back on the same ones
-        self._ports = {
-            k: free_port()
-            for k in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "s3.port.grpc",
-                "admin.port",
-                "admin.port.grpc",
-            )
-        }
+        self._ports: dict[str, int] = {}
+        self.reassign_ports()
         self.admin = admin or Identity.random("admin")
         self.second = second or Identity.random("second")
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "identities.json"
+
+    INTERNAL_PORTS = (
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    )
+
+    def reassign_ports(self) -> bool:
+        # every port weed opens, fixed here so that a restart comes back on the same ones;
+        # the S3 port itself only changes before the first start (a proxy may point at it)
+        ports = free_ports(len(self.INTERNAL_PORTS) + 1)
+        self._ports = dict(zip(self.INTERNAL_PORTS, ports, strict=False))
+        if not self._fixed_port and not self.started_once:
+            self.port = ports[-1]
+        return True
 
     @property
     def endpoint(self) -> str:
@@ -491,6 +543,7 @@ class AzuriteServer(ServerProcess):
 
     def __init__(self, workdir: Path, *, port: int = 0) -> None:
         super().__init__(workdir)
+        self._fixed_port = bool(port)
         self.port = port or free_port()
         self.data_dir = self.workdir / "data"
 
@@ -555,6 +608,7 @@ class FakeGcsServer(ServerProcess):
 
     def __init__(self, workdir: Path, *, port: int = 0) -> None:
         super().__init__(workdir)
+        self._fixed_port = bool(port)
         self.port = port or free_port()
         self.data_dir = self.workdir / "data"
 

@@ -95,7 +95,9 @@ def test_listing_is_complete_paginated_and_nested(
     client = s3_server.client()
     names = [f"f{i:05d}.txt" for i in range(10_000)]
     with ThreadPoolExecutor(32) as pool:
-        list(pool.map(lambda n: client.put_object(Bucket=bucket, Key=f"many/{n}", Body=b"1"), names))
+        list(
+            pool.map(lambda n: client.put_object(Bucket=bucket, Key=f"many/{n}", Body=b"1"), names)
+        )
     s3_server.put(bucket, "a/b/c/deep.txt", b"deep")
     s3_server.put(bucket, "a/top.txt", b"top")
     mount = mounted(s3_conf(s3_proxy, s3_server.admin))
@@ -183,7 +185,10 @@ def test_credentials_matched_per_bucket_and_wrong_secret_is_eacces(
     assert f"s3://{s3_proxy.endpoint}/data" in log and "credentials[2]" in log
     # the mount survived and still serves
     assert read_file(host / own / "x.txt").startswith(b"x of")
-    keys_used = {r.headers.get("authorization", "").split("Credential=")[-1][:20] for r in s3_proxy.requests(path=f"/{own}/x.txt")}
+    keys_used = {
+        r.headers.get("authorization", "").split("Credential=")[-1][:20]
+        for r in s3_proxy.requests(path=f"/{own}/x.txt")
+    }
     assert all(k.startswith(second.key[:20]) for k in keys_used if k)
 
 
@@ -207,7 +212,11 @@ def test_one_fetch_for_concurrent_readers_and_cache_reuse(
     assert s3_proxy.count("GET", f"/{bucket}/{key}") == 1
     # ClearML's own layout: <cache>/storage_manager/global/<md5(url)>.<basename>
     url = f"s3://{s3_proxy.endpoint}/{bucket}/{key}"
-    cached = mount.cache_dir / "storage_manager/global" / f"{hashlib.md5(url.encode()).hexdigest()}.{key}"
+    cached = (
+        mount.cache_dir
+        / "storage_manager/global"
+        / f"{hashlib.md5(url.encode()).hexdigest()}.{key}"
+    )
     assert cached.read_bytes() == data
     assert oct(cached.stat().st_mode & 0o777) == oct(0o600)
     assert os.getxattr(path, "user.clearmount.url").decode() == url
@@ -260,7 +269,9 @@ def test_memory_stays_flat_while_streaming_a_large_object(
             digest.update(chunk)
     assert digest.hexdigest() == sha256(data)
     status = Path(f"/proc/{mount.proc.pid}/status").read_text()
-    peak_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    peak_kib = int(
+        next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+    )
     # A whole object in RAM would be 300 MiB; parts stream to disk in 1 MiB chunks.
     assert peak_kib < 160 * 1024, f"daemon peak RSS {peak_kib} KiB"
 

@@ -1,0 +1,269 @@
+"""The daemon's life as an operator sees it: start, readiness, errors before mounting, clean
+stops, a crash and the restart after it, and the helper commands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MountFactory
+from proxy import Proxy
+from servers import S3Server, hermetic_env, mount_points, poll_until, s3_conf, unique_name
+
+MIB = 1 << 20
+
+
+def clearmount(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clearmount", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def is_mounted(path: Path) -> bool:
+    return os.path.realpath(path) in mount_points()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, signum: int
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    assert mount.proc is not None
+    os.listdir(mount.path / "s3")
+    mount.proc.send_signal(signum)
+    assert mount.wait_exit(30) == 0
+    assert not mount.is_mounted()
+    assert "unmounted" in mount.log_text()
+
+
+def test_fusermount_unmount_ends_the_daemon(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    subprocess.run(["fusermount3", "-u", str(mount.path)], check=True)
+    assert mount.wait_exit(30) == 0
+
+
+def test_kill9_then_restart_cleans_stale_mount_and_reuses_cache(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    big = os.urandom(64 * MIB)
+    small = os.urandom(1000)
+    s3_server.put(bucket, "big.bin", big)
+    s3_server.put(bucket, "small.bin", small)
+    cache = tmp_path / "cache"
+    conf = s3_conf(s3_proxy, s3_server.admin)
+    first = mounted(conf, cache_dir=cache)
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    assert first.path_of(f"{base}/small.bin").read_bytes() == small
+
+    # A fetch that hangs half-way: the proxy stalls every body after 1 MiB.
+    s3_proxy.stall(
+        after_bytes=MIB, seconds=120, count=None, method="GET", path=f"/{bucket}/big.bin"
+    )
+    reader = subprocess.Popen(
+        ["cat", str(first.path_of(f"{base}/big.bin"))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    global_dir = cache / "storage_manager/global"
+    poll_until(lambda: list(global_dir.glob("*.partially")), 30, "a partial download")
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait(10)
+    reader.wait(30)
+    assert reader.returncode != 0  # the reader got an error, not short or wrong bytes
+    with pytest.raises(OSError):
+        os.listdir(first.path)  # Transport endpoint is not connected
+    s3_proxy.reset()
+
+    second = mounted(conf, cache_dir=cache, mountpoint=first.path)
+    poll_until(lambda: "ready:" in second.log_text(), 30, "the restarted daemon")
+    assert "dead mount" in second.log_text() or "stale" in second.log_text()
+    assert not list(global_dir.glob("*.partially"))  # the dead writer's partial was swept
+    assert second.path_of(f"{base}/small.bin").read_bytes() == small
+    assert s3_proxy.count("GET", f"/{bucket}/small.bin") == 0  # cache reused
+    data = second.path_of(f"{base}/big.bin").read_bytes()
+    assert hashlib.sha256(data).hexdigest() == hashlib.sha256(big).hexdigest()
+
+
+def test_background_mode_returns_once_ready(
+    s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    s3_server.put(bucket, "ready.txt", b"ready")
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(s3_conf(s3_proxy, s3_server.admin))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = hermetic_env(tmp_path)
+    result = clearmount(
+        str(mnt), "--config", str(conf), "--cache-dir", str(tmp_path / "c"), env=env
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        # no waiting: exit 0 means the mount answers
+        assert (mnt / f"s3/{s3_proxy.endpoint}/{bucket}/ready.txt").read_bytes() == b"ready"
+        log = (tmp_path / "c/clearmount/clearmount.log").read_text()
+        assert "ready:" in log
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    poll_until(lambda: not is_mounted(mnt), 10, "unmount")
+    poll_until(
+        lambda: not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).find(str(mnt)) >= 0],
+        15,
+        "the background daemon to exit",
+    )
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_mount_point_errors_exit_4(
+    s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path, mounted: MountFactory
+) -> None:
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(s3_conf(s3_proxy, s3_server.admin))
+    env = hermetic_env(tmp_path)
+    args = ("--config", str(conf), "--cache-dir", str(tmp_path / "c"), "--foreground")
+
+    missing = clearmount(str(tmp_path / "nope"), *args, env=env)
+    assert missing.returncode == 4
+    assert "does not exist" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "something").write_text("x")
+    not_empty = clearmount(str(full), *args, env=env)
+    assert not_empty.returncode == 4 and "not empty" in not_empty.stderr
+
+    live = mounted(s3_conf(s3_proxy, s3_server.admin))
+    again = clearmount(str(live.path), *args, env=env)
+    assert again.returncode == 4 and "already" in again.stderr
+    assert live.is_mounted()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sdk { aws { s3 { key: [unclosed", "cannot parse"),
+        (
+            "sdk { aws { s3 { secret: ${CLEARMOUNT_TEST_UNSET_VARIABLE} } } }",
+            "CLEARMOUNT_TEST_UNSET_VARIABLE",
+        ),
+    ],
+)
+def test_bad_config_is_one_line_exit_3_and_nothing_mounted(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(text)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = clearmount(str(mnt), "--config", str(conf), "--foreground", env=hermetic_env(tmp_path))
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not is_mounted(mnt)
+
+
+def test_unusable_cache_dir_is_exit_3(s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path) -> None:
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(s3_conf(s3_proxy, s3_server.admin))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = clearmount(
+        str(mnt),
+        "--config",
+        str(conf),
+        "--cache-dir",
+        str(blocker / "cache"),
+        "--foreground",
+        env=hermetic_env(tmp_path),
+    )
+    assert result.returncode == 3
+    assert "cache directory" in result.stderr and "not usable" in result.stderr
+    assert not is_mounted(mnt)
+
+
+def test_variables_from_the_environment_reach_the_mount(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    s3_server.put(bucket, "env.txt", b"from env")
+    admin = s3_server.admin
+    conf = s3_conf(s3_proxy, {"key": "${TEST_S3_KEY}", "secret": "${TEST_S3_SECRET}"})
+    conf = conf.replace('"${TEST_S3_KEY}"', "${TEST_S3_KEY}").replace(
+        '"${TEST_S3_SECRET}"', "${TEST_S3_SECRET}"
+    )
+    mount = mounted(conf, env={"TEST_S3_KEY": admin.key, "TEST_S3_SECRET": admin.secret})
+    assert mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/env.txt").read_bytes() == b"from env"
+
+
+def test_config_command_masks_secrets_and_shows_resolution(
+    s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    admin, second = s3_server.admin, s3_server.second
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(
+        s3_conf(s3_proxy, {"bucket": "models", "key": second.key, "secret": second.secret}, admin)
+    )
+    result = clearmount("config", "--config", str(conf), env=hermetic_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    for secret in (admin.secret, second.secret):
+        assert secret not in out
+    assert f"s3://{s3_proxy.endpoint}/models -> sdk.aws.s3.credentials[0]" in out
+
+
+def test_path_and_url_commands_map_both_ways(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    env = hermetic_env(tmp_path)
+    relative = clearmount("path", "s3://minio:9000/bucket/a b/c.pt", env=env)
+    assert relative.stdout.strip() == "s3/minio:9000/bucket/a b/c.pt"
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    url = f"s3://{s3_proxy.endpoint}/{unique_name('b')}/dir/x.bin"
+    local = clearmount("path", url, "--mountpoint", str(mount.path), env=env)
+    assert local.stdout.strip() == str(mount.path_of(url))
+    back = clearmount("url", str(mount.path_of(url)), env=env)
+    assert back.stdout.strip() == url
+    assert clearmount("url", "/etc/passwd", env=env).returncode == 2
+
+
+def test_help_answers_the_basics(tmp_path: Path) -> None:
+    result = clearmount("--help", env=hermetic_env(tmp_path))
+    assert result.returncode == 0
+    for needle in (
+        "MOUNTPOINT",
+        "--config",
+        "--cache-dir",
+        "--foreground",
+        "exit codes",
+        "attr_timeout",
+        "allow_other",
+    ):
+        assert needle in result.stdout, needle
+    bad = clearmount(str(tmp_path), "-o", "no_such_option", env=hermetic_env(tmp_path))
+    assert bad.returncode == 2 and "no_such_option" in bad.stderr
