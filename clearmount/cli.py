@@ -17,7 +17,8 @@ from pathlib import Path
 
 from clearmount import __version__, urls
 from clearmount import config as config_module
-from clearmount.errors import UserError
+from clearmount.direct import DirectAccess
+from clearmount.errors import ConfigError, UserError
 
 log = logging.getLogger("clearmount")
 
@@ -55,6 +56,7 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   allow_other         let other users read the mount (needs user_allow_other in /etc/fuse.conf)
   allow_root          let root read the mount
   nonempty            allow mounting over a non-empty directory
+  nofile              do not show local paths (file:// URLs) under MOUNTPOINT/file
   log_file=PATH       log file when running in the background
                       (default: CACHE/clearmount/clearmount.log)
 """
@@ -126,6 +128,7 @@ def _mount(argv: Sequence[str]) -> int:
     cache.prepare()
     mountpoint = args.mountpoint.expanduser().absolute()
     daemon.prepare_mountpoint(mountpoint, options.nonempty)
+    daemon.check_rules(config, mountpoint)
     request = daemon.MountRequest(mountpoint, config, options, cache)
     if args.foreground:
         daemon.serve(request, on_ready=lambda: None)
@@ -220,9 +223,14 @@ def _path_command(argv: Sequence[str]) -> int:
     )
     _add_config_arg(parser)
     args = parser.parse_args(argv)
-    s3 = config_module.load(args.config).s3 if args.config else None
     try:
-        relative = urls.url_to_path(args.url, s3)
+        config: config_module.Config | None = config_module.load(args.config)
+    except ConfigError:
+        if args.config:
+            raise
+        config = None  # the mapping itself needs no configuration
+    try:
+        relative = urls.url_to_path(args.url, config.s3 if config else None)
     except ValueError as exc:
         raise UserError(f"not a storage URL: {args.url} ({exc})", 2) from None
     mountpoint = args.mountpoint
@@ -230,6 +238,11 @@ def _path_command(argv: Sequence[str]) -> int:
         mounts = _mounted_clearmounts()
         mountpoint = mounts[0] if len(mounts) == 1 else None
     print(os.path.join(mountpoint, relative) if mountpoint else relative)
+    if config is not None:
+        direct = DirectAccess(config.direct_access, config.path_substitution, mountpoint)
+        target = direct.resolve(args.url)
+        if target is not None:
+            print(f"direct: {target.path} ({target.rule})")
     return 0
 
 

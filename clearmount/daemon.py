@@ -26,6 +26,7 @@ from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
 from clearmount.config import Config
+from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
 from clearmount.fuse_ops import Operations
 from clearmount.namespace import Namespace
@@ -76,6 +77,11 @@ def prepare_mountpoint(path: Path, nonempty: bool) -> None:
         raise MountPointError(f"mount point {path} is not empty (or pass -o nonempty)")
 
 
+def check_rules(config: Config, mountpoint: Path) -> None:
+    """Refuse direct-access rules that would loop through the mount (ConfigError)."""
+    DirectAccess(config.direct_access, config.path_substitution).check(mountpoint)
+
+
 def _lazy_unmount(path: Path) -> None:
     command = (
         ["fusermount3", "-u", "-z", str(path)]
@@ -98,7 +104,9 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     options = request.options
     index = CacheIndex(cache.state_dir / "index.sqlite3")
     transfer = Transfer(options.metadata_concurrency, options.fetch_concurrency)
-    namespace = Namespace(request.config, options, transfer)
+    config = request.config
+    direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)
+    namespace = Namespace(config, options, transfer, direct)
     boto3_settings = request.config.s3.boto3
     fetcher = Fetcher(
         cache,
@@ -125,7 +133,12 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         pyfuse3.close(unmount=True)
         index.close()
         if unmounted:
-            log.info("unmounted %s", request.mountpoint)
+            log.info(
+                "unmounted %s (served %d reads, %d fetches)",
+                request.mountpoint,
+                operations.reads,
+                fetcher.fetches_started,
+            )
 
 
 async def _main(mountpoint: Path, fetcher: Fetcher, on_ready: Callable[[], None]) -> None:

@@ -97,7 +97,12 @@ class Operations(pyfuse3.Operations):
         attrs.st_gid = self.options.gid
         attrs.attr_timeout = self.options.attr_timeout
         attrs.entry_timeout = self.options.attr_timeout
-        if node.info is not None:
+        if node.target is not None:
+            attrs.st_mode = stat.S_IFLNK | 0o777
+            attrs.st_nlink = 1
+            attrs.st_size = len(os.fsencode(node.target))
+            mtime = int(self.namespace.started * 1e9)
+        elif node.info is not None:
             attrs.st_mode = stat.S_IFREG | 0o444
             attrs.st_nlink = 1
             attrs.st_size = node.info.size
@@ -147,6 +152,13 @@ class Operations(pyfuse3.Operations):
         data.f_favail = 0
         data.f_namemax = 255
         return data
+
+    @_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        target = self.namespace.get(inode).target
+        if target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(target)
 
     # ----- directories ----------------------------------------------------------------------
 
@@ -213,7 +225,7 @@ class Operations(pyfuse3.Operations):
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         if not node.parts or node.kind is Kind.ROOT:
             return {}
-        url = self.namespace.url_string(node) if node.kind is not Kind.VIRTUAL else ""
+        url = self.namespace.url_string(node) if node.kind in (Kind.DIR, Kind.FILE) else ""
         values = {_XATTR_URL: url.encode()} if url else {}
         if node.info is not None:
             values[_XATTR_ETAG] = node.info.version.encode()

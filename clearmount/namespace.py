@@ -22,6 +22,7 @@ import trio
 from clearmount import backends, urls
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
+from clearmount.direct import FILE_PREFIX, DirectAccess, Target
 from clearmount.errors import NotFound, Stale, StoreError
 from clearmount.options import MountOptions
 from clearmount.transfer import Transfer
@@ -39,6 +40,7 @@ class Kind(enum.Enum):
     VIRTUAL = "virtual"  # a scheme, host or account level: its names come from the config
     DIR = "dir"  # a bucket root or a prefix inside a bucket
     FILE = "file"
+    SYMLINK = "symlink"  # direct access: the kernel follows it, the daemon serves no bytes
 
 
 @dataclass(eq=False)
@@ -49,6 +51,7 @@ class Node:
     info: ObjectInfo | None = None  # FILE: the version this inode stands for
     validated_at: float = 0.0
     lookups: int = 0
+    target: str | None = None  # SYMLINK: where it points
 
     @property
     def path(self) -> str:
@@ -62,6 +65,7 @@ class Entry:
     parts: tuple[str, ...]
     kind: Kind
     info: ObjectInfo | None
+    target: str | None = None
 
 
 @dataclass
@@ -71,6 +75,7 @@ class _Known:
     kind: Kind | None  # None: it does not exist
     info: ObjectInfo | None
     at: float
+    target: str | None = None
 
 
 @dataclass
@@ -78,6 +83,17 @@ class _Listing:
     names: dict[str, _Known]
     at: float
     skipped: list[str] = field(default_factory=list)
+
+
+def _identity(
+    parts: tuple[str, ...], info: ObjectInfo | None, target: str | None
+) -> tuple[object, ...]:
+    """What makes two nodes the same inode: the path, plus the version or link target."""
+    if info is not None:
+        return (parts, info.version)
+    if target is not None:
+        return (parts, "->", target)
+    return (parts,)
 
 
 def showable(name: str) -> bool:
@@ -92,10 +108,17 @@ def showable(name: str) -> bool:
 
 
 class Namespace:
-    def __init__(self, config: Config, options: MountOptions, transfer: Transfer) -> None:
+    def __init__(
+        self, config: Config, options: MountOptions, transfer: Transfer, direct: DirectAccess
+    ) -> None:
         self.config = config
         self.options = options
         self.transfer = transfer
+        self.direct = direct
+        # only then can a path inside a bucket be direct (file:// is always direct)
+        self._remote_rules = bool(direct.substitutions) or any(
+            not rule.url.startswith(FILE_PREFIX) for rule in direct.rules
+        )
         self.started = time.time()
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
@@ -113,8 +136,14 @@ class Namespace:
             raise NotFound(f"unknown inode {inode}")
         return node
 
-    def _node(self, parts: tuple[str, ...], kind: Kind, info: ObjectInfo | None) -> Node:
-        key: tuple[object, ...] = (parts, info.version) if info is not None else (parts,)
+    def _node(
+        self,
+        parts: tuple[str, ...],
+        kind: Kind,
+        info: ObjectInfo | None,
+        target: str | None = None,
+    ) -> Node:
+        key = _identity(parts, info, target)
         inode = self._by_key.get(key)
         if inode is not None:
             node = self._nodes[inode]
@@ -122,7 +151,7 @@ class Namespace:
             return node
         inode = self._next_inode
         self._next_inode += 1
-        node = Node(inode, parts, kind, info, time.monotonic())
+        node = Node(inode, parts, kind, info, time.monotonic(), target=target)
         self._nodes[inode] = node
         self._by_key[key] = inode
         return node
@@ -150,10 +179,7 @@ class Namespace:
         if node.lookups > 0 or node.kind is Kind.ROOT or self._nodes.get(node.inode) is not node:
             return
         del self._nodes[node.inode]
-        key: tuple[object, ...] = (
-            (node.parts, node.info.version) if node.info is not None else (node.parts,)
-        )
-        self._by_key.pop(key, None)
+        self._by_key.pop(_identity(node.parts, node.info, node.target), None)
 
     # ----- where a path lives ---------------------------------------------------------------
 
@@ -198,7 +224,10 @@ class Namespace:
         known = self._fresh(parts)
         if known is None:
             listing = self._listings.get(parent.parts)
-            if parent.kind in (Kind.ROOT, Kind.VIRTUAL):
+            direct = await self._direct(parts)
+            if direct is not None:
+                known = direct
+            elif parent.kind in (Kind.ROOT, Kind.VIRTUAL):
                 # These levels list what the config names; others are still found by name.
                 known = await self._probe_virtual(parent, name)
             elif listing is not None and self._age(listing.at) < self.options.negative_timeout:
@@ -210,7 +239,7 @@ class Namespace:
             self._remember(parts, known)
         if known.kind is None:
             return None
-        return self._node(parts, known.kind, known.info)
+        return self._node(parts, known.kind, known.info, known.target)
 
     def _fresh(self, parts: tuple[str, ...]) -> _Known | None:
         known = self._known.get(parts)
@@ -231,6 +260,37 @@ class Namespace:
             horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
             self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
         self._known[parts] = known
+
+    def _direct_target(self, parts: tuple[str, ...]) -> Target | None:
+        if parts[0] == "file":
+            return Target("/" + "/".join(parts[1:]), "file://") if len(parts) > 1 else None
+        if len(parts) < 2 or not self._remote_rules:
+            return None
+        try:
+            url = urls.path_to_url("/".join(parts))
+        except ValueError:
+            return None
+        return self.direct.resolve(url, is_dir=True)
+
+    async def _direct(self, parts: tuple[str, ...]) -> _Known | None:
+        """A symlink for a direct path (None when `parts` is not direct)."""
+        target = self._direct_target(parts)
+        if target is None:
+            return None
+        now = time.monotonic()
+        inside_mount = self.direct.mountpoint is not None and target.path.startswith(
+            str(self.direct.mountpoint) + "/"
+        )
+        # Never stat inside our own mount from its event loop; NFS may block: use a thread.
+        if not inside_mount and not await self.transfer.metadata(os.path.lexists, target.path):
+            log.warning(
+                "%s: direct-access target %s does not exist (rule %s)",
+                "/".join(parts),
+                target.path,
+                target.rule,
+            )
+            return _Known(None, None, now)
+        return _Known(Kind.SYMLINK, None, now, target.path)
 
     async def _probe(self, parts: tuple[str, ...]) -> _Known:
         """Ask the server whether `parts` is a file, a directory, or nothing.
@@ -311,7 +371,7 @@ class Namespace:
     # ----- listings -------------------------------------------------------------------------
 
     def schemes(self) -> list[str]:
-        names = ["s3"]
+        names = ["s3"] if self.options.nofile else ["file", "s3"]
         if (
             self.config.gcs.credentials
             or self.config.gcs.defaults.project
@@ -330,18 +390,36 @@ class Namespace:
                 listing = await self._list_virtual(node)
             else:
                 listing = await self._list_prefix(node.parts)
+            await self._apply_direct(node.parts, listing)
             self._listings[node.parts] = listing
             for name, known in listing.names.items():
                 self._remember((*node.parts, name), known)
         return [
-            (name, Entry((*node.parts, name), known.kind, known.info))
+            (name, Entry((*node.parts, name), known.kind, known.info, known.target))
             for name, known in listing.names.items()
             if known.kind is not None
         ]
 
+    async def _apply_direct(self, parts: tuple[str, ...], listing: _Listing) -> None:
+        """Turn listed entries that are direct into symlinks, and add the places rules name
+        (an "archive" bucket that only exists on NFS) to the level they sit in."""
+        if parts == ("file",) or not self._remote_rules:
+            return
+        for anchor in self.direct.anchors():
+            try:
+                anchor_parts = tuple(urls.url_to_path(anchor.rstrip("/")).split("/"))
+            except ValueError:
+                continue
+            if anchor_parts[:-1] == parts:
+                listing.names.setdefault(anchor_parts[-1], _Known(Kind.DIR, None, listing.at))
+        for name in list(listing.names):
+            direct = await self._direct((*parts, name))
+            if direct is not None:
+                listing.names[name] = direct
+
     def child(self, entry: Entry) -> Node:
         """The node of a listed entry (lookup count untouched; see `drop_if_unused`)."""
-        return self._node(entry.parts, entry.kind, entry.info)
+        return self._node(entry.parts, entry.kind, entry.info, entry.target)
 
     async def _list_virtual(self, node: Node) -> _Listing:
         now = time.monotonic()
@@ -366,9 +444,18 @@ class Namespace:
             dirs = list(urls.azure_account_containers(az, parts[1]))
             if not dirs or any(not c.container_name for c in az.containers):
                 dirs += await self._containers(parts)
+        elif parts == ("file",):
+            return await self._list_local_root(now)
         names = {name: _Known(Kind.VIRTUAL, None, now) for name in virtual}
         names.update({name: _Known(Kind.DIR, None, now) for name in dirs if showable(name)})
         return _Listing(dict(sorted(names.items())), now)
+
+    async def _list_local_root(self, now: float) -> _Listing:
+        """`file/` shows the top of the local tree, each entry a symlink to itself."""
+        names = await self.transfer.metadata(os.listdir, "/")
+        return _Listing(
+            {name: _Known(Kind.SYMLINK, None, now, "/" + name) for name in sorted(names)}, now
+        )
 
     async def _containers(self, parts: tuple[str, ...]) -> list[str]:
         url = urls.parse_url(urls.path_to_url("/".join(parts) + "/x"), self.config.s3)

@@ -32,6 +32,8 @@ class MountOptions:
     allow_root: bool = False
     #: allow mounting over a non-empty directory
     nonempty: bool = False
+    #: do not show local paths (file:// URLs) under MOUNTPOINT/file
+    nofile: bool = False
     #: where logs go when the daemon runs in the background ("" = <cache>/clearmount/clearmount.log)
     log_file: str = ""
 
@@ -45,7 +47,7 @@ class MountOptions:
         return options
 
 
-_FLAGS = {"allow_other", "allow_root", "nonempty"}
+_FLAGS = {"allow_other", "allow_root", "nonempty", "nofile"}
 # Options that mount(8) and fstab hand to every helper; they mean nothing to the daemon itself.
 _IGNORED = {"ro", "rw", "defaults", "auto", "noauto", "user", "users", "_netdev", "nofail", "dev"}
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")

@@ -248,7 +248,8 @@ class ServerProcess:
             except ServerError:
                 with open(self.log_path, "rb") as log:
                     log.seek(offset)
-                    clash = b"address already in use" in log.read().lower()
+                    out = log.read().lower()
+                clash = any(s in out for s in (b"already in use", b"is not available"))
                 if not (clash and attempt < 2 and self.reassign_ports()):
                     raise
 
@@ -1072,7 +1073,12 @@ def run_demo(args: argparse.Namespace) -> int:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # run in the foreground
         signal.signal(signal.SIGINT, on_signal)
     try:
-        for name in args.storages.split(","):
+        names = args.storages.split(",")
+        unknown = [n for n in names if n not in DEMO_STORAGES]
+        if unknown:
+            print(f"unknown storage {unknown}; known: {', '.join(DEMO_STORAGES)}")
+            return 2
+        for name in names:
             DEMO_STORAGES[name](ctx, args)
         (root / "clearml.conf").write_text(sdk_block(ctx.conf_sdk))
         (root / "clearml.conf").chmod(0o600)

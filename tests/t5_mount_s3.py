@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from conftest import MountFactory
 from proxy import Proxy
 from servers import S3Server, poll_until, s3_conf, unique_name
@@ -149,8 +150,8 @@ def test_missing_key_is_enoent_and_writes_are_erofs(
     ):
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         assert result.returncode != 0 and "Read-only file system" in result.stderr, command
-    with pytest.raises(OSError) as raised:
-        open(base / "file.txt", "r+b")
+    with pytest.raises(OSError) as raised, open(base / "file.txt", "r+b"):
+        pass
     assert raised.value.errno == errno.EROFS
     assert read_file(base / "file.txt") == b"data"
     assert os.statvfs(mount.path).f_namemax == 255

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import MountFactory
 from proxy import Proxy
 from servers import S3Server, hermetic_env, mount_points, poll_until, s3_conf, unique_name

@@ -30,7 +30,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
-from clearmount.config import Config, GcsCredentials
+from clearmount.config import Config, GcsCredentials, GcsSettings
 from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
 from clearmount.urls import StorageURL, match_gcs
 
@@ -157,13 +157,31 @@ def _info(blob: Any) -> ObjectInfo:
 
 
 class GcsStore(ObjectStore):
-    """One bucket."""
+    """One bucket; each key is served with the credentials[] entry that matches it.
 
-    def __init__(self, url: StorageURL, entry: GcsCredentials) -> None:
+    A `bucket` + `subdir` entry serves only keys under that subdir (whole segments), so one
+    bucket may use several entries: ClearML's documented form, which its own per-bucket client
+    cache gets wrong (the first URL used fixes a bucket's credentials).
+    """
+
+    def __init__(self, url: StorageURL, gcs: GcsSettings) -> None:
         self.base_url = url.base_url
-        self.entry = entry.source
-        self._client = _client(entry)
-        self._bucket = self._client.bucket(url.bucket)
+        self._name = url.bucket
+        self._gcs = gcs
+        self._handles: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._bucket, self.entry = self._serving("")
+
+    def _serving(self, key: str) -> tuple[Any, str]:
+        """The bucket handle (with its client) for `key`, and the entry it was built from."""
+        entry = match_gcs(self._gcs, StorageURL("gs", "", self._name, key))
+        with self._lock:
+            handle = self._handles.get(entry.source)
+        if handle is None:
+            handle = _client(entry).bucket(self._name)
+            with self._lock:
+                handle = self._handles.setdefault(entry.source, handle)
+        return handle, entry.source
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url
@@ -173,16 +191,18 @@ class GcsStore(ObjectStore):
             return bool(self._bucket.exists(timeout=_TIMEOUT, retry=_RETRY))
 
     def head(self, key: str) -> ObjectInfo:
-        with _translated(self._url(key), self.entry):
-            blob = self._bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+        bucket, entry = self._serving(key)
+        with _translated(self._url(key), entry):
+            blob = bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
         if blob is None:
-            raise NotFound("no such object", self._url(key), self.entry)
+            raise NotFound("no such object", self._url(key), entry)
         return _info(blob)
 
     def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
-        with _translated(self._url(prefix), self.entry):
-            iterator = self._client.list_blobs(
-                self._bucket,
+        bucket, entry = self._serving(prefix)
+        with _translated(self._url(prefix), entry):
+            iterator = bucket.client.list_blobs(
+                bucket,
                 prefix=prefix or None,
                 delimiter="/",
                 page_token=token or None,
@@ -203,20 +223,21 @@ class GcsStore(ObjectStore):
         if end <= start:
             return
         url = self._url(key)
+        bucket, entry = self._serving(key)
         try:
             generation = int(version)
         except ValueError:
-            raise Stale(f"not a generation: {version!r}", url, self.entry) from None
+            raise Stale(f"not a generation: {version!r}", url, entry) from None
         # Pinned twice: `ifGenerationMatch` makes GCS answer 412 once the live object is another
         # generation; `generation` makes servers that ignore preconditions on media GETs
         # (fake-gcs-server) answer 404 for a generation that is gone, resolved below.
-        blob = self._bucket.blob(key, generation=generation)
+        blob = bucket.blob(key, generation=generation)
         get_size = max(chunk_size, _MIN_GET)
         offset = start
         while offset < end:
             stop = min(offset + get_size, end)
             try:
-                with _translated(url, self.entry):
+                with _translated(url, entry):
                     # Every GET is pinned, so a replaced object raises Stale wherever the stream
                     # is. raw_download: the stored bytes, which `size` counts.
                     data = blob.download_as_bytes(
@@ -232,7 +253,7 @@ class GcsStore(ObjectStore):
                 raise self._gone(key, version, error) from None
             if len(data) != stop - offset:
                 raise Unavailable(
-                    f"short read: {len(data)} of {stop - offset} bytes at {offset}", url, self.entry
+                    f"short read: {len(data)} of {stop - offset} bytes at {offset}", url, entry
                 )
             offset = stop
             for at in range(0, len(data), chunk_size):
@@ -246,9 +267,9 @@ class GcsStore(ObjectStore):
             return error
         except StoreError as other:
             return other
-        return Stale(f"generation {version} is no longer live", error.url, self.entry)
+        return Stale(f"generation {version} is no longer live", error.url, error.entry)
 
 
 def open_store(url: StorageURL, config: Config) -> GcsStore:
-    """The store for the bucket of `url`, with the matching credentials[] entry or defaults."""
-    return GcsStore(url, match_gcs(config.gcs, url))
+    """The store for the bucket of `url`; each key uses its matching credentials[] entry."""
+    return GcsStore(url, config.gcs)

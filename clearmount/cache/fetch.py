@@ -204,6 +204,7 @@ class Fetcher:
         self.part_size = part_size
         self.parallel = parallel
         self.in_flight: dict[tuple[str, str], Fetch] = {}
+        self.fetches_started = 0
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -261,6 +262,7 @@ class Fetcher:
         )
         read_fd = self._open_read(partial)
         self.in_flight[(url, info.version)] = fetch
+        self.fetches_started += 1
         self._nursery.start_soon(self._run, fetch, lock_fd)
         return Source(read_fd, fetch)
 
