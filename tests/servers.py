@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -1019,6 +1020,7 @@ class DemoContext:
     servers: list[ServerProcess] = field(default_factory=list)
     conf_sdk: list[str] = field(default_factory=list)  # HOCON fragments inside sdk { }
     lines: list[str] = field(default_factory=list)  # what to try, printed before mounting
+    env: dict[str, str] = field(default_factory=dict)  # the daemon's environment additions
 
     def cache_hint(self) -> str:
         return str(self.root / "cache" / "storage_manager" / "global")
@@ -1051,9 +1053,51 @@ def demo_s3(ctx: DemoContext, port: int) -> None:
     ]
 
 
-# Later: "azure" (Azurite) and "gcs" (fake-gcs-server) add their servers and conf here.
+def demo_azure(ctx: DemoContext) -> None:
+    server = AzuriteServer(ctx.root / "azurite")
+    server.start()
+    ctx.servers.append(server)
+    container = server.make_container("demo-models")
+    for key, data in _demo_objects().items():
+        server.put(container, key, data)
+    entry = {
+        "account_name": server.ACCOUNT,
+        "account_key": server.KEY,
+        "container_name": container,
+        "endpoint": server.account_url,
+    }
+    ctx.conf_sdk.append(f"azure.storage {{ containers: [ {_hocon(entry)} ] }}")
+    base = ctx.mountpoint / "azure" / f"{server.ACCOUNT}.blob.core.windows.net" / container
+    ctx.lines += [
+        f"Azure Blob (Azurite) at {server.account_url}, container {container}",
+        f"  ls {base}/project",
+        f"  cat {base}/project/task.1/artifacts/data/nested/deeper/notes.txt",
+    ]
+
+
+def demo_gcs(ctx: DemoContext) -> None:
+    server = FakeGcsServer(ctx.root / "fake-gcs")
+    server.start()
+    ctx.servers.append(server)
+    bucket = server.make_bucket("demo-datasets")
+    for key, data in _demo_objects().items():
+        server.put(bucket, key, data)
+    ctx.conf_sdk.append(
+        f'google.storage {{ project: "demo", credentials: [ {{ bucket: "{bucket}" }} ] }}'
+    )
+    ctx.env.update(server.env)
+    base = ctx.mountpoint / "gs" / bucket
+    ctx.lines += [
+        f"Google Cloud Storage (fake-gcs-server) at {server.url}, bucket {bucket}",
+        f"  ls {base}/project",
+        f"  head {base}/project/task.1/artifacts/data/train.csv",
+    ]
+
+
 DEMO_STORAGES: dict[str, Callable[[DemoContext, argparse.Namespace], None]] = {
     "s3": lambda ctx, args: demo_s3(ctx, args.s3_port),
+    "azure": lambda ctx, args: demo_azure(ctx),
+    "gcs": lambda ctx, args: demo_gcs(ctx),
 }
 
 
@@ -1082,6 +1126,9 @@ def run_demo(args: argparse.Namespace) -> int:
             DEMO_STORAGES[name](ctx, args)
         (root / "clearml.conf").write_text(sdk_block(ctx.conf_sdk))
         (root / "clearml.conf").chmod(0o600)
+        (root / "env.sh").write_text(
+            "".join(f"export {name}={shlex.quote(value)}\n" for name, value in ctx.env.items())
+        )
         print("\n".join(ctx.lines), flush=True)
         ready.write_text(
             json.dumps({s.name: getattr(s, "endpoint", "") for s in ctx.servers}, indent=1)
@@ -1106,7 +1153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start sample servers for scripts/demo until SIGTERM")
     demo.add_argument("--dir", default="demo", help="folder for data, logs and clearml.conf")
     demo.add_argument("--mountpoint", default="artifacts", help="shown in the instructions")
-    demo.add_argument("--storages", default="s3", help=f"any of {','.join(DEMO_STORAGES)}")
+    demo.add_argument(
+        "--storages", default="s3,azure,gcs", help=f"any of {','.join(DEMO_STORAGES)}"
+    )
     demo.add_argument("--s3-port", type=int, default=int(os.environ.get("DEMO_S3_PORT", 8333)))
     args = parser.parse_args(argv)
     if args.command == "demo":
