@@ -17,8 +17,11 @@ from pathlib import Path
 
 from clearmount import __version__, urls
 from clearmount import config as config_module
+from clearmount.cache.evict import CacheLimits
+from clearmount.cache.layout import CacheLayout
 from clearmount.direct import DirectAccess
 from clearmount.errors import ConfigError, UserError
+from clearmount.mounts import clearmount_mounts, mount_containing
 
 log = logging.getLogger("clearmount")
 
@@ -44,6 +47,8 @@ other commands:
   clearmount config [--config FILE]   print the effective configuration (secrets masked)
   clearmount path URL                 print the mount path of a storage URL
   clearmount url PATH                 print the storage URL of a mount path
+  clearmount prefetch URL|PATH...     fetch into the cache before a job (--recursive, --pin)
+  clearmount cache ls|du|prune|clear|pin|unpin   inspect and manage the cache
 """
 
 OPTIONS_HELP = """mount options (-o, comma separated):
@@ -76,6 +81,18 @@ def _mount_parser() -> argparse.ArgumentParser:
         type=Path,
         help="cache directory (default: CLEARML_CACHE_DIR, sdk.storage.cache.default_base_dir, "
         "~/.clearml/cache)",
+    )
+    parser.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="most the cache may hold, e.g. 50GB or 200GiB (default: sdk.storage.cache."
+        "disk_space_file_size_strategy.size.max_used_bytes, else no limit)",
+    )
+    parser.add_argument(
+        "--cache-min-free",
+        metavar="SIZE",
+        help="free space to keep on the cache's filesystem (default: ...size.min_free_bytes, "
+        "else 5%% of the filesystem)",
     )
     parser.add_argument(
         "-f",
@@ -117,7 +134,6 @@ def _mount(argv: Sequence[str]) -> int:
     args = _mount_parser().parse_args(argv)
     from clearmount import daemon
     from clearmount import log as logsetup
-    from clearmount.cache.layout import CacheLayout
     from clearmount.options import parse_options
 
     logsetup.setup(debug=args.debug)
@@ -126,10 +142,11 @@ def _mount(argv: Sequence[str]) -> int:
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
     cache = CacheLayout(cache_root)
     cache.prepare()
+    limits = cache_limits(config, cache, args.cache_max_size, args.cache_min_free)
     mountpoint = args.mountpoint.expanduser().absolute()
     daemon.prepare_mountpoint(mountpoint, options.nonempty)
     daemon.check_rules(config, mountpoint)
-    request = daemon.MountRequest(mountpoint, config, options, cache)
+    request = daemon.MountRequest(mountpoint, config, options, cache, limits)
     if args.foreground:
         daemon.serve(request, on_ready=lambda: None)
         return 0
@@ -143,6 +160,28 @@ def _mount(argv: Sequence[str]) -> int:
         report(exc.exit_code, str(exc))
         return exc.exit_code
     return 0
+
+
+def cache_limits(
+    config: config_module.Config,
+    cache: CacheLayout,
+    max_size: str | None = None,
+    min_free: str | None = None,
+) -> CacheLimits:
+    """The cache limits: command-line sizes over clearml.conf over the defaults."""
+    max_bytes = config.cache.max_used_bytes
+    free_bytes = config.cache.min_free_bytes
+    try:
+        if max_size is not None:
+            max_bytes = config_module.parse_size(max_size)
+        if min_free is not None:
+            free_bytes = config_module.parse_size(min_free)
+    except ValueError as exc:
+        raise UserError(f"bad size: {exc}", 2) from None
+    if free_bytes is None:
+        vfs = os.statvfs(cache.root)
+        free_bytes = vfs.f_blocks * vfs.f_frsize // 20  # 5 %, as mountpoint-s3 keeps
+    return CacheLimits(max_bytes, free_bytes)
 
 
 def _daemonize() -> Callable[[int, str], None]:
@@ -198,19 +237,6 @@ def _config_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _mounted_clearmounts() -> list[Path]:
-    mounts = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as table:
-            for line in table:
-                fields, _, tail = line.partition(" - ")
-                if tail.split(" ", 1)[0] == "fuse.clearmount":
-                    mounts.append(Path(fields.split(" ")[4].replace("\\040", " ")))
-    except OSError:
-        pass
-    return mounts
-
-
 def _path_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="clearmount path", description="Print where a storage URL appears in the mount."
@@ -235,7 +261,7 @@ def _path_command(argv: Sequence[str]) -> int:
         raise UserError(f"not a storage URL: {args.url} ({exc})", 2) from None
     mountpoint = args.mountpoint
     if mountpoint is None:
-        mounts = _mounted_clearmounts()
+        mounts = clearmount_mounts()
         mountpoint = mounts[0] if len(mounts) == 1 else None
     print(os.path.join(mountpoint, relative) if mountpoint else relative)
     if config is not None:
@@ -252,12 +278,8 @@ def _url_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("path", help="a path under a clearmount mount, or relative (s3/bucket/k)")
     args = parser.parse_args(argv)
-    path = os.path.abspath(args.path)
-    relative = args.path
-    for mountpoint in _mounted_clearmounts():
-        if path.startswith(str(mountpoint).rstrip("/") + "/"):
-            relative = path[len(str(mountpoint).rstrip("/")) + 1 :]
-            break
+    found = mount_containing(args.path)
+    relative = found[1] if found else args.path
     try:
         print(urls.path_to_url(relative))
     except ValueError:
@@ -265,10 +287,24 @@ def _url_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _cache_command(argv: Sequence[str]) -> int:
+    from clearmount import cache_cli
+
+    return cache_cli.cache_command(argv)
+
+
+def _prefetch_command(argv: Sequence[str]) -> int:
+    from clearmount import cache_cli
+
+    return cache_cli.prefetch_command(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "config": _config_command,
     "path": _path_command,
     "url": _url_command,
+    "cache": _cache_command,
+    "prefetch": _prefetch_command,
 }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from clearmount.cache.evict import CacheLimits, evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
@@ -42,6 +43,8 @@ _STALE_PARTIAL_SECONDS = 60.0
 # Handler tasks pyfuse3 keeps ready: enough that a slow fetch never blocks other requests.
 _MIN_TASKS = 16
 _MAX_TASKS = 512
+# Seconds between eviction passes when nothing else triggers one.
+_EVICTION_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class MountRequest:
     config: Config
     options: MountOptions
     cache: CacheLayout
+    limits: CacheLimits
 
 
 def prepare_mountpoint(path: Path, nonempty: bool) -> None:
@@ -103,6 +107,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     cache.sweep_partials(older_than=_STALE_PARTIAL_SECONDS)
     options = request.options
     index = CacheIndex(cache.state_dir / "index.sqlite3")
+    reconcile(cache, index)
     transfer = Transfer(options.metadata_concurrency, options.fetch_concurrency)
     config = request.config
     direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)
@@ -114,6 +119,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         transfer,
         part_size=boto3_settings.multipart_chunksize,
         parallel=boto3_settings.max_multipart_concurrency,
+        limits=request.limits,
+        verify=not options.noverify,
     )
     operations = Operations(namespace, fetcher, options)
     try:
@@ -144,11 +151,30 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
 async def _main(mountpoint: Path, fetcher: Fetcher, on_ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
+        nursery.start_soon(_keep_within_limits, fetcher)
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(_announce_ready, mountpoint, on_ready)
         await pyfuse3.main(min_tasks=_MIN_TASKS, max_tasks=_MAX_TASKS)
         # The session ended (fusermount3 -u, or a signal): stop fetches and helpers.
         nursery.cancel_scope.cancel()
+
+
+async def _keep_within_limits(fetcher: Fetcher) -> None:
+    """Evict in the background whenever a fetch starts or ends, and every few seconds (the
+    ClearML SDK adds files too). Reads never wait for it."""
+    layout = fetcher.layout
+    # its own connection: this one is used from a worker thread
+    index = CacheIndex(layout.state_dir / "index.sqlite3")
+    try:
+        while True:
+            with trio.move_on_after(_EVICTION_INTERVAL):
+                await fetcher.changed.wait()
+            result = await trio.to_thread.run_sync(
+                evict, layout, index, fetcher.limits, fetcher.reserved_bytes()
+            )
+            fetcher.usage_bytes = result.used_bytes
+    finally:
+        index.close()
 
 
 async def _stop_on_signal() -> None:

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from clearmount.cache.fetch import Fetch, Fetcher
+from clearmount.cache.stream import Stream
 from clearmount.errors import ClearmountError, NotFound, errno_for
 from clearmount.namespace import Entry, Kind, Namespace, Node
 from clearmount.options import MountOptions
@@ -33,6 +34,7 @@ R = TypeVar("R")
 _XATTR_URL = b"user.clearmount.url"
 _XATTR_ETAG = b"user.clearmount.etag"
 _XATTR_CACHED = b"user.clearmount.cached"
+_XATTR_CACHE_DIR = b"user.clearmount.cache_dir"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 
 
@@ -69,8 +71,9 @@ async def _read_only(*_: Any, **__: Any) -> Any:
 @dataclass
 class _OpenFile:
     node: Node
-    fd: int
+    fd: int  # -1 for a stream
     fetch: Fetch | None
+    stream: Stream | None
 
 
 class Operations(pyfuse3.Operations):
@@ -202,7 +205,7 @@ class Operations(pyfuse3.Operations):
         url = self.namespace.url_string(node)
         source = self.fetcher.open(url, store, node.info, parallel=True)
         handle = next(self._handles)
-        self._files[handle] = _OpenFile(node, source.fd, source.fetch)
+        self._files[handle] = _OpenFile(node, source.fd, source.fetch, source.stream)
         # Safe across opens: this inode is one object version, its bytes never change.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
@@ -210,6 +213,8 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.reads += 1
         handle = self._files[fh]
+        if handle.stream is not None:
+            return await handle.stream.read(off, size)
         fetch = handle.fetch
         if fetch is not None and not fetch.complete:
             await fetch.wait_for(off, off + size)
@@ -217,14 +222,15 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
+        if handle is not None and handle.fd >= 0:
             os.close(handle.fd)
 
     # ----- extended attributes --------------------------------------------------------------
 
     def _xattrs(self, node: Node) -> dict[bytes, bytes]:
-        if not node.parts or node.kind is Kind.ROOT:
-            return {}
+        if node.kind is Kind.ROOT:
+            # lets `clearmount prefetch` and `cache` find the daemon's cache from the mount
+            return {_XATTR_CACHE_DIR: os.fsencode(self.fetcher.layout.root)}
         url = self.namespace.url_string(node) if node.kind in (Kind.DIR, Kind.FILE) else ""
         values = {_XATTR_URL: url.encode()} if url else {}
         if node.info is not None:

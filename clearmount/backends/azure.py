@@ -37,14 +37,17 @@ from clearmount.config import AzureContainer, Config
 from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
 from clearmount.urls import StorageURL, match_azure
 
-# Bounded SDK retries: clearmount.transfer retries with its own deadlines on top of these, so
-# an unreachable account must surface as `Unavailable` in seconds, not after the SDK's
-# default backoff (15 s + 3**n per retry).
-# The n-th retry waits _RETRY_BASE**n seconds: 1.5, 2.25, 3.4 (about 7 s in all).
+# Bounded time. Every request has a connect deadline and a read deadline (the wait for the
+# first byte and every stall between bytes). The SDK's own retry policy retries timeouts,
+# connection errors, 408/500/502/503/504 `_RETRY_TOTAL` times; the n-th retry waits
+# _RETRY_BASE**n seconds +- _RETRY_JITTER (1.5, 2.25, 3.4: about 7 s in all), not the SDK's
+# default 15 s + 3**n, so an unreachable account surfaces as `Unavailable` (EIO) in seconds.
+# A download cut mid-body is resumed by the fetch from the last byte received.
 _RETRY_TOTAL = 3
 _RETRY_BASE = 1.5
+_RETRY_JITTER = 1.0  # seconds either side of each backoff, so clients do not retry in step
 _CONNECTION_TIMEOUT = 10  # seconds
-_READ_TIMEOUT = 60  # seconds, between bytes of a response
+_READ_TIMEOUT = 60  # seconds, before the first byte and between bytes of a response
 # Size of the first ranged GET and of every later one of a download. The SDK keeps one such
 # piece in memory per stream (its default first GET is 32 MiB), so this bounds a read.
 _GET_SIZE = 4 << 20
@@ -89,7 +92,7 @@ def _client(endpoint: str, entry: AzureContainer, max_connections: int) -> BlobS
                 initial_backoff=0,
                 increment_base=_RETRY_BASE,  # type: ignore[arg-type]
                 retry_total=_RETRY_TOTAL,
-                random_jitter_range=0,
+                random_jitter_range=_RETRY_JITTER,  # type: ignore[arg-type]
             ),
             max_single_get_size=_GET_SIZE,
             max_chunk_get_size=_GET_SIZE,

@@ -38,10 +38,14 @@ log = logging.getLogger(__name__)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
-# Bounded SDK retries (its default keeps retrying for 120 s): clearmount.transfer retries with
-# its own deadlines on top, so an unreachable server must surface as `Unavailable` quickly.
+# Bounded time. Every request has a connect deadline and a read deadline (the wait for the
+# first byte and every stall between bytes). The SDK's own retry policy retries 429/5xx,
+# connection errors and timeouts with jittered exponential backoff (a random wait up to 0.5,
+# 1, 2, 4, 4... s) for at most 8 s after the first failure, not the SDK's default 120 s, so an
+# unreachable server surfaces as `Unavailable` (EIO) quickly. A failed ranged GET is resumed
+# by the fetch from the last byte received.
 _RETRY = DEFAULT_RETRY.with_delay(initial=0.5, multiplier=2.0, maximum=4.0).with_timeout(8.0)
-_TIMEOUT = (10.0, 60.0)  # seconds: connect, then between bytes of a response
+_TIMEOUT = (10.0, 60.0)  # seconds: connect, then before the first byte and between bytes
 # The smallest ranged GET of `read_range`: one request per caller chunk would pay a round
 # trip per MiB. Memory stays bounded by max(chunk_size, _MIN_GET) per stream.
 _MIN_GET = 4 << 20

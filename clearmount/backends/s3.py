@@ -3,10 +3,25 @@
 Owns: building boto3 clients from a matched `S3Credentials` entry and `Boto3Settings`, and
 the table that turns botocore errors into clearmount's `StoreError`s. The only importer of
 boto3/botocore. Blocking and thread-safe (boto3 clients are), as `ObjectStore` requires.
+
+Bounded time: every request has botocore's `connect_timeout` and `read_timeout` from
+`sdk.aws.boto3` (ClearML's 60 s defaults); the read timeout bounds the wait for the first
+byte and every stall between bytes of a body. Failed requests (5xx, throttling, connection
+errors, timeouts) are retried by botocore's standard retry mode with jittered exponential
+backoff, `DEFAULT_MAX_ATTEMPTS` attempts in all unless `AWS_MAX_ATTEMPTS` (or `max_attempts`
+in the AWS profile) says otherwise. A body cut or stalled mid-stream raises `Unavailable`;
+the fetch resumes it from the last byte received.
+
+Never wrong bytes: a ranged GET is pinned with If-Match, and its answer is checked too (the
+range it covers, the ETag it carries), so a server that ignores Range or If-Match cannot put
+bytes of the wrong place or version into the cache.
 """
 
 from __future__ import annotations
 
+import datetime
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any, cast
@@ -31,10 +46,38 @@ _DENIED = {
 }
 _STALE = {"412", "PreconditionFailed"}
 
+#: Attempts per request, the first one included, when neither AWS_MAX_ATTEMPTS nor the AWS
+#: profile sets `max_attempts`. botocore waits rand(0, 1) * min(2**i * 50 ms, 20 s) before
+#: retry i of a server error or timeout, and rand(0, 1) * min(2**i s, 20 s) after throttling
+#: (503 SlowDown): well under a second in all for errors, at most 15 s for throttling.
+DEFAULT_MAX_ATTEMPTS = 5
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+log = logging.getLogger(__name__)
+
 # One client per (endpoint, credentials): clients hold the connection pool, and building one
 # costs milliseconds of botocore model loading.
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
+
+
+def retry_policy(session: boto3.session.Session) -> dict[str, Any]:
+    """botocore's `retries` config: the AWS environment/profile's choice, else standard mode
+    with `DEFAULT_MAX_ATTEMPTS` attempts."""
+    store = session._session  # the botocore session: env (AWS_*) and profile settings
+    try:
+        attempts = store.get_config_variable("max_attempts")
+    except ValueError:
+        log.warning("AWS_MAX_ATTEMPTS is not a number; using %d", DEFAULT_MAX_ATTEMPTS)
+        attempts = None
+    mode = store.get_config_variable("retry_mode") or "standard"
+    if mode not in ("standard", "adaptive", "legacy"):
+        mode = "standard"
+    return {
+        "mode": mode,
+        "total_max_attempts": max(1, int(attempts or DEFAULT_MAX_ATTEMPTS)),
+    }
 
 
 def _client(entry: S3Credentials, settings: Boto3Settings) -> Any:
@@ -43,6 +86,10 @@ def _client(entry: S3Credentials, settings: Boto3Settings) -> Any:
         client = _clients.get(cache_key)
         if client is not None:
             return client
+        session_args: dict[str, Any] = {}
+        if entry.profile:
+            session_args["profile_name"] = entry.profile
+        session = boto3.session.Session(**session_args)
         s3_options: dict[str, Any] = {}
         if settings.addressing_style:
             s3_options["addressing_style"] = settings.addressing_style
@@ -52,12 +99,8 @@ def _client(entry: S3Credentials, settings: Boto3Settings) -> Any:
             read_timeout=settings.read_timeout,
             signature_version=settings.signature_version,
             s3=cast(Any, s3_options or None),
-            retries={"mode": "standard", "max_attempts": 5},
+            retries=cast(Any, retry_policy(session)),
         )
-        session_args: dict[str, Any] = {}
-        if entry.profile:
-            session_args["profile_name"] = entry.profile
-        session = boto3.session.Session(**session_args)
         client_args: dict[str, Any] = {
             "config": config,
             "endpoint_url": entry.endpoint_url,
@@ -123,18 +166,18 @@ class S3Store(ObjectStore):
         return True
 
     def head(self, key: str) -> ObjectInfo:
+        url = self._url(key)
         try:
             reply = self._client.head_object(Bucket=self.bucket, Key=key)
         except Exception as exc:
-            raise translate(exc, self._url(key), self.entry) from None
-        return ObjectInfo(
-            key=key,
-            size=int(reply["ContentLength"]),
-            version=str(reply.get("ETag", "")),
-            mtime=reply["LastModified"].timestamp(),
-        )
+            raise translate(exc, url, self.entry) from None
+        size = reply.get("ContentLength")
+        if not isinstance(size, int) or size < 0:
+            raise Unavailable(f"malformed HEAD answer: Content-Length {size!r}", url, self.entry)
+        return ObjectInfo(key=key, size=size, version=_etag(reply), mtime=_mtime(reply))
 
     def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
+        url = self._url(prefix)
         args: dict[str, Any] = {
             "Bucket": self.bucket,
             "Prefix": prefix,
@@ -146,19 +189,24 @@ class S3Store(ObjectStore):
         try:
             reply = self._client.list_objects_v2(**args)
         except Exception as exc:
-            raise translate(exc, self._url(prefix), self.entry) from None
-        objects = tuple(
-            ObjectInfo(
-                key=item["Key"],
-                size=int(item["Size"]),
-                version=str(item.get("ETag", "")),
-                mtime=item["LastModified"].timestamp(),
-            )
-            for item in reply.get("Contents", ())
+            raise translate(exc, url, self.entry) from None
+        objects = []
+        for item in reply.get("Contents", ()):
+            key, size = item.get("Key"), item.get("Size")
+            if not isinstance(key, str) or not isinstance(size, int) or size < 0:
+                log.warning("%s: skipping a malformed listing entry %r", url, item)
+                continue
+            objects.append(ObjectInfo(key=key, size=size, version=_etag(item), mtime=_mtime(item)))
+        prefixes = tuple(
+            item["Prefix"]
+            for item in reply.get("CommonPrefixes", ())
+            if isinstance(item.get("Prefix"), str)
         )
-        prefixes = tuple(item["Prefix"] for item in reply.get("CommonPrefixes", ()))
         next_token = reply.get("NextContinuationToken") if reply.get("IsTruncated") else None
-        return ListPage(objects, prefixes, next_token)
+        if next_token is not None and next_token == token:
+            # A server that hands back the token it was given would be listed forever.
+            raise Unavailable("the server repeats its listing continuation token", url, self.entry)
+        return ListPage(tuple(objects), prefixes, next_token)
 
     def read_range(
         self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
@@ -166,26 +214,69 @@ class S3Store(ObjectStore):
         if end <= start:
             return
         url = self._url(key)
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={start}-{end - 1}",
+        }
+        if version:
+            args["IfMatch"] = version
         try:
-            reply = self._client.get_object(
-                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}", IfMatch=version
-            )
+            reply = self._client.get_object(**args)
         except Exception as exc:
             raise translate(exc, url, self.entry) from None
         body = reply["Body"]
-        remaining = end - start
         try:
+            self._check_answer(reply, url, version, start, end)
+            remaining = end - start
             while remaining > 0:
                 try:
                     chunk = body.read(min(chunk_size, remaining))
                 except Exception as exc:
                     raise translate(exc, url, self.entry) from None
                 if not chunk:
-                    raise Unavailable(f"connection closed with {remaining} bytes missing", url)
+                    raise Unavailable(
+                        f"connection closed with {remaining} bytes missing", url, self.entry
+                    )
                 remaining -= len(chunk)
                 yield chunk
         finally:
             body.close()
+
+    def _check_answer(
+        self, reply: dict[str, Any], url: str, version: str, start: int, end: int
+    ) -> None:
+        """Refuse a GET answer for other bytes than asked: another version (a server that
+        ignores If-Match) or another range (one that ignores Range and sends the object)."""
+        if version and reply.get("ETag") and _etag(reply) != version:
+            raise Stale(f"the server sent version {_etag(reply)}, not {version}", url, self.entry)
+        status = reply.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        match = _CONTENT_RANGE.fullmatch(str(reply.get("ContentRange", "")).strip())
+        if match is not None:
+            first, last = int(match[1]), int(match[2])
+        elif status == 200:
+            first, last = 0, int(reply.get("ContentLength", 0)) - 1  # the whole object
+        else:
+            first = last = -1
+        if (first, last) != (start, end - 1):
+            raise Unavailable(
+                f"asked for bytes {start}-{end - 1}, the server answered "
+                f"{status} {reply.get('ContentRange') or 'without a Content-Range'}",
+                url,
+                self.entry,
+            )
+
+
+def _etag(item: dict[str, Any]) -> str:
+    """The ETag of a HEAD/GET answer or listing entry, always in its quoted header form (some
+    servers leave listing ETags unquoted), so versions from either compare equal."""
+    value = str(item.get("ETag") or "")
+    return value if not value or value.startswith(('"', 'W/"')) else f'"{value}"'
+
+
+def _mtime(item: dict[str, Any]) -> float:
+    modified = item.get("LastModified")
+    return float(modified.timestamp()) if isinstance(modified, datetime.datetime) else 0.0
 
 
 def list_buckets(entry: S3Credentials, settings: Boto3Settings, host_url: str) -> list[str]:

@@ -13,6 +13,8 @@ that file. Progress comes back to the trio loop through `trio.from_thread.run_sy
 from __future__ import annotations
 
 import collections
+import fcntl
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,8 +23,10 @@ from pathlib import Path
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache.evict import CacheLimits
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from clearmount.transfer import Transfer
 
@@ -39,10 +43,13 @@ class _Aborted(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """What an open file reads from: a descriptor, and the fetch still filling it (if any)."""
+    """What an open file reads from: a descriptor (holding a shared flock, so eviction leaves
+    the file alone while it is open) and the fetch still filling it, or, for an object too
+    large for the cache, a `Stream` and no descriptor (fd -1)."""
 
     fd: int
     fetch: Fetch | None
+    stream: Stream | None = None
 
 
 class Fetch:
@@ -55,8 +62,10 @@ class Fetch:
         partial: Path,
         part_size: int,
         parallel: int,
+        verify: bool = True,
     ) -> None:
         self.url = url
+        self.verify = verify
         self.store = store
         self.info = info
         self.final = final
@@ -120,7 +129,7 @@ class Fetch:
                 for _ in range(self.parallel):
                     nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
             if self.error is None:
-                self._install(index)
+                await self._install(index)
         except (ClearmountError, OSError) as exc:
             self._fail(exc)
         except BaseException:
@@ -160,13 +169,18 @@ class Fetch:
         finally:
             os.close(fd)
 
-    def _install(self, index: CacheIndex) -> None:
+    async def _install(self, index: CacheIndex) -> None:
         """Verify the finished partial file and rename it into place."""
         size = self.partial.stat().st_size
         if size != self.info.size:
             raise CacheError(
                 f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
             )
+        expected = _md5_of(self.info.version) if self.verify else None
+        if expected is not None:
+            actual = await trio.to_thread.run_sync(_file_md5, self.partial)
+            if actual != expected:
+                raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
         os.rename(self.partial, self.final)
         index.put(self.final.name, self.url, self.info.version, self.info.size)
         self.complete = True
@@ -197,6 +211,8 @@ class Fetcher:
         transfer: Transfer,
         part_size: int,
         parallel: int,
+        limits: CacheLimits,
+        verify: bool = True,
     ) -> None:
         self.layout = layout
         self.index = index
@@ -205,6 +221,12 @@ class Fetcher:
         self.parallel = parallel
         self.in_flight: dict[tuple[str, str], Fetch] = {}
         self.fetches_started = 0
+        self.limits = limits
+        self.verify = verify
+        #: set whenever a fetch starts or ends: the evictor waits on it
+        self.changed = trio.Event()
+        #: bytes the cache held at the last eviction pass (for `fits`)
+        self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -223,7 +245,32 @@ class Fetcher:
         cached = self._cached_fd(final, url, info)
         if cached is not None:
             return Source(cached, None)
+        if not self.fits(info.size):
+            log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
+            return Source(-1, None, Stream(store, info, self.transfer))
         return self._start(url, store, info, final, parallel)
+
+    def fits(self, size: int) -> bool:
+        """Whether an object of `size` bytes can be cached within the limits at all."""
+        limits = self.limits
+        if limits.max_bytes is not None and size > limits.max_bytes:
+            return False
+        if limits.min_free_bytes:
+            try:
+                vfs = os.statvfs(self.layout.root)
+            except OSError:
+                return True
+            room = vfs.f_bavail * vfs.f_frsize - limits.min_free_bytes + self.usage_bytes
+            return size <= room - self.reserved_bytes()
+        return True
+
+    def reserved_bytes(self) -> int:
+        """Bytes still to come for the fetches in flight."""
+        return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
+
+    def _changed(self) -> None:
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
 
     def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
         try:
@@ -232,9 +279,12 @@ class Fetcher:
             return None
         except OSError as exc:
             raise CacheError(f"cannot open cache file {final}: {exc.strerror}") from None
+        if not _share_lock(fd):
+            os.close(fd)  # being evicted right now: a miss
+            return None
         size = os.fstat(fd).st_size
         entry = self.index.get(final.name)
-        if entry is None and size == info.size:
+        if (entry is None or not entry.version) and size == info.size:
             # Downloaded by the ClearML SDK (or a daemon without an index): same name, same
             # size; adopt it under the version we see now.
             self.index.put(final.name, url, info.version, info.size)
@@ -258,12 +308,20 @@ class Fetcher:
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
         fetch = Fetch(
-            url, store, info, final, partial, self.part_size, self.parallel if parallel else 1
+            url,
+            store,
+            info,
+            final,
+            partial,
+            self.part_size,
+            self.parallel if parallel else 1,
+            self.verify,
         )
         read_fd = self._open_read(partial)
         self.in_flight[(url, info.version)] = fetch
         self.fetches_started += 1
         self._nursery.start_soon(self._run, fetch, lock_fd)
+        self._changed()
         return Source(read_fd, fetch)
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
@@ -272,13 +330,16 @@ class Fetcher:
         finally:
             self.in_flight.pop((fetch.url, fetch.info.version), None)
             os.close(lock_fd)
+            self._changed()
 
     @staticmethod
     def _open_read(path: Path) -> int:
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
+        _share_lock(fd)  # partial files are never evicted; this protects the renamed file
+        return fd
 
     def cached_bytes(self, url: str, version: str) -> int:
         """How many bytes of this version are on local disk (for `user.clearmount.cached`)."""
@@ -293,3 +354,28 @@ class Fetcher:
             return final.stat().st_size
         except OSError:
             return 0
+
+
+def _share_lock(fd: int) -> bool:
+    """Mark `fd`'s file as open for eviction in every process; False while it is evicted."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _md5_of(version: str) -> str | None:
+    """The MD5 an S3 ETag states, when it is one (single-part uploads); else None."""
+    etag = version.strip('"').lower()
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return etag
+    return None
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

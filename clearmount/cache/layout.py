@@ -70,11 +70,12 @@ class CacheLayout:
     def create_partial(self, final: Path) -> tuple[Path, int]:
         """A new partial file for `final`, locked for as long as the returned fd is open.
 
-        The lock tells a later start-up sweep whether its writer is still alive.
+        The (shared) lock tells a later start-up sweep whether its writer is still alive;
+        readers hold shared locks too, and the file becomes the cache file they keep open.
         """
         path = self.partial_path(final)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return path, fd
 
     def sweep_partials(self, older_than: float) -> int:
