@@ -95,7 +95,7 @@ def test_limit_holds_under_load_and_spares_open_pinned_and_recent(
         stop.set()
         sampler.join()
         overshoot = peak - 100 * MIB
-        print(f"cache limit 100 MiB: peak {peak / MIB:.1f} MiB, overshoot {overshoot / MIB:.1f} MiB")
+        print(f"limit 100 MiB: peak {peak / MIB:.1f} MiB, overshoot {overshoot / MIB:.1f} MiB")
         assert overshoot <= 10 * MIB, f"peak {peak} bytes"
         poll_until(lambda: du(folder) <= 100 * MIB, 20, "eviction to settle")
         names = {p.name.split(".", 1)[1] for p in folder.iterdir()}
