@@ -8,6 +8,7 @@ their exit code.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -49,6 +50,7 @@ other commands:
   clearmount url PATH                 print the storage URL of a mount path
   clearmount prefetch URL|PATH...     fetch into the cache before a job (--recursive, --pin)
   clearmount cache ls|du|prune|clear|pin|unpin   inspect and manage the cache
+  clearmount status [MOUNTPOINT] [--json]  fetches in flight, cache use, recent errors
 """
 
 OPTIONS_HELP = """mount options (-o, comma separated):
@@ -57,13 +59,20 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   negative_timeout=S  seconds "no such file" is remembered (5)
   fetch_concurrency=N ranged GETs at once over all downloads (32)
   metadata_concurrency=N  HEAD/LIST requests at once (32)
-  uid=N,gid=N         owner shown for every file (default: the user running clearmount)
+  uid=N,gid=N         owner shown for every file, number or name (default: the user
+                      running clearmount)
+  file_mode=M, dir_mode=M  permission bits, octal (0444, 0555); checked by the kernel
+  umask=M             bits cleared from both modes (0; e.g. 077: the owner only)
   allow_other         let other users read the mount (needs user_allow_other in /etc/fuse.conf)
   allow_root          let root read the mount
   nonempty            allow mounting over a non-empty directory
   nofile              do not show local paths (file:// URLs) under MOUNTPOINT/file
-  log_file=PATH       log file when running in the background
-                      (default: CACHE/clearmount/clearmount.log)
+  log_file=PATH       log file (default: stderr with --foreground, else
+                      CACHE/clearmount/clearmount.log)
+  log_level=L         debug, info, warning or error (info; --debug means debug)
+  metrics=HOST:PORT   serve Prometheus metrics at http://HOST:PORT/metrics
+  noexec, nosuid, nodev, noatime  passed to the kernel; other fstab options
+                      (_netdev, nofail, noauto, x-systemd.*, ...) are ignored
 """
 
 
@@ -136,8 +145,13 @@ def _mount(argv: Sequence[str]) -> int:
     from clearmount import log as logsetup
     from clearmount.options import parse_options
 
-    logsetup.setup(debug=args.debug)
     options = parse_options(args.options)
+    # --foreground logs to stderr (the journal, under systemd) unless a file is named
+    logsetup.setup(
+        debug=args.debug,
+        path=options.log_file if args.foreground else None,
+        level=options.log_level,
+    )
     config = _load(args.config)
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
     cache = CacheLayout(cache_root)
@@ -146,13 +160,15 @@ def _mount(argv: Sequence[str]) -> int:
     mountpoint = args.mountpoint.expanduser().absolute()
     daemon.prepare_mountpoint(mountpoint, options.nonempty)
     daemon.check_rules(config, mountpoint)
-    request = daemon.MountRequest(mountpoint, config, options, cache, limits)
+    request = daemon.MountRequest(
+        mountpoint, config, options, cache, limits, config_arg=args.config
+    )
     if args.foreground:
         daemon.serve(request, on_ready=lambda: None)
         return 0
     log_file = options.log_file or str(cache.state_dir / "clearmount.log")
     report = _daemonize()
-    logsetup.setup(debug=args.debug, path=log_file)
+    logsetup.setup(debug=args.debug, path=log_file, level=options.log_level)
     try:
         daemon.serve(request, on_ready=lambda: report(0, f"mounted {mountpoint}"))
     except UserError as exc:
@@ -299,12 +315,35 @@ def _prefetch_command(argv: Sequence[str]) -> int:
     return cache_cli.prefetch_command(argv)
 
 
+def _status_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="clearmount status",
+        description="Ask a running daemon what it is doing: fetches in flight with their "
+        "progress, cache use against its limits, counters, recent errors.",
+    )
+    parser.add_argument(
+        "mountpoint",
+        nargs="?",
+        type=Path,
+        help="the mount point (default: the one clearmount mount on this machine)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    args = parser.parse_args(argv)
+    from clearmount import control
+
+    reply = control.call(args.mountpoint, {"op": "status"})
+    reply.pop("ok", None)
+    print(json.dumps(reply, indent=2) if args.json else control.render_status(reply))
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "config": _config_command,
     "path": _path_command,
     "url": _url_command,
     "cache": _cache_command,
     "prefetch": _prefetch_command,
+    "status": _status_command,
 }
 
 

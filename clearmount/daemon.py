@@ -1,9 +1,11 @@
 """The composition root: build every part, mount, serve, unmount.
 
 Owns: wiring (config → stores, cache, namespace, FUSE operations), the trio nursery that
-holds every background task, signal handling (SIGTERM/SIGINT unmount cleanly), the readiness
-signal, and the mount point checks done before mounting (missing, not empty, already
-mounted, or a stale mount left by a crash, which is cleaned up).
+holds every background task, signal handling (SIGTERM/SIGINT unmount within a bound, SIGHUP
+re-reads clearml.conf), the readiness signal and the rest of the systemd protocol (READY,
+STATUS, RELOADING, STOPPING, the watchdog fed from the event loop), the control socket and
+the optional metrics endpoint, and the mount point checks done before mounting (missing,
+not empty, already mounted, or a stale mount left by a crash, which is cleaned up).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
+from clearmount import config as config_module
+from clearmount import control
 from clearmount.cache.evict import CacheLimits, evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
@@ -30,9 +35,14 @@ from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
 from clearmount.fuse_ops import Operations
+from clearmount.monitor import Monitor
 from clearmount.namespace import Namespace
-from clearmount.options import MountOptions
+from clearmount.options import USAGE_EXIT, MountOptions
+from clearmount.sd_notify import Notifier
 from clearmount.transfer import Transfer
+
+if TYPE_CHECKING:
+    from clearmount.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,11 @@ _MIN_TASKS = 16
 _MAX_TASKS = 512
 # Seconds between eviction passes when nothing else triggers one.
 _EVICTION_INTERVAL = 5.0
+# After SIGTERM: readers waiting for fetches get this long to finish, then the fetches are
+# cancelled (the readers get EIO), then whatever still runs is cancelled. The sum stays well
+# under the units' TimeoutStopSec, so systemd never has to SIGKILL a mount.
+_DRAIN_SECONDS = 5.0
+_CANCEL_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,21 @@ class MountRequest:
     options: MountOptions
     cache: CacheLayout
     limits: CacheLimits
+    #: --config as given (None: the usual search), read again on SIGHUP
+    config_arg: Path | None = None
+
+
+@dataclass
+class _Service:
+    """The live parts of a mount that the background tasks act on."""
+
+    request: MountRequest
+    namespace: Namespace
+    fetcher: Fetcher
+    monitor: Monitor
+    notifier: Notifier
+    control: control.ControlServer | None
+    metrics: MetricsServer | None
 
 
 def prepare_mountpoint(path: Path, nonempty: bool) -> None:
@@ -123,6 +153,19 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         verify=not options.noverify,
     )
     operations = Operations(namespace, fetcher, options)
+    monitor = Monitor(
+        fetcher,
+        operations.counters,
+        mountpoint=request.mountpoint,
+        options=options,
+        config=lambda: namespace.config,
+    )
+    # Both sockets are bound before mounting: a taken metrics port fails the start (one
+    # line, nothing mounted) instead of leaving a mount without what was asked for.
+    metrics = _metrics_server(options.metrics, monitor) if options.metrics else None
+    service = _Service(
+        request, namespace, fetcher, monitor, Notifier(), _control_server(request), metrics
+    )
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
     except RuntimeError as exc:
@@ -134,11 +177,12 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     log.info("mounted %s (cache %s)", request.mountpoint, cache.root)
     unmounted = False
     try:
-        trio.run(_main, request.mountpoint, fetcher, on_ready)
+        trio.run(_main, service, on_ready)
         unmounted = True
     finally:
         pyfuse3.close(unmount=True)
         index.close()
+        _close(service)
         if unmounted:
             log.info(
                 "unmounted %s (served %d reads, %d fetches)",
@@ -148,15 +192,63 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
             )
 
 
-async def _main(mountpoint: Path, fetcher: Fetcher, on_ready: Callable[[], None]) -> None:
+def _control_server(request: MountRequest) -> control.ControlServer | None:
+    # Keyed by the mount point as the mount table will spell it (resolved now, before it is
+    # a mount: resolving a live mount point would ask the mount).
+    mountpoint = Path(os.path.realpath(request.mountpoint))
+    try:
+        sock, path = control.bind(mountpoint)
+    except OSError as exc:
+        log.warning("no control socket (clearmount status will not work): %s", exc)
+        return None
+    return control.ControlServer(sock, path)
+
+
+def _metrics_server(address: str, monitor: Monitor) -> MetricsServer:
+    from clearmount import metrics  # prometheus_client only for mounts that ask for it
+
+    try:
+        sock = metrics.bind(address)
+    except OSError as exc:
+        raise UserError(f"-o metrics={address}: {exc.strerror}", USAGE_EXIT) from None
+    return metrics.MetricsServer(sock, monitor)
+
+
+def _close(service: _Service) -> None:
+    if service.control is not None:
+        service.control.close()
+    if service.metrics is not None:
+        service.metrics.close()
+    service.notifier.close()
+
+
+async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
+    notifier = service.notifier
     async with trio.open_nursery() as nursery:
-        fetcher.start(nursery)
-        nursery.start_soon(_keep_within_limits, fetcher)
-        nursery.start_soon(_stop_on_signal)
-        nursery.start_soon(_announce_ready, mountpoint, on_ready)
+        # Fetches get a nursery of their own, so a stop can cancel them alone.
+        fetches: trio.Nursery = await nursery.start(_fetch_nursery)
+        service.fetcher.start(fetches)
+        nursery.start_soon(_keep_within_limits, service.fetcher)
+        nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
+        nursery.start_soon(_reload_on_hangup, service)
+        nursery.start_soon(_announce_ready, service, on_ready)
+        nursery.start_soon(_feed_watchdog, notifier)
+        nursery.start_soon(service.monitor.run, notifier.status)
+        if service.control is not None:
+            service.control.register("status", _status_handler(service.monitor))
+            nursery.start_soon(service.control.serve)
+        if service.metrics is not None:
+            nursery.start_soon(service.metrics.serve)
         await pyfuse3.main(min_tasks=_MIN_TASKS, max_tasks=_MAX_TASKS)
         # The session ended (fusermount3 -u, or a signal): stop fetches and helpers.
+        notifier.stopping(f"unmounted {service.request.mountpoint}")
         nursery.cancel_scope.cancel()
+
+
+async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 async def _keep_within_limits(fetcher: Fetcher) -> None:
@@ -177,16 +269,98 @@ async def _keep_within_limits(fetcher: Fetcher) -> None:
         index.close()
 
 
-async def _stop_on_signal() -> None:
+async def _stop_on_signal(
+    service: _Service, everything: trio.CancelScope, fetches: trio.CancelScope
+) -> None:
+    """SIGTERM/SIGINT: unmount within _DRAIN_SECONDS + _CANCEL_SECONDS, however stuck.
+
+    pyfuse3.main() returns only once every running handler has answered, and a read waiting
+    for a stalled fetch would hold it open for as long as the server stalls. A second signal
+    skips the waiting.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+        signum = await signals.__anext__()
+        log.info("%s received: unmounting", signal.Signals(signum).name)
+        service.notifier.stopping(f"stopping: unmounting {service.request.mountpoint}")
+        pyfuse3.terminate()
+        with trio.move_on_after(_DRAIN_SECONDS):
+            await signals.__anext__()
+        running = len(service.fetcher.in_flight)
+        if running:
+            log.warning("cancelling %d fetch(es) still running: their readers get EIO", running)
+        fetches.cancel()
+        with trio.move_on_after(_CANCEL_SECONDS):
+            await signals.__anext__()
+        log.warning("requests still running after the signal: stopping without them")
+        everything.cancel()
 
 
-async def _announce_ready(mountpoint: Path, on_ready: Callable[[], None]) -> None:
+async def _announce_ready(service: _Service, on_ready: Callable[[], None]) -> None:
+    mountpoint = service.request.mountpoint
     # The stat is answered by our own getattr: once it returns, the mount serves requests.
     await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     log.info("ready: %s", mountpoint)
     on_ready()
+    service.notifier.ready()  # STATUS= lines come from the monitor
+
+
+async def _feed_watchdog(notifier: Notifier) -> None:
+    """Ping systemd's watchdog from the event loop: if the loop wedges, the pings stop and
+    systemd restarts the service (WatchdogSec= in the unit)."""
+    if notifier.watchdog_seconds is None:
+        return
+    while True:
+        notifier.watchdog()
+        await trio.sleep(notifier.watchdog_seconds / 2)
+
+
+def _status_handler(monitor: Monitor) -> control.Handler:
+    async def status(request: dict[str, Any]) -> dict[str, Any]:
+        return monitor.snapshot()
+
+    return status
+
+
+async def _reload_on_hangup(service: _Service) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            service.notifier.reloading()
+            await reload(service)
+            service.notifier.ready(service.monitor.status_line())
+
+
+async def reload(service: _Service) -> None:
+    """Read clearml.conf again and use it from the next request on; keep the running one if
+    the new one is unusable (one ERROR line says why)."""
+    request = service.request
+    namespace = service.namespace
+    old = namespace.config
+    try:
+        new = await trio.to_thread.run_sync(config_module.load, request.config_arg)
+        check_rules(new, request.mountpoint)
+    except UserError as exc:
+        log.error("reload failed, still using the configuration loaded before: %s", exc)
+        service.monitor.note_reload(False, str(exc))
+        return
+    for warning in new.warnings:
+        log.warning("%s", warning)
+    if new.cache.base_dir != old.cache.base_dir:
+        log.warning(
+            "the cache directory changed to %s: it takes effect at the next start "
+            "(still using %s)",
+            new.cache.base_dir,
+            request.cache.root,
+        )
+    direct = DirectAccess(new.direct_access, new.path_substitution, request.mountpoint)
+    # Stores are cached per Config object (backends.open_store), so the new credentials
+    # serve every request from now on; open files keep the store they opened with.
+    # Namespace derives one flag from the rules at construction: recompute it here until
+    # Namespace grows a reload() of its own.
+    namespace._remote_rules = bool(direct.substitutions) or any(
+        not rule.url.startswith("file://") for rule in direct.rules
+    )
+    namespace.direct = direct
+    namespace.config = new
+    files = ", ".join(str(path) for path in new.files) or "no config file (defaults)"
+    log.info("reloaded the configuration from %s", files)
+    service.monitor.note_reload(True, files)

@@ -14,15 +14,17 @@ import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from clearmount.cache.fetch import Fetch, Fetcher
+from clearmount.cache.fetch import Fetch, Fetcher, Source
 from clearmount.cache.stream import Stream
-from clearmount.errors import ClearmountError, NotFound, errno_for
+from clearmount.errors import ClearmountError, NotFound, Stale, errno_for
+from clearmount.monitor import MountCounters
 from clearmount.namespace import Entry, Kind, Namespace, Node
 from clearmount.options import MountOptions
 
@@ -53,13 +55,40 @@ def _errors(
             code = errno_for(exc)
             if not isinstance(exc, NotFound):
                 log.error("%s: %s [%s]", handler.__name__, exc, errno.errorcode.get(code, code))
+            _count_error(args, handler.__name__, type(exc).__name__)
             raise pyfuse3.FUSEError(code) from None
         except OSError as exc:
             log.error("%s: %s", handler.__name__, exc)
+            _count_error(args, handler.__name__, errno.errorcode.get(exc.errno or 0, "OSError"))
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception:
             log.exception("unexpected error in %s", handler.__name__)
+            _count_error(args, handler.__name__, "unexpected")
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _count_error(args: tuple[object, ...], operation: str, kind: str) -> None:
+    owner = args[0] if args else None
+    if isinstance(owner, Operations):
+        owner.counters.errors[(operation, kind)] += 1
+
+
+def _counted_read(
+    handler: Callable[[Operations, int, int, int], Coroutine[Any, Any, bytes]],
+) -> Callable[[Operations, int, int, int], Coroutine[Any, Any, bytes]]:
+    """Count each answered read, its bytes and how long it took (waiting for a fetch too)."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Operations, fh: int, off: int, size: int) -> bytes:
+        started = time.monotonic()
+        data = await handler(self, fh, off, size)
+        counters = self.counters
+        counters.reads += 1
+        counters.read_bytes += len(data)
+        counters.read_seconds.observe(time.monotonic() - started)
+        return data
 
     return wrapper
 
@@ -90,6 +119,8 @@ class Operations(pyfuse3.Operations):
         self._handles = itertools.count(1)
         #: read() calls served, for tests and status
         self.reads = 0
+        #: what `clearmount status` and the metrics endpoint report
+        self.counters = MountCounters()
 
     # ----- attributes -----------------------------------------------------------------------
 
@@ -106,13 +137,13 @@ class Operations(pyfuse3.Operations):
             attrs.st_size = len(os.fsencode(node.target))
             mtime = int(self.namespace.started * 1e9)
         elif node.info is not None:
-            attrs.st_mode = stat.S_IFREG | 0o444
+            attrs.st_mode = stat.S_IFREG | (self.options.file_mode & ~self.options.umask)
             attrs.st_nlink = 1
             attrs.st_size = node.info.size
             attrs.st_blocks = -(-node.info.size // 512)
             mtime = int(node.info.mtime * 1e9)
         else:
-            attrs.st_mode = stat.S_IFDIR | 0o555
+            attrs.st_mode = stat.S_IFDIR | (self.options.dir_mode & ~self.options.umask)
             attrs.st_nlink = 2
             mtime = int(self.namespace.started * 1e9)
         attrs.st_mtime_ns = attrs.st_ctime_ns = attrs.st_atime_ns = mtime
@@ -197,19 +228,33 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
+        started = time.monotonic()
         node = self.namespace.get(inode)
         if node.info is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.namespace.revalidate(node)
         store, _ = self.namespace.store_for(node.parts)
         url = self.namespace.url_string(node)
+        fetches_before = self.fetcher.fetches_started
         source = self.fetcher.open(url, store, node.info, parallel=True)
+        self._count_open(source, self.fetcher.fetches_started > fetches_before, started)
         handle = next(self._handles)
         self._files[handle] = _OpenFile(node, source.fd, source.fetch, source.stream)
         # Safe across opens: this inode is one object version, its bytes never change.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
+    def _count_open(self, source: Source, started_fetch: bool, started: float) -> None:
+        if source.stream is not None:
+            result = "streamed"
+        elif source.fetch is None:
+            result = "cached"
+        else:
+            result = "fetched" if started_fetch else "joined"
+        self.counters.opens[result] += 1
+        self.counters.open_seconds.observe(time.monotonic() - started)
+
     @_errors
+    @_counted_read
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.reads += 1
         handle = self._files[fh]
@@ -217,7 +262,12 @@ class Operations(pyfuse3.Operations):
             return await handle.stream.read(off, size)
         fetch = handle.fetch
         if fetch is not None and not fetch.complete:
-            await fetch.wait_for(off, off + size)
+            try:
+                await fetch.wait_for(off, off + size)
+            except Stale:
+                # the next open must ask the server instead of trusting the old version
+                self.namespace.invalidate(handle.node)
+                raise
         return os.pread(handle.fd, size, off)
 
     async def release(self, fh: int) -> None:

@@ -13,7 +13,6 @@ import collections
 import logging
 import os
 import sys
-import time
 from typing import TextIO
 
 _SYSLOG_PRIORITY = {

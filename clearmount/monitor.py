@@ -51,7 +51,7 @@ _STATUS_SECONDS = 2.0
 class Histogram:
     """Observations counted into fixed buckets (upper bounds, seconds), plus count and sum."""
 
-    __slots__ = ("bounds", "counts", "count", "sum")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = bounds

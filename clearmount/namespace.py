@@ -300,7 +300,7 @@ class Namespace:
         """
         store, key = self.store_for(parts)
         found: dict[str, object] = {}
-        failures: list[StoreError] = []
+        failures: dict[str, StoreError] = {}
 
         async def head() -> None:
             try:
@@ -308,13 +308,13 @@ class Namespace:
             except NotFound:
                 pass
             except StoreError as exc:
-                failures.append(exc)
+                failures["head"] = exc
 
         async def children() -> None:
             try:
                 page = await self.transfer.metadata(store.list_page, key + "/", None, 1)
             except StoreError as exc:
-                failures.append(exc)
+                failures["list"] = exc
             else:
                 found["dir"] = bool(page.objects or page.prefixes)
 
@@ -322,7 +322,8 @@ class Namespace:
             nursery.start_soon(head)
             nursery.start_soon(children)
         if failures:
-            raise failures[0]
+            # prefer the HEAD's error: it names the object itself, the listing's "key/"
+            raise failures.get("head") or failures["list"]
         now = time.monotonic()
         if found.get("dir"):
             if "file" in found:
@@ -367,6 +368,12 @@ class Namespace:
             self._listings.pop(node.parts[:-1], None)
             raise Stale("object changed since it was looked up", self.url_string(node))
         node.validated_at = time.monotonic()
+
+    def invalidate(self, node: Node) -> None:
+        """Forget what is known of `node`'s path: it changed on the server."""
+        self._known.pop(node.parts, None)
+        self._listings.pop(node.parts[:-1], None)
+        node.validated_at = 0.0
 
     # ----- listings -------------------------------------------------------------------------
 

@@ -244,7 +244,12 @@ def machine_facts() -> dict[str, str]:
         "cpu": cpu,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "load": load_average(),
     }
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def git_describe() -> str:
@@ -786,9 +791,10 @@ class MountSession:
 class Profiler:
     """py-spy (--nonblocking) on the mount process while one step runs, collapsed stacks."""
 
-    def __init__(self, enabled: bool, pid: int | None, out: Path) -> None:
+    def __init__(self, enabled: bool, pid: int | None, out: Path, idle: bool = False) -> None:
         self.enabled = enabled and pid is not None and py_spy_binary() is not None
         self.pid = pid
+        self.idle = idle
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -802,6 +808,7 @@ class Profiler:
                     str(self.pid),
                     "--nonblocking",
                     "--threads",
+                    *(["--idle"] if self.idle else []),
                     "--rate",
                     "200",
                     "--format",
@@ -1091,7 +1098,12 @@ class Bench:
 
     def session_first_byte(self, session: MountSession, who: str, rep: int) -> None:
         r, path = self.results, session.root / BIG_KEY
-        with step(r, "ttfb", who), Watchdog(600, session.kill, f"{who}: first byte"):
+        profile_out = self.workdir / f"profile-{who}-first-byte-{rep}.txt"
+        with (
+            step(r, "ttfb", who),
+            Watchdog(600, session.kill, f"{who}: first byte"),
+            Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out, True),
+        ):
             self.page_cache.drop()
             started = time.perf_counter()
             os.stat(path)
@@ -1258,7 +1270,13 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
         f"# clearmount benchmark — {site.backend} ({site.server_name} on 127.0.0.1)",
         "",
         f"{facts['date']} on {facts['host']}: nproc {facts['nproc']}, RAM {facts['ram']}, "
-        f"CPU {facts['cpu']}, kernel {facts['kernel']}, Python {facts['python']}",
+        f"CPU {facts['cpu']}, kernel {facts['kernel']}, Python {facts['python']}; "
+        f"load average {facts['load']} at the start, {facts['load_end']} at the end"
+        + (
+            " (other work was running: expect noise)"
+            if max(float(facts["load"].split()[0]), float(facts["load_end"].split()[0])) > 1.5
+            else ""
+        ),
         "",
         "versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "",
@@ -1509,6 +1527,7 @@ def main(argv: Sequence[str]) -> int:
     finally:
         MountSession.stop_all()
         site.stop()
+    facts["load_end"] = load_average()
     report = render(bench, facts, versions, args)
     print(report)
     Path(args.out).write_text(report)

@@ -13,6 +13,7 @@ that file. Progress comes back to the trio loop through `trio.from_thread.run_sy
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -133,7 +134,12 @@ class Fetch:
         except (ClearmountError, OSError) as exc:
             self._fail(exc)
         except BaseException:
-            self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url))
+            if self.error is None and self.has(0, self.info.size):
+                # every byte is on disk: keep the download rather than fetch it again
+                with trio.CancelScope(shield=True), contextlib.suppress(ClearmountError, OSError):
+                    await self._install(index)
+            if not self.complete:
+                self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
             raise
         finally:
             self._wake()
@@ -186,7 +192,7 @@ class Fetch:
         self.complete = True
         log.debug("fetched %s (%d bytes)", self.url, self.info.size)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, quiet: bool = False) -> None:
         self.aborted = True
         if isinstance(exc, ClearmountError):
             self.error = exc
@@ -194,7 +200,10 @@ class Fetch:
             self.error = CacheError(f"cache write failed for {self.url}: {exc.strerror or exc}")
         else:
             self.error = Unavailable("fetch aborted", self.url)
-        log.error("fetch failed: %s", self.error)
+        if quiet:
+            log.info("fetch stopped: %s", self.error)
+        else:
+            log.error("fetch failed: %s", self.error)
         try:
             self.partial.unlink()
         except OSError:
