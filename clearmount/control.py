@@ -81,6 +81,7 @@ def bind(mountpoint: Path) -> tuple[socket.socket, Path]:
     for directory in runtime_dirs(uid):
         try:
             _prepare_dir(directory, uid)
+            _sweep_stale(directory)
             path = directory / socket_name(str(mountpoint))
             return _listen(path), path
         except OSError as exc:
@@ -100,6 +101,19 @@ def _prepare_dir(directory: Path, uid: int) -> None:
     # In /tmp anyone could have made it first: use it only if it is ours and private.
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
         raise OSError(errno.EPERM, f"{directory} is not a directory owned by uid {uid}")
+
+
+def _sweep_stale(directory: Path) -> None:
+    """Remove sockets nobody listens on any more (their daemons were killed)."""
+    for path in directory.glob("*.sock"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            except OSError:
+                continue
 
 
 def _listen(path: Path) -> socket.socket:
@@ -315,6 +329,10 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def _count(number: int, noun: str, plural: str = "s") -> str:
+    return f"{number} {noun}{'' if number == 1 else plural}"
+
+
 def _clock(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
@@ -344,7 +362,7 @@ def render_status(status: dict[str, Any]) -> str:
         else "no size limit"
     )
     if cache["scanned_at"]:
-        use = f"{cache['files']} files, {human_bytes(cache['bytes'])}"
+        use = f"{_count(cache['files'], 'file')}, {human_bytes(cache['bytes'])}"
         if cache["partial_files"]:
             use += f" (+{cache['partial_files']} partial, {human_bytes(cache['partial_bytes'])})"
     else:
@@ -371,9 +389,11 @@ def render_status(status: dict[str, Any]) -> str:
     )
     failed = sum(counters["fetches_failed"].values())
     lines.append(
-        f"          {counters['fetches_started']} fetches started, "
+        f"          {_count(counters['fetches_started'], 'fetch', 'es')} started, "
         f"{counters['fetches_completed']} completed, {failed} failed, "
-        f"{human_bytes(counters['fetched_bytes'])} downloaded"
+        f"{human_bytes(counters['fetched_bytes'])} downloaded, "
+        f"{_count(counters.get('evictions', 0), 'file')} evicted "
+        f"({human_bytes(counters.get('evicted_bytes', 0))})"
     )
     errors = status["errors"]
     if errors["total"]:

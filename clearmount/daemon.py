@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pyfuse3
 import trio
 
+from clearmount import backends, control
 from clearmount import config as config_module
-from clearmount import control
 from clearmount.cache.evict import CacheLimits, evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
@@ -35,7 +35,7 @@ from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
 from clearmount.fuse_ops import Operations
-from clearmount.monitor import Monitor
+from clearmount.monitor import Monitor, MountCounters
 from clearmount.namespace import Namespace
 from clearmount.options import USAGE_EXIT, MountOptions
 from clearmount.sd_notify import Notifier
@@ -53,8 +53,10 @@ _STALE_PARTIAL_SECONDS = 60.0
 # Handler tasks pyfuse3 keeps ready: enough that a slow fetch never blocks other requests.
 _MIN_TASKS = 16
 _MAX_TASKS = 512
-# Seconds between eviction passes when nothing else triggers one.
+# Seconds between checks of the cache limits when no fetch starts or ends.
 _EVICTION_INTERVAL = 5.0
+# Seconds between full scans of the cache when the estimate says all is well.
+_RESCAN_INTERVAL = 30.0
 # After SIGTERM: readers waiting for fetches get this long to finish, then the fetches are
 # cancelled (the readers get EIO), then whatever still runs is cancelled. The sum stays well
 # under the units' TimeoutStopSec, so systemd never has to SIGKILL a mount.
@@ -169,6 +171,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
     except RuntimeError as exc:
+        _close(service)
         raise UserError(
             f"cannot mount {request.mountpoint}: {exc} (is /dev/fuse available and fuse3 "
             "installed?)",
@@ -228,7 +231,7 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
-        nursery.start_soon(_keep_within_limits, service.fetcher)
+        nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)
         nursery.start_soon(_announce_ready, service, on_ready)
@@ -251,20 +254,29 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
         await trio.sleep_forever()
 
 
-async def _keep_within_limits(fetcher: Fetcher) -> None:
+async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
     """Evict in the background whenever a fetch starts or ends, and every few seconds (the
     ClearML SDK adds files too). Reads never wait for it."""
     layout = fetcher.layout
     # its own connection: this one is used from a worker thread
     index = CacheIndex(layout.state_dir / "index.sqlite3")
+    last_scan = -_RESCAN_INTERVAL
     try:
         while True:
             with trio.move_on_after(_EVICTION_INTERVAL):
                 await fetcher.changed.wait()
+            # A scan stats every cache file: only when the running estimate says a limit may
+            # be crossed, or now and then for what the ClearML SDK added behind our back.
+            rescan_due = trio.current_time() - last_scan >= _RESCAN_INTERVAL
+            if not rescan_due and not fetcher.may_exceed_limits():
+                continue
             result = await trio.to_thread.run_sync(
                 evict, layout, index, fetcher.limits, fetcher.reserved_bytes()
             )
             fetcher.usage_bytes = result.used_bytes
+            last_scan = trio.current_time()
+            counters.evictions += len(result.removed)
+            counters.evicted_bytes += sum(f.size for f in result.removed)
     finally:
         index.close()
 
@@ -302,6 +314,9 @@ async def _announce_ready(service: _Service, on_ready: Callable[[], None]) -> No
     log.info("ready: %s", mountpoint)
     on_ready()
     service.notifier.ready()  # STATUS= lines come from the monitor
+    # Importing an SDK and building its clients takes a few hundred ms: do it now, not in
+    # the first reader's open().
+    await service.namespace.transfer.metadata(backends.warm_up, service.namespace.config)
 
 
 async def _feed_watchdog(notifier: Notifier) -> None:
@@ -309,13 +324,16 @@ async def _feed_watchdog(notifier: Notifier) -> None:
     systemd restarts the service (WatchdogSec= in the unit)."""
     if notifier.watchdog_seconds is None:
         return
+    # (a floor, so that an absurdly short WatchdogSec cannot make this a busy loop)
+    interval = max(notifier.watchdog_seconds / 2, 0.05)
     while True:
         notifier.watchdog()
-        await trio.sleep(notifier.watchdog_seconds / 2)
+        await trio.sleep(interval)
 
 
 def _status_handler(monitor: Monitor) -> control.Handler:
     async def status(request: dict[str, Any]) -> dict[str, Any]:
+        await monitor.refresh()
         return monitor.snapshot()
 
     return status
@@ -346,21 +364,14 @@ async def reload(service: _Service) -> None:
         log.warning("%s", warning)
     if new.cache.base_dir != old.cache.base_dir:
         log.warning(
-            "the cache directory changed to %s: it takes effect at the next start "
-            "(still using %s)",
+            "the cache directory changed to %s: it takes effect at the next start (still using %s)",
             new.cache.base_dir,
             request.cache.root,
         )
     direct = DirectAccess(new.direct_access, new.path_substitution, request.mountpoint)
     # Stores are cached per Config object (backends.open_store), so the new credentials
     # serve every request from now on; open files keep the store they opened with.
-    # Namespace derives one flag from the rules at construction: recompute it here until
-    # Namespace grows a reload() of its own.
-    namespace._remote_rules = bool(direct.substitutions) or any(
-        not rule.url.startswith("file://") for rule in direct.rules
-    )
-    namespace.direct = direct
-    namespace.config = new
+    namespace.reload(new, direct)
     files = ", ".join(str(path) for path in new.files) or "no config file (defaults)"
     log.info("reloaded the configuration from %s", files)
     service.monitor.note_reload(True, files)

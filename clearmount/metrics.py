@@ -110,6 +110,14 @@ class _MountCollector(Collector):
             "Bytes downloaded into the cache",
             value=counters.fetched_bytes + monitor.in_flight_bytes(),
         )
+        yield CounterMetricFamily(
+            "clearmount_cache_evictions",
+            "Cache files removed to keep within the limits",
+            value=counters.evictions,
+        )
+        yield CounterMetricFamily(
+            "clearmount_cache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes
+        )
         yield GaugeMetricFamily(
             "clearmount_fetches_in_flight", "Fetches running now", value=len(fetcher.in_flight)
         )

@@ -43,7 +43,8 @@ _IDLE_SECONDS = 5.0
 # A cache scan stats every file: often enough that the figures are current, rare enough to
 # cost nothing on a cache of 100k files.
 _SCAN_SECONDS = 30.0
-_SCAN_AFTER_FETCH_SECONDS = 1.0
+# After a fetch ends the figures are stale: scan again, but never more often than this.
+_SCAN_SPACING_SECONDS = 2.0
 # systemd keeps only the last STATUS=; refreshing it more often only fills its queue.
 _STATUS_SECONDS = 2.0
 
@@ -93,6 +94,9 @@ class MountCounters:
     #: bytes downloaded by fetches that have finished (those in flight are added on read)
     fetched_bytes: int = 0
     fetch_seconds: Histogram = field(default_factory=Histogram)
+    #: cache files removed to keep within the limits, and their bytes
+    evictions: int = 0
+    evicted_bytes: int = 0
     #: SIGHUP reloads by outcome: "ok" or "failed"
     reloads: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -159,6 +163,7 @@ class Monitor:
         self.last_reload: Reload | None = None
         self._tracked: dict[int, _Tracked] = {}
         self._scan_due = 0.0  # monotonic; 0: at once
+        self._scanned = 0.0  # monotonic
 
     # ----- following fetches ----------------------------------------------------------------
 
@@ -182,7 +187,7 @@ class Monitor:
             else:
                 counters.fetches_completed += 1
                 counters.fetch_seconds.observe(now - tracked.started)
-            self._scan_due = min(self._scan_due, now + _SCAN_AFTER_FETCH_SECONDS)
+            self._scan_due = min(self._scan_due, self._scanned + _SCAN_SPACING_SECONDS)
 
     def in_flight_bytes(self) -> int:
         return sum(t.fetch.bytes_done for t in self._tracked.values())
@@ -210,17 +215,22 @@ class Monitor:
             busy = bool(self.fetcher.in_flight) or bool(self._tracked)
             with trio.move_on_after(_SAMPLE_SECONDS if busy else _IDLE_SECONDS):
                 await self.fetcher.changed.wait()
-            self.sample()
-            if time.monotonic() >= self._scan_due:
-                await self.scan_cache()
+            await self.refresh()
             line = self.status_line()
             now = time.monotonic()
             if line != last_line and now - last_sent >= _STATUS_SECONDS:
                 publish(line)
                 last_line, last_sent = line, now
 
+    async def refresh(self) -> None:
+        """Sample the fetches, and measure the cache if its figures are due."""
+        self.sample()
+        if time.monotonic() >= self._scan_due:
+            await self.scan_cache()
+
     async def scan_cache(self) -> None:
-        self._scan_due = time.monotonic() + _SCAN_SECONDS
+        self._scanned = time.monotonic()
+        self._scan_due = self._scanned + _SCAN_SECONDS
         layout = self.fetcher.layout
         try:
             usage = await trio.to_thread.run_sync(evict.scan, layout, abandon_on_cancel=True)
@@ -287,6 +297,8 @@ class Monitor:
                 "fetches_completed": counters.fetches_completed,
                 "fetches_failed": dict(counters.fetches_failed),
                 "fetched_bytes": counters.fetched_bytes + self.in_flight_bytes(),
+                "evictions": counters.evictions,
+                "evicted_bytes": counters.evicted_bytes,
                 "errors": {f"{op}:{kind}": n for (op, kind), n in counters.errors.items()},
                 "reloads": dict(counters.reloads),
             },

@@ -111,20 +111,27 @@ class Namespace:
     def __init__(
         self, config: Config, options: MountOptions, transfer: Transfer, direct: DirectAccess
     ) -> None:
-        self.config = config
         self.options = options
         self.transfer = transfer
-        self.direct = direct
-        # only then can a path inside a bucket be direct (file:// is always direct)
-        self._remote_rules = bool(direct.substitutions) or any(
-            not rule.url.startswith(FILE_PREFIX) for rule in direct.rules
-        )
         self.started = time.time()
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
         self._next_inode = ROOT_INODE + 1
         self._known: dict[tuple[str, ...], _Known] = {}
         self._listings: dict[tuple[str, ...], _Listing] = {}
+        self.reload(config, direct)
+
+    def reload(self, config: Config, direct: DirectAccess) -> None:
+        """Serve with a new configuration from now on (SIGHUP). Nodes handed to the kernel
+        stay valid; what was learnt under the old credentials and rules is forgotten."""
+        self.config = config
+        self.direct = direct
+        # only then can a path inside a bucket be direct (file:// is always direct)
+        self._remote_rules = bool(direct.substitutions) or any(
+            not rule.url.startswith(FILE_PREFIX) for rule in direct.rules
+        )
+        self._known.clear()
+        self._listings.clear()
         self.root = Node(ROOT_INODE, (), Kind.ROOT)
         self._nodes[ROOT_INODE] = self.root
 

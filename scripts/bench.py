@@ -207,6 +207,29 @@ class Watchdog:
         self._timer.cancel()
 
 
+def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn` in a worker thread while the main thread waits in short joins.
+
+    A read blocked in a FUSE request cannot be interrupted; this way Ctrl-C / SIGTERM still
+    reach the main thread, whose clean-up kills the mount, which unblocks the reader.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def tool_version(argv: list[str], pattern: str = r"(.+)") -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
@@ -950,6 +973,20 @@ def ls_l(directory: Path, expected: int) -> float:
     return seconds
 
 
+def first_byte(path: Path) -> tuple[float, float, float, bytes]:
+    """stat, then open + read 1 byte: (started, looked up, first byte) times and the byte."""
+    started = time.perf_counter()
+    os.stat(path)
+    looked_up = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        first = os.read(fd, 1)
+    finally:
+        done = time.perf_counter()
+        os.close(fd)
+    return started, looked_up, done, first
+
+
 def read_small(paths: dict[str, Path], expected: dict[str, str]) -> float:
     """Read every file with READERS threads, checking each sha256; returns seconds."""
 
@@ -1084,15 +1121,15 @@ class Bench:
                 Watchdog(timeout, session.kill, f"{who}: cold read"),
                 Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out),
             ):
-                seconds, done = self.reader.read(path)
+                seconds, done = in_thread(self.reader.read, path)
             hwm = session.hwm_kib()
             self.reader.check(path, done, self.data.big_sha256)
             r.add("cold", who, self.sizes.big / seconds / 1e6)
             if hwm is not None:
                 r.add("rss", who, hwm / 1024)
             with step(r, "warm", who), Watchdog(600, session.kill, f"{who}: warm read"):
-                seconds = dd_seconds(path)
-                _, done = self.reader.read(path)
+                seconds = in_thread(dd_seconds, path)
+                _, done = in_thread(self.reader.read, path)
                 self.reader.check(path, done, self.data.big_sha256)
                 r.add("warm", who, self.sizes.big / seconds / 1e6)
 
@@ -1105,15 +1142,7 @@ class Bench:
             Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out, True),
         ):
             self.page_cache.drop()
-            started = time.perf_counter()
-            os.stat(path)
-            looked_up = time.perf_counter()
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                first = os.read(fd, 1)
-            finally:
-                done = time.perf_counter()
-                os.close(fd)
+            started, looked_up, done, first = in_thread(first_byte, path)
             if first != self.data.big_head[:1]:
                 raise WrongBytes(f"first byte {first!r}, expected {self.data.big_head[:1]!r}")
             r.add("ttfb", who, (done - looked_up) * 1e3)
@@ -1125,14 +1154,14 @@ class Bench:
             self.page_cache.drop()
             profile_out = self.workdir / f"profile-{who}-ls-{rep}.txt"
             with Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out):
-                r.add("ls1", who, ls_l(root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
-            r.add("ls2", who, ls_l(root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
+                r.add("ls1", who, in_thread(ls_l, root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
+            r.add("ls2", who, in_thread(ls_l, root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
         with step(r, "small", who), Watchdog(900, session.kill, f"{who}: small files"):
             self.page_cache.drop()
             paths = {key: root / key for key in self.data.small_sha256}
             profile_out = self.workdir / f"profile-{who}-small-{rep}.txt"
             with Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out):
-                seconds = read_small(paths, self.data.small_sha256)
+                seconds = in_thread(read_small, paths, self.data.small_sha256)
             r.add("small", who, self.sizes.small_count / seconds)
 
 

@@ -49,6 +49,19 @@ def _new_store(url: StorageURL, config: Config) -> ObjectStore:
     raise ValueError(f"no object store for {url.scheme}:// URLs")
 
 
+def warm_up(config: Config) -> None:
+    """Import the SDKs the config uses and build their S3 clients ahead of the first open."""
+    from clearmount.backends import s3
+
+    for entry in (config.s3.defaults, *config.s3.credentials):
+        if entry.key or entry.use_credentials_chain or entry.host:
+            s3.client_for(entry, config.s3.boto3)
+    if config.azure.containers:
+        from clearmount.backends import azure  # noqa: F401
+    if config.gcs.credentials or config.gcs.defaults.project:
+        from clearmount.backends import gcs  # noqa: F401
+
+
 def list_containers(url: StorageURL, config: Config) -> list[str]:
     """Bucket or container names at `url`'s host/account (`url.bucket` is ignored)."""
     if url.scheme == "s3":

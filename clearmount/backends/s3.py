@@ -80,7 +80,7 @@ def retry_policy(session: boto3.session.Session) -> dict[str, Any]:
     }
 
 
-def _client(entry: S3Credentials, settings: Boto3Settings) -> Any:
+def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
     cache_key = (entry, settings)
     with _clients_lock:
         client = _clients.get(cache_key)
@@ -150,7 +150,7 @@ class S3Store(ObjectStore):
         self.base_url = base_url
         self.bucket = bucket
         self.entry = entry.source
-        self._client = _client(entry, settings)
+        self._client = client_for(entry, settings)
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url
@@ -254,17 +254,16 @@ class S3Store(ObjectStore):
         match = _CONTENT_RANGE.fullmatch(str(reply.get("ContentRange", "")).strip())
         if match is not None:
             first, last = int(match[1]), int(match[2])
-        elif status == 200:
-            first, last = 0, int(reply.get("ContentLength", 0)) - 1  # the whole object
-        else:
-            first = last = -1
-        if (first, last) != (start, end - 1):
-            raise Unavailable(
-                f"asked for bytes {start}-{end - 1}, the server answered "
-                f"{status} {reply.get('ContentRange') or 'without a Content-Range'}",
-                url,
-                self.entry,
-            )
+            if (first, last) == (start, end - 1):
+                return
+        elif status == 200 and start == 0 and int(reply.get("ContentLength", 0)) >= end:
+            return  # the whole object, Range ignored: its first `end` bytes are the ones asked
+        raise Unavailable(
+            f"asked for bytes {start}-{end - 1}, the server answered "
+            f"{status} {reply.get('ContentRange') or 'without a Content-Range'}",
+            url,
+            self.entry,
+        )
 
 
 def _etag(item: dict[str, Any]) -> str:
@@ -282,7 +281,7 @@ def _mtime(item: dict[str, Any]) -> float:
 def list_buckets(entry: S3Credentials, settings: Boto3Settings, host_url: str) -> list[str]:
     """The buckets these credentials can see at this host (the names under `s3/host:port/`)."""
     try:
-        reply = _client(entry, settings).list_buckets()
+        reply = client_for(entry, settings).list_buckets()
     except Exception as exc:
         raise translate(exc, host_url, entry.source) from None
     return [bucket["Name"] for bucket in reply.get("Buckets", ())]

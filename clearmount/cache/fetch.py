@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 _RESUMES_PER_PART = 2
 
 
+# At most this long the other parts wait for the first part's first bytes.
+_FIRST_BYTES_HEAD_START = 0.05
+# Bytes per progress report: small for the first part, so the first read returns early.
+_FIRST_PART_CHUNK = 128 << 10
+_CHUNK = 1 << 20
+
+
+def _chunk_size(part: int) -> int:
+    return _FIRST_PART_CHUNK if part == 0 else _CHUNK
+
+
 class _Aborted(Exception):
     """Raised inside a worker thread when its fetch no longer wants bytes."""
 
@@ -127,7 +138,14 @@ class Fetch:
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         try:
             async with trio.open_nursery() as nursery:
-                for _ in range(self.parallel):
+                nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
+                if self.parallel > 1:
+                    # The first part's first bytes go out before the other parts compete for
+                    # the link and the CPU: a reader's first read is waiting for them.
+                    with trio.move_on_after(_FIRST_BYTES_HEAD_START):
+                        while not self.bytes_done and self.error is None:
+                            await self._changed.wait()
+                for _ in range(self.parallel - 1):
                     nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
             if self.error is None:
                 await self._install(index)
@@ -162,7 +180,9 @@ class Fetch:
         try:
             for attempt in range(_RESUMES_PER_PART + 1):
                 try:
-                    chunks = self.store.read_range(self.info.key, self.info.version, position, end)
+                    chunks = self.store.read_range(
+                        self.info.key, self.info.version, position, end, _chunk_size(part)
+                    )
                     for chunk in chunks:
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
@@ -273,6 +293,20 @@ class Fetcher:
             return size <= room - self.reserved_bytes()
         return True
 
+    def may_exceed_limits(self) -> bool:
+        """A cheap estimate: could the cache (with the fetches in flight) be over a limit?"""
+        reserve = self.reserved_bytes()
+        limits = self.limits
+        if limits.max_bytes is not None and self.usage_bytes + reserve > limits.max_bytes:
+            return True
+        if not limits.min_free_bytes:
+            return False
+        try:
+            vfs = os.statvfs(self.layout.root)
+        except OSError:
+            return True
+        return vfs.f_bavail * vfs.f_frsize - reserve < limits.min_free_bytes
+
     def reserved_bytes(self) -> int:
         """Bytes still to come for the fetches in flight."""
         return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
@@ -336,6 +370,8 @@ class Fetcher:
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
             await fetch.run(self.transfer, self.index)
+            if fetch.complete:
+                self.usage_bytes += fetch.info.size
         finally:
             self.in_flight.pop((fetch.url, fetch.info.version), None)
             os.close(lock_fd)
