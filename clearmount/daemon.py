@@ -231,6 +231,7 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
+        service.namespace.start(nursery)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)

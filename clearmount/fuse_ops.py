@@ -291,6 +291,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(b"user."):
+            # "not supported" (not "no such attribute"): `ls -l` then stops asking for
+            # SELinux labels and ACLs on this filesystem instead of asking for every file
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         value = self._xattrs(self.namespace.get(inode)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

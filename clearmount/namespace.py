@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 _NAME_MAX = 255
+# Pages (of up to 1 000 keys) a background listing reads before it gives up on a directory.
+_LIST_AHEAD_PAGES = 10
 # Listing entries remembered per mount beyond which expired ones are swept.
 _ENTRY_SWEEP_AT = 200_000
 
@@ -83,6 +85,7 @@ class _Listing:
     names: dict[str, _Known]
     at: float
     skipped: list[str] = field(default_factory=list)
+    complete: bool = True  # False: cut short, so it proves nothing about absent names
 
 
 def _identity(
@@ -119,7 +122,14 @@ class Namespace:
         self._next_inode = ROOT_INODE + 1
         self._known: dict[tuple[str, ...], _Known] = {}
         self._listings: dict[tuple[str, ...], _Listing] = {}
+        self._listing_ahead: set[tuple[str, ...]] = set()
+        self._too_big: set[tuple[str, ...]] = set()
+        self._nursery: trio.Nursery | None = None
         self.reload(config, direct)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Background listings run in `nursery`."""
+        self._nursery = nursery
 
     def reload(self, config: Config, direct: DirectAccess) -> None:
         """Serve with a new configuration from now on (SIGHUP). Nodes handed to the kernel
@@ -230,19 +240,17 @@ class Namespace:
         parts = (*parent.parts, name)
         known = self._fresh(parts)
         if known is None:
-            listing = self._listings.get(parent.parts)
             direct = await self._direct(parts)
             if direct is not None:
                 known = direct
             elif parent.kind in (Kind.ROOT, Kind.VIRTUAL):
                 # These levels list what the config names; others are still found by name.
                 known = await self._probe_virtual(parent, name)
-            elif listing is not None and self._age(listing.at) < self.options.negative_timeout:
-                # A listing proves absence only briefly: a new object must not stay
-                # invisible for a whole listing TTL to a job just handed its URL.
-                known = listing.names.get(name) or _Known(None, None, listing.at)
             else:
+                # Listings answer for the names they saw, never for absent ones: an object
+                # uploaded a moment ago must be found by the job just handed its URL.
                 known = await self._probe(parts)
+                self._list_ahead(parent.parts)
             self._remember(parts, known)
         if known.kind is None:
             return None
@@ -404,15 +412,41 @@ class Namespace:
                 listing = await self._list_virtual(node)
             else:
                 listing = await self._list_prefix(node.parts)
-            await self._apply_direct(node.parts, listing)
-            self._listings[node.parts] = listing
-            for name, known in listing.names.items():
-                self._remember((*node.parts, name), known)
+            await self._install_listing(node.parts, listing)
         return [
             (name, Entry((*node.parts, name), known.kind, known.info, known.target))
             for name, known in listing.names.items()
             if known.kind is not None
         ]
+
+    async def _install_listing(self, parts: tuple[str, ...], listing: _Listing) -> None:
+        await self._apply_direct(parts, listing)
+        if listing.complete:
+            self._listings[parts] = listing
+        for name, known in listing.names.items():
+            path = (*parts, name)
+            newer = self._known.get(path)
+            if newer is None or newer.at <= known.at:
+                self._remember(path, known)
+
+    def _list_ahead(self, parts: tuple[str, ...]) -> None:
+        """After a lookup miss in a directory: list it in the background, so the lookups of
+        its siblings (a job opening many files of one folder) need no request at all."""
+        if self._nursery is None or parts in self._listing_ahead or parts in self._too_big:
+            return
+        self._listing_ahead.add(parts)
+        self._nursery.start_soon(self._list_ahead_task, parts)
+
+    async def _list_ahead_task(self, parts: tuple[str, ...]) -> None:
+        try:
+            listing = await self._list_prefix(parts, max_pages=_LIST_AHEAD_PAGES)
+            await self._install_listing(parts, listing)
+            if not listing.complete:
+                self._too_big.add(parts)  # its lookups go to the server, one by one
+        except StoreError as exc:
+            log.debug("listing ahead %s failed: %s", "/".join(parts), exc)
+        finally:
+            self._listing_ahead.discard(parts)
 
     async def _apply_direct(self, parts: tuple[str, ...], listing: _Listing) -> None:
         """Turn listed entries that are direct into symlinks, and add the places rules name
@@ -479,14 +513,20 @@ class Namespace:
             log.warning("cannot list buckets under %s: %s", "/".join(parts), exc)
             return []
 
-    async def _list_prefix(self, parts: tuple[str, ...]) -> _Listing:
+    async def _list_prefix(self, parts: tuple[str, ...], max_pages: int | None = None) -> _Listing:
         store, key = self.store_for(parts)
         prefix = key + "/" if key else ""
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         skipped: list[str] = []
         token: str | None = None
+        pages = 0
+        # what the listing says is as old as its start: a HEAD answered meanwhile is newer
+        started = time.monotonic()
         while True:
+            if max_pages is not None and pages == max_pages:
+                break
+            pages += 1
             page = await self.transfer.metadata(store.list_page, prefix, token)
             for info in page.objects:
                 name = info.key[len(prefix) :]
@@ -514,7 +554,6 @@ class Namespace:
                 store.base_url + "/" + prefix,
                 skipped[0],
             )
-        now = time.monotonic()
-        names = {name: _Known(Kind.DIR, None, now) for name in dirs}
-        names.update({name: _Known(Kind.FILE, info, now) for name, info in files.items()})
-        return _Listing(dict(sorted(names.items())), now, skipped)
+        names = {name: _Known(Kind.DIR, None, started) for name in dirs}
+        names.update({name: _Known(Kind.FILE, info, started) for name, info in files.items()})
+        return _Listing(dict(sorted(names.items())), started, skipped, complete=token is None)
