@@ -91,6 +91,9 @@ class Fetch:
         self._changed = trio.Event()
         self.error: ClearmountError | None = None
         self.complete = False
+        # A single-part download is hashed as it arrives; parallel parts are hashed at the
+        # end (only S3 ETags of single-part uploads are MD5s).
+        self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
         self.aborted = False
 
     @property
@@ -176,6 +179,7 @@ class Fetch:
         """Download one part into the partial file (runs in a worker thread)."""
         position = part * self.part_size
         end = min(position + self.part_size, self.info.size)
+        digest = self._digest
         fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
         try:
             for attempt in range(_RESUMES_PER_PART + 1):
@@ -184,6 +188,8 @@ class Fetch:
                         self.info.key, self.info.version, position, end, _chunk_size(part)
                     )
                     for chunk in chunks:
+                        if digest is not None:
+                            digest.update(chunk)
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
                         trio.from_thread.run_sync(self._advance, part, position)
@@ -204,7 +210,10 @@ class Fetch:
             )
         expected = _md5_of(self.info.version) if self.verify else None
         if expected is not None:
-            actual = await trio.to_thread.run_sync(_file_md5, self.partial)
+            if self._digest is not None:
+                actual = self._digest.hexdigest()
+            else:
+                actual = await trio.to_thread.run_sync(_file_md5, self.partial)
             if actual != expected:
                 raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
         os.rename(self.partial, self.final)
