@@ -331,3 +331,26 @@ def test_clearml_sdk_and_mount_share_downloads_both_ways(
     s3_server.put(bucket, f"{fresh}.bin", b"after")
     assert mount.path_of(f"{base}/mount-first.bin").read_bytes() == mount_first
     assert mount.path_of(f"{base}/{fresh}.bin").read_bytes() == b"after"
+
+
+def test_two_daemons_sharing_one_cache_never_tear_a_file(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(24 * MIB)
+    s3_server.put(bucket, "shared.bin", data)
+    cache = tmp_path / "cache"
+    conf = s3_conf(s3_proxy, s3_server.admin)
+    first, second = mounted(conf, cache_dir=cache), mounted(conf, cache_dir=cache)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/shared.bin"
+    readers = [
+        subprocess.Popen(["sha256sum", str(mount.path_of(url))], stdout=subprocess.PIPE, text=True)
+        for mount in (first, second, first, second)
+    ]
+    sums = {proc.communicate(timeout=120)[0].split()[0] for proc in readers}
+    assert sums == {hashlib.sha256(data).hexdigest()}
+    poll_until(
+        lambda: not list((cache / "storage_manager/global").glob("*.partially")), 30, "renames"
+    )
+    (final,) = (cache / "storage_manager/global").iterdir()
+    assert hashlib.sha256(final.read_bytes()).digest() == hashlib.sha256(data).digest()
