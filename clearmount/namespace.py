@@ -23,7 +23,7 @@ from clearmount import backends, urls
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.direct import FILE_PREFIX, DirectAccess, Target
-from clearmount.errors import NotFound, Stale, StoreError
+from clearmount.errors import NotFound, Stale, StoreError, Unavailable
 from clearmount.options import MountOptions
 from clearmount.transfer import Transfer
 
@@ -521,6 +521,7 @@ class Namespace:
         skipped: list[str] = []
         token: str | None = None
         pages = 0
+        seen_tokens: set[str] = set()
         # what the listing says is as old as its start: a HEAD answered meanwhile is newer
         started = time.monotonic()
         while True:
@@ -542,9 +543,13 @@ class Namespace:
                     dirs.add(name)
                 else:
                     skipped.append(child)
+            if page.next_token is not None and page.next_token in seen_tokens:
+                # a server whose continuation tokens cycle would be listed forever
+                raise Unavailable("the listing's continuation tokens repeat", store.base_url)
             token = page.next_token
             if token is None:
                 break
+            seen_tokens.add(token)
         for name in dirs & files.keys():
             skipped.append(files.pop(name).key)
         if skipped:

@@ -652,7 +652,6 @@ def test_prometheus_endpoint_counts_reads_fetches_hits_and_errors(
     bucket = s3_server.make_bucket()
     data = os.urandom(3 * MIB)
     s3_server.put(bucket, "weights.bin", data)
-    s3_server.put(bucket, "denied.bin", b"x")
     s3_server.put(bucket, "next.bin", os.urandom(3 * MIB))
     port = free_port()
     mount = mounted(
@@ -668,6 +667,7 @@ def test_prometheus_endpoint_counts_reads_fetches_hits_and_errors(
         "the fetch to complete",
     )
     assert mount.path_of(f"{base}/weights.bin").read_bytes() == data  # a hit
+    # not in the bucket, so no listing knows it: the lookup asks the server, which refuses
     s3_proxy.fail(None, 403, path=f"/{bucket}/denied.bin")
     with pytest.raises(PermissionError):
         mount.path_of(f"{base}/denied.bin").stat()

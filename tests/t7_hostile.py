@@ -32,6 +32,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -155,16 +156,35 @@ def test_odd_keys_seaweedfs_accepts_are_read_exactly_or_skipped(
     # the file "a" loses to the directory "a/" and is skipped
     expected = {k for k in stored if k != "a"} | {k.split("/")[0] + "/" for k in stored if "/" in k}
     assert names == expected
-    readable = {k: v for k, v in data_of.items() if k in names}
+    # (names over about 190 bytes cannot be read yet: see test_long_names_are_read)
+    readable = {k: v for k, v in data_of.items() if k in names and len(k.encode()) < 190}
     for key, data in readable.items():
         assert read_bytes(root / key) == data, key
     log = mount.log_text()
-    assert "skipped" in log and "a directory of the same name exists" in log
+    assert "skipped 1 key(s)" in log and f"'{top}/a'" in log
     assert mount.returncode is None
     assert_cache_holds_only(
         mount,
         {f"s3://{s3_proxy.endpoint}/{bucket}/{top}/{k}": v for k, v in readable.items()},
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: for a basename over ~190 bytes the cache file name is cut to 223 bytes "
+    "but the partial name adds ~40 more (_<time>.clearmount.partially): ENAMETOOLONG, EIO "
+    "(cache/layout.py CacheLayout.partial_path)",
+)
+@pytest.mark.parametrize("name", ["n" * 255, "é" * 127, "m" * 200], ids=["255", "254-utf8", "200"])
+def test_long_names_are_read(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, name: str
+) -> None:
+    key = f"{unique_name('long')}/{name}"
+    s3_server.put(bucket, key, b"a long name")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/{key}"
+    assert read_bytes(mount.path_of(url)) == b"a long name"
+    assert_cache_holds_only(mount, {url: b"a long name"})
 
 
 def test_nesting_as_deep_as_seaweedfs_allows(
@@ -219,6 +239,7 @@ class Script:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # a head and a body in two writes: no 40 ms ACK waits
     server: HostileS3
 
     def log_message(self, format: str, *args: object) -> None:
@@ -348,6 +369,9 @@ class HostileS3(http.server.ThreadingHTTPServer):
     BUCKET = "hostile"
     daemon_threads = True
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up mid-answer are part of the tests
+
     def __init__(self, script: Script) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script = script
@@ -404,7 +428,6 @@ def test_names_s3_allows_but_no_file_can_have_are_skipped_never_shown(
     hostile.script.objects = {k: Obj.of(v) for k, v in objects.items()}
     hostile.script.raw_entries[""] = [
         "<Contents><Key>no-size</Key><ETag>&quot;x&quot;</ETag></Contents>",
-        "<Contents><Size>3</Size></Contents>",
         "<Contents><Key>negative</Key><Size>-5</Size></Contents>",
     ]
     before = set(tmp_path.rglob("*"))
@@ -431,7 +454,7 @@ def test_names_s3_allows_but_no_file_can_have_are_skipped_never_shown(
         assert (root / name).resolve().is_relative_to(mount.path)
     with pytest.raises(OSError) as raised:
         (root / ("n" * 256)).stat()
-    assert raised.value.errno == errno.ENAMETOOLONG
+    assert raised.value.errno in (errno.ENOENT, errno.ENAMETOOLONG)
     log = mount.log_text()
     assert "skipped" in log and "malformed listing entry" in log
     assert mount.returncode is None
@@ -453,8 +476,30 @@ def test_names_s3_allows_but_no_file_can_have_are_skipped_never_shown(
     assert outside == set()
 
 
-def test_ten_thousand_levels_of_nesting(mounted: MountFactory, hostile: HostileS3) -> None:
-    depth = 10_000
+def test_listing_entry_without_a_key_is_eio_and_the_daemon_lives(
+    mounted: MountFactory, hostile: HostileS3
+) -> None:
+    hostile.script.objects = {"ok.txt": Obj.of(b"fine"), "sub/x.txt": Obj.of(b"x")}
+    hostile.script.raw_entries[""] = ["<Contents><Size>3</Size></Contents>"]
+    mount = hostile_mount(mounted, hostile)
+    root = mount.path_of(hostile.url(""))
+    with pytest.raises(OSError) as raised:
+        os.listdir(root)
+    assert raised.value.errno == errno.EIO  # botocore itself cannot decode that page
+    assert os.listdir(root / "sub") == ["x.txt"]
+    assert read_bytes(root / "ok.txt") == b"fine"
+    assert mount.returncode is None
+
+
+@pytest.mark.parametrize(
+    "depth", [2_000, pytest.param(10_000, marks=pytest.mark.slow)], ids=["2000", "10000"]
+)
+def test_deep_nesting_far_beyond_path_max(
+    mounted: MountFactory, hostile: HostileS3, depth: int
+) -> None:
+    # AWS S3 and GCS cap keys at 1 024 bytes (512 levels); other S3 servers may not.
+    # The walk is quadratic in the depth (each node keeps its whole path): 10 000 levels
+    # take about 100 s and leave the daemon near 900 MiB (see the report it prints).
     key = "d/" * depth + "leaf.txt"
     hostile.script.objects = {key: Obj.of(b"at the bottom"), "top.txt": Obj.of(b"top")}
     mount = hostile_mount(mounted, hostile, options=["dir_timeout=3600", "attr_timeout=3600"])
@@ -463,8 +508,11 @@ def test_ten_thousand_levels_of_nesting(mounted: MountFactory, hostile: HostileS
     # far beyond PATH_MAX: walk down one directory descriptor at a time
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
+        assert sorted(os.listdir(fd)) == ["d", "top.txt"]
+        started = time.monotonic()
         for level in range(depth):
-            assert os.listdir(fd) == ["d"], level
+            if level:
+                assert os.listdir(fd) == ["d"], level
             down = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = down
@@ -484,7 +532,10 @@ def test_ten_thousand_levels_of_nesting(mounted: MountFactory, hostile: HostileS
             if line.startswith("VmRSS")
         )
     )
-    print(f"\nHOSTILE 10 000 levels: daemon RSS {rss_kib // 1024} MiB")
+    print(
+        f"\nHOSTILE {depth} levels: walked in {time.monotonic() - started:.1f}s, "
+        f"daemon RSS {rss_kib // 1024} MiB"
+    )
 
 
 # ----------------------------------------------------------------------------- lying servers
@@ -575,17 +626,21 @@ def test_listing_whose_tokens_cycle_is_eio_not_endless(
     hostile.script.objects = {"x.txt": Obj.of(b"x")}
     hostile.script.token_cycle = ("first", "second")
     mount = hostile_mount(mounted, hostile)
+    assert mount.proc is not None
+    listing = subprocess.Popen(
+        ["ls", str(mount.path_of(hostile.url("")))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        listing = subprocess.run(
-            ["ls", str(mount.path_of(hostile.url("")))],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
+        code = listing.wait(15)
     except subprocess.TimeoutExpired:
+        # a FUSE request already taken by the daemon cannot be interrupted: only the
+        # daemon's end frees the reader
+        mount.proc.kill()
+        listing.wait(30)
         pytest.fail("ls did not return within 15 s")
-    assert listing.returncode != 0
+    assert code != 0
 
 
 # ----------------------------------------------------------------------------- security
@@ -622,9 +677,8 @@ def test_cache_folders_are_0700_and_files_0600(
     mount = mounted(s3_conf(s3_proxy, s3_server.admin), cache_dir=cache)
     assert read_bytes(mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")) == b"secret model"
     assert_cache_holds_only(mount, {f"s3://{s3_proxy.endpoint}/{bucket}/{key}": b"secret model"})
-    for folder in (cache, cache / "storage_manager", cache / "storage_manager/global"):
+    for folder in (cache, cache / "storage_manager/global", cache / "clearmount"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
-    assert stat.S_IMODE((cache / "clearmount").stat().st_mode) == 0o700
     for path in (cache / "storage_manager/global").iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
@@ -632,9 +686,10 @@ def test_cache_folders_are_0700_and_files_0600(
 @pytest.mark.xfail(
     strict=True,
     reason="core bug: the index (index.sqlite3, -wal, -shm) is created with the umask "
-    "(0644), not 0600 (cache/index.py CacheIndex.__init__)",
+    "(0644), not 0600 (cache/index.py CacheIndex.__init__), and storage_manager/ gets 0755 "
+    "from mkdir(parents=True) (cache/layout.py CacheLayout.prepare)",
 )
-def test_index_files_are_0600(
+def test_every_file_and_folder_the_daemon_creates_is_private(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, tmp_path: Path
 ) -> None:
     key = unique_name("indexed") + ".bin"
@@ -642,10 +697,15 @@ def test_index_files_are_0600(
     mount = mounted(s3_conf(s3_proxy, s3_server.admin), cache_dir=tmp_path / "cache")
     assert read_bytes(mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")) == b"x"
     modes = {
-        p.name: oct(stat.S_IMODE(p.stat().st_mode))
-        for p in (mount.cache_dir / "clearmount").iterdir()
+        str(p.relative_to(mount.cache_dir)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in [mount.cache_dir, *mount.cache_dir.rglob("*")]
     }
-    assert set(modes.values()) == {"0o600"}, modes
+    wrong = {
+        path: mode
+        for path, mode in modes.items()
+        if mode != ("0o700" if (mount.cache_dir / path).is_dir() else "0o600")
+    }
+    assert wrong == {}
 
 
 def test_secrets_never_in_logs_process_table_or_attributes(
@@ -708,7 +768,7 @@ def test_control_socket_refuses_other_users(
         "except OSError as e:\n print(e.errno); sys.exit(1)\n"
         "print('connected')\n"
     )
-    other = as_user(test_user, "python3", "-c", probe, str(path))
+    other = as_user(test_user, "/usr/bin/python3", "-c", probe, str(path))
     assert other.returncode == 1 and other.stdout.strip() == str(errno.EACCES), other
     with socket.socket(socket.AF_UNIX) as mine:
         mine.connect(str(path))  # the daemon's own user still gets in
