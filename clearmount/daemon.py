@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -271,9 +272,14 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             rescan_due = trio.current_time() - last_scan >= _RESCAN_INTERVAL
             if not rescan_due and not fetcher.may_exceed_limits():
                 continue
-            result = await trio.to_thread.run_sync(
-                evict, layout, index, fetcher.limits, fetcher.reserved_bytes()
-            )
+            try:
+                result = await trio.to_thread.run_sync(
+                    evict, layout, index, fetcher.limits, fetcher.reserved_bytes()
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # a full or vanished cache disk must not end the mount: try again later
+                log.warning("cache eviction failed: %s", exc)
+                continue
             fetcher.usage_bytes = result.used_bytes
             last_scan = trio.current_time()
             counters.evictions += len(result.removed)

@@ -18,9 +18,11 @@ import fcntl
 import hashlib
 import logging
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import tenacity
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
@@ -33,9 +35,17 @@ from clearmount.transfer import Transfer
 
 log = logging.getLogger(__name__)
 
-# A part cut mid-body (connection reset, server restart) is resumed from the last byte
-# received this many times before the fetch fails; botocore already retried the request.
-_RESUMES_PER_PART = 2
+
+def _resumes() -> tenacity.Retrying:
+    """A part cut mid-body, or a server that went away (restart, overload), is resumed from
+    the last byte received, with jittered exponential backoff, for about 30 s at most in all;
+    botocore has already retried each request. Then the reader gets EIO."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(Unavailable),
+        wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
+        stop=tenacity.stop_after_delay(30) | tenacity.stop_after_attempt(8),
+        reraise=True,
+    )
 
 
 # At most this long the other parts wait for the first part's first bytes.
@@ -154,6 +164,9 @@ class Fetch:
                 await self._install(index)
         except (ClearmountError, OSError) as exc:
             self._fail(exc)
+        except Exception as exc:  # a bug must fail this fetch, never the whole mount
+            log.exception("unexpected error fetching %s", self.url)
+            self._fail(exc)
         except BaseException:
             if self.error is None and self.has(0, self.info.size):
                 # every byte is on disk: keep the download rather than fetch it again
@@ -182,8 +195,12 @@ class Fetch:
         digest = self._digest
         fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            for attempt in range(_RESUMES_PER_PART + 1):
-                try:
+            for attempt in _resumes():
+                with attempt:
+                    if self.aborted:
+                        raise _Aborted
+                    if attempt.retry_state.attempt_number > 1:
+                        log.warning("resuming %s at byte %d", self.url, position)
                     chunks = self.store.read_range(
                         self.info.key, self.info.version, position, end, _chunk_size(part)
                     )
@@ -193,11 +210,6 @@ class Fetch:
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
                         trio.from_thread.run_sync(self._advance, part, position)
-                    return
-                except Unavailable as exc:
-                    if attempt == _RESUMES_PER_PART or self.aborted:
-                        raise
-                    log.warning("resuming %s at byte %d after: %s", self.url, position, exc)
         finally:
             os.close(fd)
 
@@ -217,7 +229,11 @@ class Fetch:
             if actual != expected:
                 raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
         os.rename(self.partial, self.final)
-        index.put(self.final.name, self.url, self.info.version, self.info.size)
+        try:
+            index.put(self.final.name, self.url, self.info.version, self.info.size)
+        except sqlite3.Error as exc:
+            # the file is right; without its row the next open adopts it by its size
+            log.warning("cannot record %s in the cache index: %s", self.url, exc)
         self.complete = True
         log.debug("fetched %s (%d bytes)", self.url, self.info.size)
 

@@ -10,6 +10,7 @@ commands (WAL mode: readers never block the daemon).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ _COLUMNS = "name, url, version, size, fetched_at, pinned"
 
 class CacheIndex:
     def __init__(self, path: Path) -> None:
+        # Private like the cache files; SQLite gives its -wal and -shm files the same mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

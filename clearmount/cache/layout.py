@@ -40,8 +40,7 @@ class CacheLayout:
     def prepare(self) -> None:
         """Create the folders and prove they are writable; `ConfigError` if not."""
         try:
-            for folder in (self.root, self.global_dir, self.state_dir):
-                folder.mkdir(mode=self.dir_mode, parents=True, exist_ok=True)
+            self.make_folders()
             self._name_max = os.statvfs(self.global_dir).f_namemax - _NAME_HEADROOM
             probe = self.state_dir / f".probe-{os.getpid()}"
             probe.write_bytes(b"")
@@ -49,6 +48,20 @@ class CacheLayout:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConfigError(f"cache directory {self.root} is not usable: {reason}") from None
+
+    def make_folders(self) -> None:
+        """Create the cache folders (each private), also after someone removed them."""
+        for folder in (
+            self.root,
+            self.root / "storage_manager",
+            self.global_dir,
+            self.state_dir,
+        ):
+            try:
+                folder.mkdir(mode=self.dir_mode, parents=True)
+            except FileExistsError:
+                continue
+            folder.chmod(self.dir_mode)  # mkdir's mode is filtered by the umask
 
     def final_path(self, url: str) -> Path:
         """The cache file of `url`, named as ClearML's `get_hashed_url_file` names it."""
@@ -63,9 +76,13 @@ class CacheLayout:
             name = f"{digest}.{tail}"
         return self.global_dir / name
 
-    @staticmethod
-    def partial_path(final: Path) -> Path:
-        return final.with_name(f"{final.name}_{time.time()}{OWN_PARTIAL_SUFFIX}")
+    def partial_path(self, final: Path) -> Path:
+        suffix = f"_{time.time()}{OWN_PARTIAL_SUFFIX}"
+        # a long final name leaves no room for the suffix: shorten the name part (the sweep
+        # recognises partial files by their suffix alone)
+        room = self._name_max + _NAME_HEADROOM - len(suffix.encode())
+        name = final.name.encode()[:room].decode(errors="ignore")
+        return final.with_name(name + suffix)
 
     def create_partial(self, final: Path) -> tuple[Path, int]:
         """A new partial file for `final`, locked for as long as the returned fd is open.
@@ -74,7 +91,12 @@ class CacheLayout:
         readers hold shared locks too, and the file becomes the cache file they keep open.
         """
         path = self.partial_path(final)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.file_mode)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, self.file_mode)
+        except FileNotFoundError:  # the cache folder was removed under us
+            self.make_folders()
+            fd = os.open(path, flags, self.file_mode)
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return path, fd
 
