@@ -236,7 +236,7 @@ class Operations(pyfuse3.Operations):
         store, _ = self.namespace.store_for(node.parts)
         url = self.namespace.url_string(node)
         fetches_before = self.fetcher.fetches_started
-        source = self.fetcher.open(url, store, node.info, parallel=True)
+        source = await self.fetcher.open(url, store, node.info, parallel=True)
         self._count_open(source, self.fetcher.fetches_started > fetches_before, started)
         handle = next(self._handles)
         self._files[handle] = _OpenFile(node, source.fd, source.fetch, source.stream)

@@ -58,7 +58,7 @@ async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> 
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
         assert source.fetch is not None
         while not (source.fetch.complete or source.fetch.error):
             await trio.sleep(0.01)
@@ -74,7 +74,7 @@ async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
     fetcher.parallel = 1  # one part at a time, so the order is observable
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
         assert source.fetch is not None
         await source.fetch.wait_for(len(data) - 10, len(data))
         assert store.ranges[0] == (15 << 20, 16 << 20)  # before every part ahead of it
@@ -91,7 +91,7 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
         if source.fetch is not None:
             await source.fetch.wait_for(0, size)
             while not source.fetch.complete:

@@ -21,6 +21,7 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import tenacity
 import trio
@@ -287,7 +288,7 @@ class Fetcher:
         """Fetches run in `nursery`, so they outlive the open() that started them."""
         self._nursery = nursery
 
-    def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
+    async def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
         """A readable descriptor for `url` at `info.version`: cached, in flight, or new.
 
         Does not wait for data: the caller awaits `Source.fetch.wait_for` per read.
@@ -296,9 +297,12 @@ class Fetcher:
         if fetch is not None:
             return Source(self._open_read(fetch.partial), fetch)
         final = self.layout.final_path(url)
-        cached = self._cached_fd(final, url, info)
+        cached = await self._cached_fd(final, url, info)
         if cached is not None:
             return Source(cached, None)
+        fetch = self.in_flight.get((url, info.version))  # started while we checked
+        if fetch is not None:
+            return Source(self._open_read(fetch.partial), fetch)
         if not self.fits(info.size):
             log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
             return Source(-1, None, Stream(store, info, self.transfer))
@@ -340,7 +344,7 @@ class Fetcher:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
-    def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
+    async def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
         try:
             fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -352,11 +356,14 @@ class Fetcher:
             return None
         size = os.fstat(fd).st_size
         entry = self.index.get(final.name)
-        if (entry is None or not entry.version) and size == info.size:
-            # Downloaded by the ClearML SDK (or a daemon without an index): same name, same
-            # size; adopt it under the version we see now.
+        if entry is None or not entry.version:
+            # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
+            # the version we see now, if it is that version's bytes.
+            if size != info.size or not await self._is_current(fd, info):
+                os.close(fd)
+                return None
             self.index.put(final.name, url, info.version, info.size)
-        elif entry is None or entry.version != info.version or size != info.size:
+        elif entry.version != info.version or size != info.size:
             os.close(fd)
             return None
         # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
@@ -365,6 +372,16 @@ class Fetcher:
         except OSError:
             pass
         return fd
+
+    async def _is_current(self, fd: int, info: ObjectInfo) -> bool:
+        """Whether a cache file nobody recorded holds `info`'s version: its MD5 when the ETag
+        states one, else it must be younger than the object (the SDK never revalidates, so
+        its copy may predate a replacement of the same size)."""
+        expected = _md5_of(info.version) if self.verify else None
+        if expected is not None:
+            actual = await trio.to_thread.run_sync(_fd_md5, os.dup(fd))
+            return actual == expected
+        return os.fstat(fd).st_mtime >= info.mtime
 
     def _start(
         self, url: str, store: ObjectStore, info: ObjectInfo, final: Path, parallel: bool
@@ -443,9 +460,20 @@ def _md5_of(version: str) -> str | None:
     return None
 
 
+def _fd_md5(fd: int) -> str:
+    """MD5 of the file behind `fd` (which this closes)."""
+    with os.fdopen(fd, "rb") as f:
+        f.seek(0)
+        return _stream_md5(f)
+
+
 def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        return _stream_md5(f)
+
+
+def _stream_md5(f: BinaryIO) -> str:
+    digest = hashlib.md5()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
