@@ -575,12 +575,6 @@ def test_object_replaced_mid_fetch_gives_old_bytes_or_estale_never_mixed(
     scene.check_after()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a cache file without an index row (the ClearML SDK's download) is "
-    "adopted under the current version on size alone, so an older same-size copy is served "
-    "as the new version (cache/fetch.py Fetcher._cached_fd)",
-)
 def test_a_stale_sdk_copy_of_a_replaced_object_is_not_served(
     mounted: MountFactory, scene: Scene, s3_proxy: Proxy, tmp_path: Path
 ) -> None:

@@ -72,6 +72,26 @@ class Vitals:
         )
 
 
+def fd_kinds(pid: int) -> dict[str, int]:
+    """The daemon's descriptors by kind: sockets, partial downloads, cache files, others."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            kind = "socket"
+        elif target.endswith(".partially"):
+            kind = "partial"
+        elif "/storage_manager/global/" in target:
+            kind = "cache file"
+        else:
+            kind = "other"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
 def vitals(pid: int) -> Vitals:
     fds = sockets = 0
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -269,11 +289,14 @@ def run_load(
         for n in range(READERS)
     ]
     peak = start
+    peak_kinds: dict[str, int] = {}
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_kinds
         assert mount.proc is not None
         now = vitals(mount.proc.pid)
+        if now.fds > peak.fds:
+            peak_kinds = fd_kinds(mount.proc.pid)
         peak = Vitals(
             max(peak.fds, now.fds),
             max(peak.sockets, now.sockets),
@@ -321,7 +344,7 @@ def run_load(
         f"{elapsed:.0f}s: {stats.opens} opens, {stats.reads} reads, "
         f"{stats.bytes / MIB:.0f} MiB verified, {s3_proxy.count('GET')} GETs\n"
         f"  daemon at start: {start}\n  at rest after T/3: {first}\n"
-        f"  at rest at the end: {last}\n  peak while loaded: {peak}"
+        f"  at rest at the end: {last}\n  peak while loaded: {peak} ({peak_kinds})"
     )
     assert stats.errors == []
     assert stats.opens > READERS
