@@ -14,6 +14,7 @@ import errno
 import faulthandler
 import logging
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -133,9 +134,18 @@ def _lazy_unmount(path: Path) -> None:
         raise MountPointError(f"cannot clean up the dead mount at {path}: {detail}") from None
 
 
+def _raise_open_files_limit() -> None:
+    """Every open file and every download holds a descriptor: under a busy job the soft
+    limit (1 024 under systemd) runs out long before the hard one (524 288)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     """Mount, call `on_ready` once the mount answers, serve until unmounted or signalled."""
     faulthandler.enable()
+    _raise_open_files_limit()
     cache = request.cache
     cache.sweep_partials(older_than=_STALE_PARTIAL_SECONDS)
     options = request.options
