@@ -391,6 +391,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(
         f"          {_count(counters['fetches_started'], 'fetch', 'es')} started, "
         f"{counters['fetches_completed']} completed, {failed} failed, "
+        f"{counters.get('fetches_stopped', 0)} stopped unread, "
         f"{human_bytes(counters['fetched_bytes'])} downloaded, "
         f"{_count(counters.get('evictions', 0), 'file')} evicted "
         f"({human_bytes(counters.get('evicted_bytes', 0))})"

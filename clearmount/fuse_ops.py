@@ -272,8 +272,12 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None and handle.fd >= 0:
+        if handle is None:
+            return
+        if handle.fd >= 0:
             os.close(handle.fd)
+        if handle.fetch is not None:
+            self.fetcher.release(handle.fetch)
 
     # ----- extended attributes --------------------------------------------------------------
 

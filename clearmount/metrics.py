@@ -106,6 +106,11 @@ class _MountCollector(Collector):
             failed.add_metric([kind], count)
         yield failed
         yield CounterMetricFamily(
+            "clearmount_fetches_stopped",
+            "Fetches given up after their files were closed, to make room for a reader",
+            value=counters.fetches_stopped,
+        )
+        yield CounterMetricFamily(
             "clearmount_fetched_bytes",
             "Bytes downloaded into the cache",
             value=counters.fetched_bytes + monitor.in_flight_bytes(),

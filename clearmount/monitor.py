@@ -88,9 +88,11 @@ class MountCounters:
     errors: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     open_seconds: Histogram = field(default_factory=Histogram)
     read_seconds: Histogram = field(default_factory=Histogram)
-    #: fetches seen to finish: completed, or failed by error kind
+    #: fetches seen to finish: completed, failed by error kind, or stopped (closed before
+    #: their end, their transfer slots given to a reader)
     fetches_completed: int = 0
     fetches_failed: collections.Counter[str] = field(default_factory=collections.Counter)
+    fetches_stopped: int = 0
     #: bytes downloaded by fetches that have finished (those in flight are added on read)
     fetched_bytes: int = 0
     fetch_seconds: Histogram = field(default_factory=Histogram)
@@ -182,7 +184,9 @@ class Monitor:
             del self._tracked[key]
             counters = self.counters
             counters.fetched_bytes += fetch.bytes_done
-            if fetch.error is not None:
+            if fetch.stopped:
+                counters.fetches_stopped += 1
+            elif fetch.error is not None:
                 counters.fetches_failed[type(fetch.error).__name__] += 1
             else:
                 counters.fetches_completed += 1
@@ -296,6 +300,7 @@ class Monitor:
                 "fetches_started": self.fetcher.fetches_started,
                 "fetches_completed": counters.fetches_completed,
                 "fetches_failed": dict(counters.fetches_failed),
+                "fetches_stopped": counters.fetches_stopped,
                 "fetched_bytes": counters.fetched_bytes + self.in_flight_bytes(),
                 "evictions": counters.evictions,
                 "evicted_bytes": counters.evicted_bytes,

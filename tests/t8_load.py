@@ -579,20 +579,26 @@ def test_model_reads_match_the_server_while_objects_change(
 # ----------------------------------------------------------------------------- backlog
 
 
-def test_peeking_at_many_files_of_a_slow_server_stays_within_the_open_files_limit(
+def test_a_reader_never_waits_behind_downloads_nobody_reads(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
 ) -> None:
-    # A job that peeks at the first bytes of 1 100 files (type checks, headers) while the
-    # server is slow: each open starts a download that goes on after the file is closed and
-    # holds descriptors until it ends. Started under systemd's default soft limit of 1 024
-    # open files, the daemon must not run out of them (it raises its own soft limit).
-    count, size = 1100, 192 * KIB
+    # A job peeks at the first bytes of many files (type checks, headers) while the server is
+    # slow. Each open starts a download that goes on after the file is closed; once such
+    # downloads hold every transfer slot, the next reader would wait for the read timeout
+    # (600 s here) unless they give their slots up. Started under systemd's default soft limit
+    # of 1 024 open files, the daemon also raises its own soft limit to the hard one.
+    slots, count, size = 4, 40, 192 * KIB
     bucket = s3_server.make_bucket()
     corpus = Corpus(unique_name("peek"), [size] * count)
     upload(s3_server, bucket, corpus)
-    conf = s3_conf(s3_proxy, s3_server.admin, sdk_extra="aws.boto3 { multipart_chunksize: 163840 }")
+    conf = s3_conf(
+        s3_proxy,
+        s3_server.admin,
+        sdk_extra="aws.boto3 { multipart_chunksize: 163840, read_timeout: 600 }",
+    )
+    options = ["attr_timeout=3600", "dir_timeout=3600", f"fetch_concurrency={slots}"]
     with soft_open_files_limit(1024):
-        mount = mounted(conf, options=["attr_timeout=3600", "dir_timeout=3600"], debug=False)
+        mount = mounted(conf, options=options, debug=False)
     assert mount.proc is not None
     root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
     for n in range(10):
@@ -600,17 +606,28 @@ def test_peeking_at_many_files_of_a_slow_server_stays_within_the_open_files_limi
     # every GET pauses after 140 KiB: the first read (128 KiB) is served, the rest waits
     s3_proxy.stall(140 * KIB, 300, count=None, method="GET", prefix=f"/{bucket}/{corpus.prefix}/")
     failures: list[str] = []
-    for i in range(count):
-        try:
-            with open(root / corpus.key(i), "rb", buffering=0) as f:
-                if f.read(16) != corpus.data(i)[:16]:
-                    failures.append(f"{i}: wrong bytes")
-        except OSError as exc:
-            failures.append(f"{i}: {exc!r}")
-            if len(failures) > 5:
-                break
-    held = vitals(mount.proc.pid)
-    s3_proxy.reset()
-    print(f"\nBACKLOG {count} files peeked at: daemon {held}; failures {failures[:3]}")
+    peeked = 0
+
+    def peek_all() -> None:
+        nonlocal peeked
+        for i in range(count):
+            try:
+                with open(root / corpus.key(i), "rb", buffering=0) as f:
+                    if f.read(16) != corpus.data(i)[:16]:
+                        failures.append(f"{i}: wrong bytes")
+            except OSError as exc:
+                failures.append(f"{i}: {exc!r}")
+            peeked += 1
+
+    peeker = threading.Thread(target=peek_all, daemon=True)
+    peeker.start()
+    peeker.join(120)  # the stalls last 300 s and the read timeout 600 s: 120 s is a hang
+    stuck, waiting_at = peeker.is_alive(), peeked + 1
+    s3_proxy.reset()  # releases the stalls
+    peeker.join(60)
+    print(f"\nPEEK {peeked} of {count} files peeked at; failures {failures[:3]}")
+    assert not stuck, f"peek {waiting_at} of {count} waited behind downloads nobody read"
     assert failures == []
-    assert held.fds > 1024  # the backlog did pass the usual soft limit
+    limits = Path(f"/proc/{mount.proc.pid}/limits").read_text()
+    soft, hard = next(line for line in limits.splitlines() if "open files" in line).split()[3:5]
+    assert soft == hard, limits

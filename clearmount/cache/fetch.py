@@ -8,6 +8,10 @@ renames the file into place. A reader never waits for more than the bytes it ask
 Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
 that file. Progress comes back to the trio loop through `trio.from_thread.run_sync`.
+
+A fetch goes on after its files are closed, so that a file opened once ends up cached, but
+not at a reader's expense: once no open file reads a fetch, it gives up its transfer slots
+(and its partial file) as soon as a transfer somebody reads has to wait for one.
 """
 
 from __future__ import annotations
@@ -106,6 +110,11 @@ class Fetch:
         # end (only S3 ETags of single-part uploads are MD5s).
         self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
         self.aborted = False
+        #: open files reading this fetch
+        self.readers = 0
+        #: stopped because nobody read it any more and a reader needed its transfer slots
+        self.stopped = False
+        self._scope: trio.CancelScope | None = None
 
     @property
     def bytes_done(self) -> int:
@@ -143,6 +152,15 @@ class Fetch:
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
+    def stop(self) -> None:
+        """Give up the download, unless every byte is already on disk."""
+        if self.error is not None or self.has(0, self.info.size):
+            return
+        self.stopped = True
+        self._fail(Unavailable("download stopped: no open file reads it", self.url), quiet=True)
+        if self._scope is not None:
+            self._scope.cancel()
+
     def _advance(self, part: int, front: int) -> None:
         if self.aborted:
             raise _Aborted
@@ -152,6 +170,7 @@ class Fetch:
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
                 if self.parallel > 1:
                     # The first part's first bytes go out before the other parts compete for
@@ -183,7 +202,7 @@ class Fetch:
         try:
             while self._pending and self.error is None:
                 part = self._pending.popleft()
-                await transfer.data(self._fetch_part, part)
+                await transfer.data(self._fetch_part, part, for_reader=self.readers > 0)
         except (ClearmountError, OSError, _Aborted) as exc:
             if self.error is None:
                 self._fail(exc)
@@ -246,7 +265,9 @@ class Fetch:
             self.error = CacheError(f"cache write failed for {self.url}: {exc.strerror or exc}")
         else:
             self.error = Unavailable("fetch aborted", self.url)
-        if quiet:
+        if self.stopped:
+            log.debug("%s", self.error)
+        elif quiet:
             log.info("fetch stopped: %s", self.error)
         else:
             log.error("fetch failed: %s", self.error)
@@ -283,10 +304,35 @@ class Fetcher:
         #: bytes the cache held at the last eviction pass (for `fits`)
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
+        transfer.on_reader_waiting = self._stop_unread
 
     def start(self, nursery: trio.Nursery) -> None:
         """Fetches run in `nursery`, so they outlive the open() that started them."""
         self._nursery = nursery
+
+    def release(self, fetch: Fetch) -> None:
+        """An open file reading `fetch` was closed."""
+        fetch.readers -= 1
+        if fetch.readers == 0 and self.transfer.readers_waiting:
+            self._stop(fetch)
+
+    def _stop_unread(self) -> None:
+        # A reader waits for a transfer slot: fetches nobody reads make room.
+        for fetch in list(self.in_flight.values()):
+            if fetch.readers == 0:
+                self._stop(fetch)
+
+    def _stop(self, fetch: Fetch) -> None:
+        fetch.stop()
+        if fetch.stopped:
+            # the next open of this object starts afresh instead of joining a stopped fetch
+            self._forget(fetch)
+            self._changed()
+
+    def _forget(self, fetch: Fetch) -> None:
+        key = (fetch.url, fetch.info.version)
+        if self.in_flight.get(key) is fetch:
+            del self.in_flight[key]
 
     async def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
         """A readable descriptor for `url` at `info.version`: cached, in flight, or new.
@@ -295,18 +341,23 @@ class Fetcher:
         """
         fetch = self.in_flight.get((url, info.version))
         if fetch is not None:
-            return Source(self._open_read(fetch.partial), fetch)
+            return self._join(fetch)
         final = self.layout.final_path(url)
         cached = await self._cached_fd(final, url, info)
         if cached is not None:
             return Source(cached, None)
         fetch = self.in_flight.get((url, info.version))  # started while we checked
         if fetch is not None:
-            return Source(self._open_read(fetch.partial), fetch)
+            return self._join(fetch)
         if not self.fits(info.size):
             log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
             return Source(-1, None, Stream(store, info, self.transfer))
         return self._start(url, store, info, final, parallel)
+
+    def _join(self, fetch: Fetch) -> Source:
+        source = Source(self._open_read(fetch.partial), fetch)
+        fetch.readers += 1
+        return source
 
     def fits(self, size: int) -> bool:
         """Whether an object of `size` bytes can be cached within the limits at all."""
@@ -403,6 +454,7 @@ class Fetcher:
             self.verify,
         )
         read_fd = self._open_read(partial)
+        fetch.readers = 1
         self.in_flight[(url, info.version)] = fetch
         self.fetches_started += 1
         self._nursery.start_soon(self._run, fetch, lock_fd)
@@ -415,7 +467,7 @@ class Fetcher:
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
         finally:
-            self.in_flight.pop((fetch.url, fetch.info.version), None)
+            self._forget(fetch)
             os.close(lock_fd)
             self._changed()
 
