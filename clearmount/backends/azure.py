@@ -32,7 +32,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ExponentialRetry
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
 from clearmount.config import AzureContainer, Config
 from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
 from clearmount.urls import StorageURL, match_azure
@@ -121,15 +121,8 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError:
     return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
 
 
-@contextlib.contextmanager
-def _translated(url: str, entry: str) -> Iterator[None]:
-    """Turn whatever the SDK raises inside the block into the `StoreError` for it."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
-        raise translate(exc, url, entry) from None
+def _translated(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_border(translate, url, entry)
 
 
 def _etag(value: str) -> str:

@@ -16,8 +16,11 @@ Contract, for every implementation:
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from clearmount.errors import StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +74,17 @@ class ObjectStore(abc.ABC):
 
         Raises `Stale` (before or during the stream) when the object is no longer `version`.
         """
+
+
+@contextlib.contextmanager
+def sdk_border(
+    translate: Callable[[Exception, str, str], StoreError], url: str, entry: str
+) -> Iterator[None]:
+    """Turn whatever an SDK raises inside the block into the `StoreError` `translate` names
+    for it (each adapter's table), so nothing else leaves an adapter."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
+        raise translate(exc, url, entry) from None

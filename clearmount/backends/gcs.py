@@ -29,7 +29,7 @@ from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
 from clearmount.config import Config, GcsCredentials, GcsSettings
 from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
 from clearmount.urls import StorageURL, match_gcs
@@ -140,15 +140,8 @@ def translate(exc: BaseException, url: str, entry: str) -> StoreError:
     return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
 
 
-@contextlib.contextmanager
-def _translated(url: str, entry: str) -> Iterator[None]:
-    """Turn whatever the SDK raises inside the block into the `StoreError` for it."""
-    try:
-        yield
-    except StoreError:
-        raise
-    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
-        raise translate(exc, url, entry) from None
+def _translated(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_border(translate, url, entry)
 
 
 def _info(blob: Any) -> ObjectInfo:
