@@ -35,6 +35,8 @@ _URL = "user.clearmount.url"
 _CACHE_DIR = "user.clearmount.cache_dir"
 # Files fetched at once by prefetch; each fetch is itself parallel inside the daemon.
 _PREFETCH_WORKERS = 8
+# The commands may wait for the daemon's index writes (each holds the lock for microseconds).
+_BUSY_TIMEOUT = 30.0
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +67,7 @@ def _cache_root(args: argparse.Namespace) -> Path:
 def _open_cache(args: argparse.Namespace) -> tuple[CacheLayout, CacheIndex]:
     layout = CacheLayout(_cache_root(args))
     layout.prepare()
-    return layout, CacheIndex(layout.state_dir / "index.sqlite3")
+    return layout, CacheIndex(layout.state_dir / "index.sqlite3", busy_timeout=_BUSY_TIMEOUT)
 
 
 # ----- clearmount cache ---------------------------------------------------------------------
@@ -243,7 +245,7 @@ def prefetch_command(argv: Sequence[str]) -> int:
             raise UserError("nothing to prefetch (a directory needs --recursive)", 2)
         if args.pin:
             cache = Path(os.fsdecode(os.getxattr(mountpoint, _CACHE_DIR)))
-            index = CacheIndex(cache / "clearmount" / "index.sqlite3")
+            index = CacheIndex(cache / "clearmount" / "index.sqlite3", busy_timeout=_BUSY_TIMEOUT)
             layout = CacheLayout(cache)
             for path in files:
                 url = os.fsdecode(os.getxattr(path, _URL))

@@ -150,7 +150,10 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     cache.sweep_partials(older_than=_STALE_PARTIAL_SECONDS)
     options = request.options
     index = CacheIndex(cache.state_dir / "index.sqlite3")
-    reconcile(cache, index)
+    try:
+        reconcile(cache, index)
+    except sqlite3.Error as exc:  # a stale row is harmless: the next start cleans it
+        log.warning("cache index not reconciled with the disk: %s", exc)
     transfer = Transfer(options.metadata_concurrency, options.fetch_concurrency)
     config = request.config
     direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)

@@ -4,7 +4,14 @@ the ETag it states."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +104,109 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
             while not source.fetch.complete:
                 await trio.sleep(0.01)
     assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
+
+
+# ----- the cache index: never a reason to fail or stall a read
+
+
+def _urls(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT url FROM entries")}
+
+
+def test_a_write_locked_index_skips_the_write_instead_of_stalling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "index.sqlite3"
+    index = CacheIndex(path)
+    other = sqlite3.connect(path, isolation_level=None)  # a `clearmount cache` command, say
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.WARNING):
+            started = time.monotonic()
+            index.put("k", "s3://b/k", "v1", 10)
+            assert time.monotonic() - started < 20  # the short busy timeout, not 30 s
+        assert "cannot record s3://b/k in the cache index" in caplog.text
+        assert index.get("k") is None  # skipped; reads go on while another process writes
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    index.put("k", "s3://b/k", "v1", 10)
+    entry = index.get("k")
+    assert entry is not None and entry.version == "v1"
+    index.close()
+
+
+async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None:
+    data = b"recorded later" * 1000
+    store = MemoryStore(data)
+    fetcher = make_fetcher(tmp_path)
+    url = "s3://memory/k"
+    other = sqlite3.connect(fetcher.layout.state_dir / "index.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        async with trio.open_nursery() as nursery:
+            fetcher.start(nursery)
+            first = await fetcher.open(url, store, store.head("k"), parallel=True)
+            assert first.fetch is not None
+            while (url, first.fetch.info.version) in fetcher.in_flight:
+                await fetcher.changed.wait()
+            assert first.fetch.complete  # installed, though its row could not be written
+            os.close(first.fd)
+            again = await fetcher.open(url, store, store.head("k"), parallel=True)
+            assert again.fetch is None  # adopted by its MD5: no second download
+            assert os.pread(again.fd, len(data) + 1, 0) == data
+            os.close(again.fd)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert store.ranges == [(0, len(data))]
+    assert fetcher.index.get(fetcher.layout.final_path(url).name) is None
+    fetcher.index.close()
+
+
+def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
+    folder = tmp_path / "cache" / "clearmount"
+    folder.mkdir(parents=True)
+    path = folder / "index.sqlite3"
+    index = CacheIndex(path)
+    index.put("before", "s3://b/before", "v1", 1)
+    shutil.rmtree(tmp_path / "cache")
+    index.put("after", "s3://b/after", "v2", 2)
+    assert _urls(path) == {"s3://b/after"}
+    assert index.get("before") is None
+    for made, mode in ((tmp_path / "cache", 0o700), (folder, 0o700), (path, 0o600)):
+        assert stat.S_IMODE(made.stat().st_mode) == mode, made
+    # replaced by another database (another process recreated it first): followed as well
+    path.unlink()
+    CacheIndex(path).close()
+    index.put("third", "s3://b/third", "v3", 3)
+    assert _urls(path) == {"s3://b/third"}
+    index.close()
+
+
+def test_an_index_that_cannot_be_reopened_yet_is_unavailable_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "index.sqlite3"
+    index = CacheIndex(path)
+    index.put("k", "s3://b/k", "v1", 1)
+    path.unlink()
+    # another process recreated the database and holds it exclusively for now
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert index.get("k") is None  # not the removed file's row
+            index.put("k", "s3://b/k", "v2", 1)
+        assert "cannot be recreated" in caplog.text
+        with pytest.raises(sqlite3.OperationalError):
+            index.pinned_names()  # the eviction loop and the CLI report sqlite3 errors
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    index.put("k", "s3://b/k", "v3", 1)
+    entry = index.get("k")
+    assert entry is not None and entry.version == "v3"
+    index.close()

@@ -7,9 +7,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import sqlite3
+import stat
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -354,3 +358,42 @@ def test_two_daemons_sharing_one_cache_never_tear_a_file(
     )
     (final,) = (cache / "storage_manager/global").iterdir()
     assert hashlib.sha256(final.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
+def recorded_urls(index: Path) -> set[str]:
+    """The URLs an index database has rows for, read as the `cache` commands would."""
+    if not index.exists():
+        return set()
+    try:
+        with closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT url FROM entries")}
+    except sqlite3.OperationalError:  # being created right now
+        return set()
+
+
+@pytest.mark.parametrize("removed", ["clearmount", "."], ids=["index-folder", "whole-cache"])
+def test_index_removed_under_the_daemon_is_recreated(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, removed: str
+) -> None:
+    bucket = s3_server.make_bucket()
+    s3_server.put(bucket, "before.bin", b"b" * 1000)
+    s3_server.put(bucket, "after.bin", b"a" * 2000)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    index = mount.cache_dir / "clearmount" / "index.sqlite3"
+    assert mount.path_of(f"{base}/before.bin").read_bytes() == b"b" * 1000
+    poll_until(lambda: f"{base}/before.bin" in recorded_urls(index), 30, "the first row")
+    shutil.rmtree(mount.cache_dir / removed)  # the operator clears the cache by hand
+    assert mount.path_of(f"{base}/after.bin").read_bytes() == b"a" * 2000
+    poll_until(
+        lambda: recorded_urls(index) == {f"{base}/after.bin"},
+        30,
+        "the second file's row in a recreated index",
+        diagnose=lambda: f"rows: {recorded_urls(index)}",
+    )
+    assert stat.S_IMODE(index.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(index.stat().st_mode) == 0o600
+    assert "was removed or replaced: opened it afresh" in mount.log_text()
+    # the first file, fetched again, is recorded in the new index too
+    assert mount.path_of(f"{base}/before.bin").read_bytes() == b"b" * 1000
+    poll_until(lambda: len(recorded_urls(index)) == 2, 30, "both rows")
