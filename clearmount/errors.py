@@ -67,6 +67,13 @@ class Unavailable(StoreError):
     errno = errno.EIO
 
 
+class ProtocolError(StoreError):
+    """The server answered, but not what was asked (e.g. other bytes than the range): asking
+    again would get the same answer, so it is not retried."""
+
+    errno = errno.EIO
+
+
 class Stale(StoreError):
     """The object changed under a reader (version precondition failed)."""
 

@@ -32,7 +32,14 @@ import botocore.exceptions
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
 from clearmount.config import Boto3Settings, S3Credentials
-from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
+from clearmount.errors import (
+    AccessDenied,
+    NotFound,
+    ProtocolError,
+    Stale,
+    StoreError,
+    Unavailable,
+)
 
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _DENIED = {
@@ -258,7 +265,7 @@ class S3Store(ObjectStore):
                 return
         elif status == 200 and start == 0 and int(reply.get("ContentLength", 0)) >= end:
             return  # the whole object, Range ignored: its first `end` bytes are the ones asked
-        raise Unavailable(
+        raise ProtocolError(
             f"asked for bytes {start}-{end - 1}, the server answered "
             f"{status} {reply.get('ContentRange') or 'without a Content-Range'}",
             url,
