@@ -7,6 +7,13 @@ shown. Never touches cache files; talks to stores only through `Transfer`.
 
 A file inode stands for one object *version*: when the object changes, the next lookup
 yields a new inode, so the kernel page cache (kept across opens) never mixes two versions.
+
+A path is kept as its parent's path and its own name (`MountPath`), never as the list of
+all its components: what the daemon remembers grows with the number of entries, not with
+the square of their depth (keys 10 000 levels deep exist). The components, the URL and the
+store of a path are worked out by walking up the parents only when the server is asked (a
+lookup miss, a listing), a file is opened or its URL attribute is read; lookups and
+listings answered from the caches, getattr, readdir and read never walk.
 """
 
 from __future__ import annotations
@@ -45,10 +52,68 @@ class Kind(enum.Enum):
     SYMLINK = "symlink"  # direct access: the kernel follows it, the daemon serves no bytes
 
 
+class MountPath:
+    """A path below the mount point: the path of its parent directory and its own name.
+
+    The paths of a directory's entries share the directory's path, so each level of nesting
+    costs one small object. Two paths built apart are equal when their names are, level by
+    level, and hash alike (the hash is computed once, from the parent's): paths are the keys
+    of the namespace's caches. `parts` walks up to the root, so it costs the depth.
+    """
+
+    __slots__ = ("_hash", "depth", "name", "parent")
+
+    def __init__(self, parent: MountPath | None, name: str) -> None:
+        self.parent: MountPath | None = parent  # None for the mount point itself
+        self.name: str = name  # "" for the mount point
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        self._hash: int = hash((None if parent is None else parent._hash, name))
+
+    def child(self, name: str) -> MountPath:
+        return MountPath(self, name)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The components below the mount point, e.g. ("s3", "bucket", "dir", "file")."""
+        names = []
+        path: MountPath = self
+        while path.parent is not None:
+            names.append(path.name)
+            path = path.parent
+        names.reverse()
+        return tuple(names)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MountPath):
+            return NotImplemented
+        mine: MountPath | None = self
+        theirs: MountPath | None = other
+        # stops at the first ancestor both share (siblings share their parent's object)
+        while mine is not theirs:
+            if mine is None or theirs is None:
+                return False
+            if mine._hash != theirs._hash or mine.name != theirs.name:
+                return False
+            mine, theirs = mine.parent, theirs.parent
+        return True
+
+    def __str__(self) -> str:
+        return "/".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"MountPath({str(self)!r})"
+
+
+ROOT_PATH = MountPath(None, "")
+
+
 @dataclass(eq=False)
 class Node:
     inode: int
-    parts: tuple[str, ...]  # mount path components below the mount point
+    path: MountPath  # where it is below the mount point
     kind: Kind
     info: ObjectInfo | None = None  # FILE: the version this inode stands for
     validated_at: float = 0.0
@@ -56,15 +121,16 @@ class Node:
     target: str | None = None  # SYMLINK: where it points
 
     @property
-    def path(self) -> str:
-        return "/".join(self.parts)
+    def parts(self) -> tuple[str, ...]:
+        """The path's components, found by walking up its parents: not for every read."""
+        return self.path.parts
 
 
 @dataclass(frozen=True)
 class Entry:
     """One directory entry as a listing saw it."""
 
-    parts: tuple[str, ...]
+    path: MountPath
     kind: Kind
     info: ObjectInfo | None
     target: str | None = None
@@ -88,15 +154,13 @@ class _Listing:
     complete: bool = True  # False: cut short, so it proves nothing about absent names
 
 
-def _identity(
-    parts: tuple[str, ...], info: ObjectInfo | None, target: str | None
-) -> tuple[object, ...]:
+def _identity(path: MountPath, info: ObjectInfo | None, target: str | None) -> tuple[object, ...]:
     """What makes two nodes the same inode: the path, plus the version or link target."""
     if info is not None:
-        return (parts, info.version)
+        return (path, info.version)
     if target is not None:
-        return (parts, "->", target)
-    return (parts,)
+        return (path, "->", target)
+    return (path,)
 
 
 def showable(name: str) -> bool:
@@ -120,10 +184,10 @@ class Namespace:
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
         self._next_inode = ROOT_INODE + 1
-        self._known: dict[tuple[str, ...], _Known] = {}
-        self._listings: dict[tuple[str, ...], _Listing] = {}
-        self._listing_ahead: set[tuple[str, ...]] = set()
-        self._too_big: set[tuple[str, ...]] = set()
+        self._known: dict[MountPath, _Known] = {}
+        self._listings: dict[MountPath, _Listing] = {}
+        self._listing_ahead: set[MountPath] = set()
+        self._too_big: set[MountPath] = set()
         self._nursery: trio.Nursery | None = None
         self.reload(config, direct)
 
@@ -142,7 +206,7 @@ class Namespace:
         )
         self._known.clear()
         self._listings.clear()
-        self.root = Node(ROOT_INODE, (), Kind.ROOT)
+        self.root = Node(ROOT_INODE, ROOT_PATH, Kind.ROOT)
         self._nodes[ROOT_INODE] = self.root
 
     # ----- inodes ---------------------------------------------------------------------------
@@ -155,12 +219,12 @@ class Namespace:
 
     def _node(
         self,
-        parts: tuple[str, ...],
+        path: MountPath,
         kind: Kind,
         info: ObjectInfo | None,
         target: str | None = None,
     ) -> Node:
-        key = _identity(parts, info, target)
+        key = _identity(path, info, target)
         inode = self._by_key.get(key)
         if inode is not None:
             node = self._nodes[inode]
@@ -168,15 +232,16 @@ class Namespace:
             return node
         inode = self._next_inode
         self._next_inode += 1
-        node = Node(inode, parts, kind, info, time.monotonic(), target=target)
+        node = Node(inode, path, kind, info, time.monotonic(), target=target)
         self._nodes[inode] = node
         self._by_key[key] = inode
         return node
 
     def _parent(self, node: Node) -> Node | None:
-        if len(node.parts) <= 1:
+        parent = node.path.parent
+        if parent is None or parent.depth == 0:
             return self.root
-        inode = self._by_key.get((node.parts[:-1],))
+        inode = self._by_key.get((parent,))
         return self._nodes[inode] if inode is not None else None
 
     def forget(self, inode: int, count: int) -> None:
@@ -196,7 +261,7 @@ class Namespace:
         if node.lookups > 0 or node.kind is Kind.ROOT or self._nodes.get(node.inode) is not node:
             return
         del self._nodes[node.inode]
-        self._by_key.pop(_identity(node.parts, node.info, node.target), None)
+        self._by_key.pop(_identity(node.path, node.info, node.target), None)
 
     # ----- where a path lives ---------------------------------------------------------------
 
@@ -219,7 +284,7 @@ class Namespace:
 
     def url_string(self, node: Node) -> str:
         """The URL ClearML records for this node (what the cache file name hashes)."""
-        return str(self.url_of(node.parts)) if node.parts else ""
+        return str(self.url_of(node.parts)) if node.path.depth else ""
 
     def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
         """The store holding `parts` and the key (or prefix) inside it."""
@@ -237,27 +302,28 @@ class Namespace:
             return self._parent(parent)
         if not showable(name) or parent.kind is Kind.FILE:
             return None
-        parts = (*parent.parts, name)
-        known = self._fresh(parts)
+        path = parent.path.child(name)
+        known = self._fresh(path)
         if known is None:
+            parts = path.parts
             direct = await self._direct(parts)
             if direct is not None:
                 known = direct
             elif parent.kind in (Kind.ROOT, Kind.VIRTUAL):
                 # These levels list what the config names; others are still found by name.
-                known = await self._probe_virtual(parent, name)
+                known = await self._probe_virtual(parent, parts)
             else:
                 # Listings answer for the names they saw, never for absent ones: an object
                 # uploaded a moment ago must be found by the job just handed its URL.
                 known = await self._probe(parts)
-                self._list_ahead(parent.parts)
-            self._remember(parts, known)
+                self._list_ahead(parent.path)
+            self._remember(path, known)
         if known.kind is None:
             return None
-        return self._node(parts, known.kind, known.info, known.target)
+        return self._node(path, known.kind, known.info, known.target)
 
-    def _fresh(self, parts: tuple[str, ...]) -> _Known | None:
-        known = self._known.get(parts)
+    def _fresh(self, path: MountPath) -> _Known | None:
+        known = self._known.get(path)
         if known is None:
             return None
         ttl = self.options.attr_timeout if known.kind else self.options.negative_timeout
@@ -270,11 +336,11 @@ class Namespace:
     def _age(moment: float) -> float:
         return time.monotonic() - moment
 
-    def _remember(self, parts: tuple[str, ...], known: _Known) -> None:
+    def _remember(self, path: MountPath, known: _Known) -> None:
         if len(self._known) >= _ENTRY_SWEEP_AT:
             horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
             self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
-        self._known[parts] = known
+        self._known[path] = known
 
     def _direct_target(self, parts: tuple[str, ...]) -> Target | None:
         if parts[0] == "file":
@@ -349,8 +415,9 @@ class Namespace:
             return _Known(Kind.FILE, info, now)
         return _Known(None, None, now)
 
-    async def _probe_virtual(self, parent: Node, name: str) -> _Known:
-        parts = (*parent.parts, name)
+    async def _probe_virtual(self, parent: Node, parts: tuple[str, ...]) -> _Known:
+        """Whether `parts`, a child of the root or of a scheme, host or account level, exists."""
+        name = parts[-1]
         now = time.monotonic()
         if parent.kind is Kind.ROOT:
             return _Known(Kind.VIRTUAL if name in self.schemes() else None, None, now)
@@ -372,23 +439,29 @@ class Namespace:
         """
         if node.info is None or time.monotonic() - node.validated_at < self.options.attr_timeout:
             return
-        store, key = self.store_for(node.parts)
+        parts = node.parts
+        store, key = self.store_for(parts)
         try:
             info = await self.transfer.metadata(store.head, key)
         except NotFound:
-            self._remember(node.parts, _Known(None, None, time.monotonic()))
+            self._remember(node.path, _Known(None, None, time.monotonic()))
             raise
-        self._remember(node.parts, _Known(Kind.FILE, info, time.monotonic()))
+        self._remember(node.path, _Known(Kind.FILE, info, time.monotonic()))
         if info.version != node.info.version or info.size != node.info.size:
-            self._listings.pop(node.parts[:-1], None)
-            raise Stale("object changed since it was looked up", self.url_string(node))
+            self._forget_listing_around(node)
+            raise Stale("object changed since it was looked up", str(self.url_of(parts)))
         node.validated_at = time.monotonic()
 
     def invalidate(self, node: Node) -> None:
         """Forget what is known of `node`'s path: it changed on the server."""
-        self._known.pop(node.parts, None)
-        self._listings.pop(node.parts[:-1], None)
+        self._known.pop(node.path, None)
+        self._forget_listing_around(node)
         node.validated_at = 0.0
+
+    def _forget_listing_around(self, node: Node) -> None:
+        """Drop the listing of the directory holding `node`: it showed the old version."""
+        if node.path.parent is not None:
+            self._listings.pop(node.path.parent, None)
 
     # ----- listings -------------------------------------------------------------------------
 
@@ -406,52 +479,55 @@ class Namespace:
 
     async def listdir(self, node: Node) -> list[tuple[str, Entry]]:
         """The entries of a directory; `child` turns one into a node when it is handed out."""
-        listing = self._listings.get(node.parts)
+        listing = self._listings.get(node.path)
         if listing is None or not self._listing_fresh(listing):
             if node.kind in (Kind.ROOT, Kind.VIRTUAL):
                 listing = await self._list_virtual(node)
             else:
                 listing = await self._list_prefix(node.parts)
-            await self._install_listing(node.parts, listing)
+            await self._install_listing(node.path, listing)
         return [
-            (name, Entry((*node.parts, name), known.kind, known.info, known.target))
+            (name, Entry(node.path.child(name), known.kind, known.info, known.target))
             for name, known in listing.names.items()
             if known.kind is not None
         ]
 
-    async def _install_listing(self, parts: tuple[str, ...], listing: _Listing) -> None:
-        await self._apply_direct(parts, listing)
+    async def _install_listing(self, path: MountPath, listing: _Listing) -> None:
+        await self._apply_direct(path, listing)
         if listing.complete:
-            self._listings[parts] = listing
+            self._listings[path] = listing
         for name, known in listing.names.items():
-            path = (*parts, name)
-            newer = self._known.get(path)
+            child = path.child(name)
+            newer = self._known.get(child)
             if newer is None or newer.at <= known.at:
-                self._remember(path, known)
+                self._remember(child, known)
 
-    def _list_ahead(self, parts: tuple[str, ...]) -> None:
+    def _list_ahead(self, path: MountPath) -> None:
         """After a lookup miss in a directory: list it in the background, so the lookups of
         its siblings (a job opening many files of one folder) need no request at all."""
-        if self._nursery is None or parts in self._listing_ahead or parts in self._too_big:
+        if self._nursery is None or path in self._listing_ahead or path in self._too_big:
             return
-        self._listing_ahead.add(parts)
-        self._nursery.start_soon(self._list_ahead_task, parts)
+        self._listing_ahead.add(path)
+        self._nursery.start_soon(self._list_ahead_task, path)
 
-    async def _list_ahead_task(self, parts: tuple[str, ...]) -> None:
+    async def _list_ahead_task(self, path: MountPath) -> None:
         try:
-            listing = await self._list_prefix(parts, max_pages=_LIST_AHEAD_PAGES)
-            await self._install_listing(parts, listing)
+            listing = await self._list_prefix(path.parts, max_pages=_LIST_AHEAD_PAGES)
+            await self._install_listing(path, listing)
             if not listing.complete:
-                self._too_big.add(parts)  # its lookups go to the server, one by one
+                self._too_big.add(path)  # its lookups go to the server, one by one
         except StoreError as exc:
-            log.debug("listing ahead %s failed: %s", "/".join(parts), exc)
+            log.debug("listing ahead %s failed: %s", path, exc)
         finally:
-            self._listing_ahead.discard(parts)
+            self._listing_ahead.discard(path)
 
-    async def _apply_direct(self, parts: tuple[str, ...], listing: _Listing) -> None:
+    async def _apply_direct(self, path: MountPath, listing: _Listing) -> None:
         """Turn listed entries that are direct into symlinks, and add the places rules name
         (an "archive" bucket that only exists on NFS) to the level they sit in."""
-        if parts == ("file",) or not self._remote_rules:
+        if not self._remote_rules:
+            return
+        parts = path.parts
+        if parts == ("file",):
             return
         for anchor in self.direct.anchors():
             try:
@@ -467,7 +543,7 @@ class Namespace:
 
     def child(self, entry: Entry) -> Node:
         """The node of a listed entry (lookup count untouched; see `drop_if_unused`)."""
-        return self._node(entry.parts, entry.kind, entry.info, entry.target)
+        return self._node(entry.path, entry.kind, entry.info, entry.target)
 
     async def _list_virtual(self, node: Node) -> _Listing:
         now = time.monotonic()
