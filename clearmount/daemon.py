@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import resource
@@ -64,6 +65,10 @@ _RESCAN_INTERVAL = 30.0
 # under the units' TimeoutStopSec, so systemd never has to SIGKILL a mount.
 _DRAIN_SECONDS = 5.0
 _CANCEL_SECONDS = 3.0
+# The kernel asks a FUSE daemon for at most a readahead window per READ: 128 KiB by default,
+# though libfuse 3 accepts 1 MiB requests (max_pages 256). 1 MiB makes a sequential read 8
+# times fewer requests, and so 8 times fewer handler calls and thread hops.
+_READ_AHEAD_KB = 1024
 
 
 @dataclass(frozen=True)
@@ -330,13 +335,51 @@ async def _stop_on_signal(
 async def _announce_ready(service: _Service, on_ready: Callable[[], None]) -> None:
     mountpoint = service.request.mountpoint
     # The stat is answered by our own getattr: once it returns, the mount serves requests.
-    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    # before on_ready: files opened from then on take the larger window
+    await trio.to_thread.run_sync(raise_readahead, st.st_dev)
     log.info("ready: %s", mountpoint)
     on_ready()
     service.notifier.ready()  # STATUS= lines come from the monitor
     # Importing an SDK and building its clients takes a few hundred ms: do it now, not in
     # the first reader's open().
     await service.namespace.transfer.metadata(backends.warm_up, service.namespace.config)
+    # What start-up and the SDKs built (~90 000 objects, mostly botocore's service models)
+    # lives as long as the daemon: out of the collector's sight, a full collection, which
+    # a listing of 10 000 keys triggers a few times, takes ~2 ms instead of ~40 ms.
+    gc.freeze()
+
+
+def raise_readahead(dev: int, kib: int = _READ_AHEAD_KB) -> None:
+    """Let the kernel send READ requests of up to `kib` KiB (best effort: needs root).
+
+    The window is the `read_ahead_kb` of the mount's device in sysfs. The FUSE INIT reply
+    can only lower it (and pyfuse3 does not expose it), so it is raised once the mount has
+    answered a request, i.e. once INIT has been applied: raised before, the reply would cap
+    it again. It lasts as long as the mount. Never fails the mount: without it reads are
+    smaller and slower, nothing else.
+    """
+    path = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    try:
+        current = int(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.debug("cannot read the readahead of this mount (%s): %s", path, exc)
+        return
+    if current >= kib:
+        return
+    try:
+        path.write_text(f"{kib}\n")
+    except PermissionError:
+        log.info(
+            "reads reach the daemon in requests of %d KiB: only root can raise %s to %d",
+            current,
+            path,
+            kib,
+        )
+    except OSError as exc:
+        log.debug("cannot raise the readahead of this mount (%s): %s", path, exc)
+    else:
+        log.debug("readahead of this mount raised from %d to %d KiB", current, kib)
 
 
 async def _feed_watchdog(notifier: Notifier) -> None:

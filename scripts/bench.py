@@ -6,6 +6,7 @@ Run it through ``scripts/bench`` (which installs what it needs first)::
     scripts/bench                      # S3 on SeaweedFS: clearmount, rclone mount, s3fs; 3 reps
     scripts/bench --quick              # 256 MiB, 200 small files, 1 000 entries, 1 rep
     scripts/bench --only clearmount    # skip the peers
+    scripts/bench --rows cold,small    # only these rows (of cold, warm, ttfb, ls, small)
     scripts/bench --backend azure      # Azurite: clearmount vs azure-storage-blob
     scripts/bench --backend gcs        # fake-gcs-server: clearmount vs google-cloud-storage
 
@@ -56,6 +57,15 @@ import servers  # noqa: E402  (tests/servers.py: the server launchers the tests 
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 READERS = 8  # parallel readers in the small-files row
+# What --rows selects: each name stands for the table rows it measures ("start" is measured
+# by every session that runs). A warm re-read needs the cold read before it.
+ROW_GROUPS = {
+    "cold": ("cold", "rss"),
+    "warm": ("warm",),
+    "ttfb": ("ttfb", "ttfb_lookup"),
+    "ls": ("ls1", "ls2"),
+    "small": ("small",),
+}
 BLOCK = MIB  # read size of the sequential reads
 BUCKET = "bench"
 BIG_KEY = "big/blob.bin"
@@ -1015,6 +1025,8 @@ class Bench:
     workdir: Path
     profile: bool
     results: Results = dataclasses.field(default_factory=Results)
+    #: the --rows names to measure (keys of ROW_GROUPS)
+    rows: frozenset[str] = frozenset(ROW_GROUPS)
 
     @property
     def sizes(self) -> Sizes:
@@ -1031,9 +1043,20 @@ class Bench:
     # -- the reference
 
     def reference(self, rep: int) -> None:
-        r, who = self.results, "reference"
         local = self.workdir / "reference-download.bin"
         local.unlink(missing_ok=True)
+        if "cold" in self.rows:
+            self.reference_download(local)
+        local.unlink(missing_ok=True)
+        if "ttfb" in self.rows:
+            self.reference_first_byte()
+        if "ls" in self.rows:
+            self.reference_list()
+        if "small" in self.rows:
+            self.reference_small()
+
+    def reference_download(self, local: Path) -> None:
+        r, who = self.results, "reference"
         with step(r, "cold", who):
             self.page_cache.drop()
             params = {**self.site.download_params(), "dest": str(local)}
@@ -1055,11 +1078,15 @@ class Bench:
                 raise RuntimeError("the reference download has wrong bytes (server problem?)")
             r.add("cold", who, self.sizes.big / seconds / 1e6)
             r.add("rss", who, measured["hwm_kib"] / 1024)
+        if "warm" not in self.rows:
+            return
         with step(r, "warm", who):
             if local.exists():
                 dd_seconds(local)  # into the page cache
                 r.add("warm", who, self.sizes.big / dd_seconds(local) / 1e6)
-        local.unlink(missing_ok=True)
+
+    def reference_first_byte(self) -> None:
+        r, who = self.results, "reference"
         with step(r, "ttfb", who):
             self.page_cache.drop()
             self.site.warm_up()
@@ -1070,6 +1097,9 @@ class Bench:
                 raise RuntimeError("the 1-byte object has wrong bytes")
             r.add("ttfb", who, seconds * 1e3)
             r.add("ttfb_lookup", who, seconds * 1e3)
+
+    def reference_list(self) -> None:
+        r, who = self.results, "reference"
         with step(r, "ls1", who):
             self.page_cache.drop()
             self.site.warm_up()
@@ -1079,6 +1109,9 @@ class Bench:
                 r.add(row, who, (time.perf_counter() - started) * 1e3)
                 if count != self.sizes.tiny_count:
                     raise RuntimeError(f"listed {count} objects, expected {self.sizes.tiny_count}")
+
+    def reference_small(self) -> None:
+        r, who = self.results, "reference"
         with step(r, "small", who):
             self.page_cache.drop()
             self.site.warm_up()
@@ -1098,11 +1131,13 @@ class Bench:
         return MountSession(contender, workdir, self.workdir / "mnt" / contender.name)
 
     def contender(self, contender: Contender, rep: int) -> None:
-        for name, body in (
-            ("stream", self.session_stream),
-            ("first-byte", self.session_first_byte),
-            ("files", self.session_files),
+        for name, body, wanted in (
+            ("stream", self.session_stream, {"cold", "warm"}),
+            ("first-byte", self.session_first_byte, {"ttfb"}),
+            ("files", self.session_files, {"ls", "small"}),
         ):
+            if not wanted & self.rows:
+                continue
             session = self.session(contender, name)
             try:
                 with step(self.results, "start", contender.name):
@@ -1127,6 +1162,8 @@ class Bench:
             r.add("cold", who, self.sizes.big / seconds / 1e6)
             if hwm is not None:
                 r.add("rss", who, hwm / 1024)
+            if "warm" not in self.rows:
+                return
             with step(r, "warm", who), Watchdog(600, session.kill, f"{who}: warm read"):
                 seconds = in_thread(dd_seconds, path)
                 _, done = in_thread(self.reader.read, path)
@@ -1149,6 +1186,12 @@ class Bench:
             r.add("ttfb_lookup", who, (done - started) * 1e3)
 
     def session_files(self, session: MountSession, who: str, rep: int) -> None:
+        if "ls" in self.rows:
+            self.session_ls(session, who, rep)
+        if "small" in self.rows:
+            self.session_small(session, who, rep)
+
+    def session_ls(self, session: MountSession, who: str, rep: int) -> None:
         r, root = self.results, session.root
         with step(r, "ls1", who), Watchdog(900, session.kill, f"{who}: ls -l"):
             self.page_cache.drop()
@@ -1156,6 +1199,9 @@ class Bench:
             with Profiler(self.profile and who == "clearmount", session.proc_pid, profile_out):
                 r.add("ls1", who, in_thread(ls_l, root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
             r.add("ls2", who, in_thread(ls_l, root / TINY_PREFIX, self.sizes.tiny_count) * 1e3)
+
+    def session_small(self, session: MountSession, who: str, rep: int) -> None:
+        r, root = self.results, session.root
         with step(r, "small", who), Watchdog(900, session.kill, f"{who}: small files"):
             self.page_cache.drop()
             paths = {key: root / key for key in self.data.small_sha256}
@@ -1325,7 +1371,10 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
         header.append("clearmount target")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
+    measured = {key for name in bench.rows for key in ROW_GROUPS[name]} | {"start"}
     for row in rows_for(site, bench.data):
+        if row.key not in measured:
+            continue
         got = r.samples.get(row.key, {})
         ref = statistics.median(got["reference"]) if got.get("reference") else None
         ref_cell = row.reference if ref is None else f"{fmt(ref, row.digits)} ({row.reference})"
@@ -1460,6 +1509,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", default="", help=f"comma-separated contenders (of {', '.join(CONTENDERS)})"
     )
+    parser.add_argument(
+        "--rows",
+        default="",
+        help=f"comma-separated rows to measure (of {', '.join(ROW_GROUPS)}; default all; "
+        "warm implies cold)",
+    )
     parser.add_argument("--backend", choices=sorted(SITES), default="s3")
     parser.add_argument("--out", default="bench-results.md", help="markdown output file")
     parser.add_argument(
@@ -1473,6 +1528,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.reps = 1 if args.quick else 3
     if args.reps < 1:
         parser.error("--reps must be >= 1")
+    rows = {name.strip() for name in args.rows.split(",") if name.strip()} or set(ROW_GROUPS)
+    unknown = rows - set(ROW_GROUPS)
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(sorted(unknown))} (of {', '.join(ROW_GROUPS)})")
+    if "warm" in rows:
+        rows.add("cold")
+    args.rows = frozenset(rows)
     return args
 
 
@@ -1543,6 +1605,7 @@ def main(argv: Sequence[str]) -> int:
             workdir,
             args.profile,
             results,
+            args.rows,
         )
         if args.profile:
             results.notes.append("py-spy was attached to clearmount: its timings are perturbed")

@@ -9,15 +9,21 @@ seeded with `OBJECTS`; tests that change objects write under ``mut/`` with their
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import botocore.parsers
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from clearmount import backends, config, urls
+from clearmount.backends import s3
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable
@@ -517,3 +523,28 @@ def test_abandoned_stream_can_be_closed(store: ObjectStore) -> None:
     close: Callable[[], None] = getattr(stream, "close", lambda: None)
     close()  # a reader that stops early releases the stream without an error
     assert read(store, "big.bin", 0, 10) == BIG[:10]
+
+
+# ----------------------------------------------------------------------------- S3 adapter details
+
+
+@hypothesis.given(
+    instant=st.datetimes(
+        min_value=datetime.datetime(1970, 1, 1), max_value=datetime.datetime(2200, 1, 1)
+    ),
+    iso=st.booleans(),
+)
+def test_s3_timestamps_parse_as_botocore_parses_them(instant: datetime.datetime, iso: bool) -> None:
+    # The fast parser must give the instants botocore's own gives, for both forms S3 sends:
+    # ISO 8601 with milliseconds in listings, the HTTP date in headers.
+    instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+    if iso:
+        text = instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+    else:
+        text = email.utils.format_datetime(instant.replace(tzinfo=datetime.UTC), usegmt=True)
+    assert s3.parse_timestamp(text) == botocore.parsers.DEFAULT_TIMESTAMP_PARSER(text)
+
+
+@pytest.mark.parametrize("text", ["1764145770", "2026-11-26T08:49:33+01:00", "Thu, 26 Nov 2026"])
+def test_s3_timestamps_in_other_forms_fall_back_to_botocore(text: str) -> None:
+    assert s3.parse_timestamp(text) == botocore.parsers.DEFAULT_TIMESTAMP_PARSER(text)

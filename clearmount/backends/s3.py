@@ -29,6 +29,7 @@ from typing import Any, cast
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
 from clearmount.config import Boto3Settings, S3Credentials
@@ -60,6 +61,12 @@ _STALE = {"412", "PreconditionFailed"}
 DEFAULT_MAX_ATTEMPTS = 5
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,11 @@ def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
         if entry.profile:
             session_args["profile_name"] = entry.profile
         session = boto3.session.Session(**session_args)
+        # botocore parses timestamps with dateutil, ~30 µs each: more than half the CPU of a
+        # 1 000-key listing page (so of a first `ls -l`), ~5% of a small GET (Last-Modified)
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_timestamp
+        )
         s3_options: dict[str, Any] = {}
         if settings.addressing_style:
             s3_options["addressing_style"] = settings.addressing_style
@@ -123,6 +135,34 @@ def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
         client = session.client("s3", **client_args)
         _clients[cache_key] = client
         return client
+
+
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """A timestamp of an S3 answer, as botocore's parser returns it (an aware datetime), some
+    25 times faster for the two forms S3 uses: ISO 8601 in UTC in listings
+    (2026-11-26T08:49:33.000Z) and the HTTP date of headers (Thu, 26 Nov 2026 08:49:30 GMT).
+    Anything else goes to botocore's own parser."""
+    if isinstance(value, str):
+        try:
+            if value.endswith("Z") and value[4:5] == "-":
+                parsed = datetime.datetime.fromisoformat(value[:-1])
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=datetime.UTC)
+            elif value.endswith(" GMT") and value[3:5] == ", ":
+                day, month, year, clock = value[5:-4].split(" ")
+                hour, minute, second = clock.split(":")
+                return datetime.datetime(
+                    int(year),
+                    _MONTHS[month],
+                    int(day),
+                    int(hour),
+                    int(minute),
+                    int(second),
+                    tzinfo=datetime.UTC,
+                )
+        except (ValueError, KeyError):
+            pass
+    return botocore.parsers.DEFAULT_TIMESTAMP_PARSER(value)
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> str:

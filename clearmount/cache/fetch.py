@@ -60,7 +60,11 @@ _FIRST_PART_CHUNK = 128 << 10
 _CHUNK = 1 << 20
 
 
-def _chunk_size(part: int) -> int:
+def _chunk_size(part: int, object_size: int) -> int:
+    if object_size <= _CHUNK:
+        # one progress report, not two: the first READ of a small file (1 MiB readahead)
+        # wants all of it anyway
+        return max(object_size, 1)
     return _FIRST_PART_CHUNK if part == 0 else _CHUNK
 
 
@@ -222,7 +226,11 @@ class Fetch:
                     if attempt.retry_state.attempt_number > 1:
                         log.warning("resuming %s at byte %d", self.url, position)
                     chunks = self.store.read_range(
-                        self.info.key, self.info.version, position, end, _chunk_size(part)
+                        self.info.key,
+                        self.info.version,
+                        position,
+                        end,
+                        _chunk_size(part, self.info.size),
                     )
                     for chunk in chunks:
                         if digest is not None:
