@@ -7,7 +7,8 @@ renames the file into place. A reader never waits for more than the bytes it ask
 
 Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
-that file. Progress comes back to the trio loop through `trio.from_thread.run_sync`.
+that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
+order, before the thread's own completion): the thread reads on while readers wake.
 
 A fetch goes on after its files are closed, so that a file opened once ends up cached, but
 not at a reader's expense: once no open file reads a fetch, it gives up its transfer slots
@@ -23,6 +24,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -119,6 +121,7 @@ class Fetch:
         #: stopped because nobody read it any more and a reader needed its transfer slots
         self.stopped = False
         self._scope: trio.CancelScope | None = None
+        self._report: Callable[..., None] = lambda *args: None  # set by run(), on the loop
 
     @property
     def bytes_done(self) -> int:
@@ -166,13 +169,14 @@ class Fetch:
             self._scope.cancel()
 
     def _advance(self, part: int, front: int) -> None:
-        if self.aborted:
-            raise _Aborted
-        self.fronts[part] = front
-        self._wake()
+        # Runs as a trio system callback: must never raise.
+        if not self.aborted:
+            self.fronts[part] = front
+            self._wake()
 
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         try:
+            self._report = trio.lowlevel.current_trio_token().run_sync_soon
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
@@ -233,11 +237,13 @@ class Fetch:
                         _chunk_size(part, self.info.size),
                     )
                     for chunk in chunks:
+                        if self.aborted:
+                            raise _Aborted
                         if digest is not None:
                             digest.update(chunk)
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
-                        trio.from_thread.run_sync(self._advance, part, position)
+                        self._report(self._advance, part, position)
         finally:
             os.close(fd)
 
