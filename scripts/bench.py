@@ -62,7 +62,7 @@ READERS = 8  # parallel readers in the small-files row
 ROW_GROUPS = {
     "cold": ("cold", "rss"),
     "warm": ("warm",),
-    "ttfb": ("ttfb", "ttfb_lookup"),
+    "ttfb": ("ttfb", "ttfb_lookup", "ttfb_floor"),
     "ls": ("ls1", "ls2"),
     "small": ("small",),
 }
@@ -338,6 +338,10 @@ class Site:
     def get(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def get_first_byte(self, key: str) -> bytes:
+        """One ranged GET of byte 0 of `key`."""
+        raise NotImplementedError
+
     def list_count(self, prefix: str) -> int:
         raise NotImplementedError
 
@@ -409,6 +413,11 @@ class S3Site(Site):
         body: bytes = self._client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
         return body
 
+    def get_first_byte(self, key: str) -> bytes:
+        reply = self._client.get_object(Bucket=BUCKET, Key=key, Range="bytes=0-0")
+        body: bytes = reply["Body"].read()
+        return body
+
     def list_count(self, prefix: str) -> int:
         count = 0
         pages = self._client.get_paginator("list_objects_v2").paginate(
@@ -468,6 +477,10 @@ class AzureSite(Site):
         data: bytes = self._container.download_blob(key).readall()
         return data
 
+    def get_first_byte(self, key: str) -> bytes:
+        data: bytes = self._container.download_blob(key, offset=0, length=1).readall()
+        return data
+
     def list_count(self, prefix: str) -> int:
         return sum(1 for _ in self._container.walk_blobs(name_starts_with=prefix, delimiter="/"))
 
@@ -523,6 +536,10 @@ class GcsSite(Site):
 
     def get(self, key: str) -> bytes:
         data: bytes = self._bucket.blob(key).download_as_bytes()
+        return data
+
+    def get_first_byte(self, key: str) -> bytes:
+        data: bytes = self._bucket.blob(key).download_as_bytes(start=0, end=0)
         return data
 
     def list_count(self, prefix: str) -> int:
@@ -1097,6 +1114,15 @@ class Bench:
                 raise RuntimeError("the 1-byte object has wrong bytes")
             r.add("ttfb", who, seconds * 1e3)
             r.add("ttfb_lookup", who, seconds * 1e3)
+            # the server's own floor: the big object's first byte, its data off the disk
+            self.page_cache.drop()
+            self.site.warm_up()
+            started = time.perf_counter()
+            first = self.site.get_first_byte(BIG_KEY)
+            seconds = time.perf_counter() - started
+            if first != self.data.big_head[:1]:
+                raise RuntimeError("the big object's first byte is wrong")
+            r.add("ttfb_floor", who, seconds * 1e3)
 
     def reference_list(self) -> None:
         r, who = self.results, "reference"
@@ -1186,6 +1212,7 @@ class Bench:
                 raise WrongBytes(f"first byte {first!r}, expected {self.data.big_head[:1]!r}")
             r.add("ttfb", who, (done - looked_up) * 1e3)
             r.add("ttfb_lookup", who, (done - started) * 1e3)
+            r.add("ttfb_floor", who, (done - looked_up) * 1e3)
 
     def session_files(self, session: MountSession, who: str, rep: int) -> None:
         if "ls" in self.rows:
@@ -1256,6 +1283,16 @@ def rows_for(site: Site, data: Dataset) -> list[Row]:
             "ms",
             False,
             site.ref_get_label,
+            "",
+            1,
+        ),
+        Row(
+            "ttfb_floor",
+            "… the first row again, against the server's floor for this object",
+            "ms",
+            False,
+            f"{site.ref_get_label.split(' GET')[0].removeprefix('one ')} GET of its first byte"
+            " (page cache dropped: the data comes off the disk)",
             "",
             1,
         ),
