@@ -587,15 +587,11 @@ def test_a_reader_never_waits_behind_downloads_nobody_reads(
     # downloads hold every transfer slot, the next reader would wait for the read timeout
     # (600 s here) unless they give their slots up. Started under systemd's default soft limit
     # of 1 024 open files, the daemon also raises its own soft limit to the hard one.
-    slots, count, size = 4, 40, 192 * KIB
+    slots, count, size = 4, 40, 3 * MIB
     bucket = s3_server.make_bucket()
     corpus = Corpus(unique_name("peek"), [size] * count)
     upload(s3_server, bucket, corpus)
-    conf = s3_conf(
-        s3_proxy,
-        s3_server.admin,
-        sdk_extra="aws.boto3 { multipart_chunksize: 163840, read_timeout: 600 }",
-    )
+    conf = s3_conf(s3_proxy, s3_server.admin, sdk_extra="aws.boto3 { read_timeout: 600 }")
     options = ["attr_timeout=3600", "dir_timeout=3600", f"fetch_concurrency={slots}"]
     with soft_open_files_limit(1024):
         mount = mounted(conf, options=options, debug=False)
@@ -603,8 +599,10 @@ def test_a_reader_never_waits_behind_downloads_nobody_reads(
     root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
     for n in range(10):
         os.listdir((root / corpus.key(n)).parent)  # sizes from listings: no HEAD per file
-    # every GET pauses after 140 KiB: the first read (128 KiB) is served, the rest waits
-    s3_proxy.stall(140 * KIB, 300, count=None, method="GET", prefix=f"/{bucket}/{corpus.prefix}/")
+    # every GET pauses after 1 MiB + 64 KiB: the first read (at most 1 MiB, the readahead
+    # window) is served, the rest of the object waits
+    stall_after = MIB + 64 * KIB
+    s3_proxy.stall(stall_after, 300, count=None, method="GET", prefix=f"/{bucket}/{corpus.prefix}/")
     failures: list[str] = []
     peeked = 0
 
