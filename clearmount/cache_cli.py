@@ -67,7 +67,7 @@ def _cache_root(args: argparse.Namespace) -> Path:
 def _open_cache(args: argparse.Namespace) -> tuple[CacheLayout, CacheIndex]:
     layout = CacheLayout(_cache_root(args))
     layout.prepare()
-    return layout, CacheIndex(layout.state_dir / "index.sqlite3", busy_timeout=_BUSY_TIMEOUT)
+    return layout, CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
 
 
 # ----- clearmount cache ---------------------------------------------------------------------
@@ -245,8 +245,8 @@ def prefetch_command(argv: Sequence[str]) -> int:
             raise UserError("nothing to prefetch (a directory needs --recursive)", 2)
         if args.pin:
             cache = Path(os.fsdecode(os.getxattr(mountpoint, _CACHE_DIR)))
-            index = CacheIndex(cache / "clearmount" / "index.sqlite3", busy_timeout=_BUSY_TIMEOUT)
             layout = CacheLayout(cache)
+            index = CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
             for path in files:
                 url = os.fsdecode(os.getxattr(path, _URL))
                 index.pin(layout.final_path(url).name, url)

@@ -154,7 +154,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     cache = request.cache
     cache.sweep_partials(older_than=_STALE_PARTIAL_SECONDS)
     options = request.options
-    index = CacheIndex(cache.state_dir / "index.sqlite3")
+    index = CacheIndex(cache)
     try:
         reconcile(cache, index)
     except sqlite3.Error as exc:  # a stale row is harmless: the next start cleans it
@@ -279,7 +279,7 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
     ClearML SDK adds files too). Reads never wait for it."""
     layout = fetcher.layout
     # its own connection: this one is used from a worker thread
-    index = CacheIndex(layout.state_dir / "index.sqlite3")
+    index = CacheIndex(layout)
     last_scan = -_RESCAN_INTERVAL
     try:
         while True:

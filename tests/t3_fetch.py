@@ -55,7 +55,7 @@ class MemoryStore(ObjectStore):
 def make_fetcher(tmp_path: Path, part_size: int = 1 << 20) -> Fetcher:
     layout = CacheLayout(tmp_path / "cache")
     layout.prepare()
-    index = CacheIndex(layout.state_dir / "index.sqlite3")
+    index = CacheIndex(layout)
     return Fetcher(layout, index, Transfer(4, 4), part_size, 4, CacheLimits())
 
 
@@ -117,9 +117,8 @@ def _urls(path: Path) -> set[str]:
 def test_a_write_locked_index_skips_the_write_instead_of_stalling(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "index.sqlite3"
-    index = CacheIndex(path)
-    other = sqlite3.connect(path, isolation_level=None)  # a `clearmount cache` command, say
+    index = CacheIndex(CacheLayout(tmp_path / "cache"))
+    other = sqlite3.connect(index.path, isolation_level=None)  # a `clearmount cache` command
     other.execute("BEGIN IMMEDIATE")
     try:
         with caplog.at_level(logging.WARNING):
@@ -166,10 +165,10 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
 
 
 def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
-    folder = tmp_path / "cache" / "clearmount"
-    folder.mkdir(parents=True)
-    path = folder / "index.sqlite3"
-    index = CacheIndex(path)
+    layout = CacheLayout(tmp_path / "cache")
+    layout.make_folders()
+    index = CacheIndex(layout)
+    folder, path = layout.state_dir, index.path
     index.put("before", "s3://b/before", "v1", 1)
     shutil.rmtree(tmp_path / "cache")
     index.put("after", "s3://b/after", "v2", 2)
@@ -179,7 +178,7 @@ def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(made.stat().st_mode) == mode, made
     # replaced by another database (another process recreated it first): followed as well
     path.unlink()
-    CacheIndex(path).close()
+    CacheIndex(layout).close()
     index.put("third", "s3://b/third", "v3", 3)
     assert _urls(path) == {"s3://b/third"}
     index.close()
@@ -188,8 +187,8 @@ def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
 def test_an_index_that_cannot_be_reopened_yet_is_unavailable_not_an_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "index.sqlite3"
-    index = CacheIndex(path)
+    index = CacheIndex(CacheLayout(tmp_path / "cache"))
+    path = index.path
     index.put("k", "s3://b/k", "v1", 1)
     path.unlink()
     # another process recreated the database and holds it exclusively for now

@@ -313,16 +313,22 @@ def test_no_answer_before_read_timeout_is_retried(
     scene.check_after()
 
 
-def test_no_answer_at_all_is_eio_for_lookups(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
-) -> None:
+def black_hole_object(mounted: MountFactory, scene: Scene, s3_proxy: Proxy) -> tuple[Path, bytes]:
+    """A 1 MiB object behind a mount with a 1 s read timeout and 2 attempts per request, for
+    a server that stops answering."""
     key = unique_name("black-hole") + ".bin"
     data = object_data(MIB)
     scene.put(key, data)
     scene.mount = mounted(
         fast_conf(s3_proxy, scene.server, read_timeout=1), env={"AWS_MAX_ATTEMPTS": "2"}
     )
-    path = scene.path(key)
+    return scene.path(key), data
+
+
+def test_no_answer_at_all_is_eio_for_lookups(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    path, data = black_hole_object(mounted, scene, s3_proxy)
     with s3_proxy.faulted(s3_proxy.delay(120, count=None)):
         started = time.monotonic()
         with pytest.raises(OSError) as raised:
@@ -342,13 +348,7 @@ def test_no_answer_at_all_is_eio_for_lookups(
 def test_no_answer_at_all_is_eio_for_reads(
     mounted: MountFactory, scene: Scene, s3_proxy: Proxy
 ) -> None:
-    key = unique_name("black-hole") + ".bin"
-    data = object_data(MIB)
-    scene.put(key, data)
-    scene.mount = mounted(
-        fast_conf(s3_proxy, scene.server, read_timeout=1), env={"AWS_MAX_ATTEMPTS": "2"}
-    )
-    path = scene.path(key)
+    path, data = black_hole_object(mounted, scene, s3_proxy)
     assert path.stat().st_size == len(data)
     with s3_proxy.faulted(s3_proxy.delay(120, count=None, method="GET")):
         outcome = read_now(path)

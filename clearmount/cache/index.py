@@ -22,8 +22,9 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from clearmount.cache.layout import CacheLayout
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ _COLUMNS = "name, url, version, size, fetched_at, pinned"
 
 
 class CacheIndex:
-    def __init__(self, path: Path, busy_timeout: float = DAEMON_BUSY_TIMEOUT) -> None:
-        self.path = path
+    def __init__(self, layout: CacheLayout, busy_timeout: float = DAEMON_BUSY_TIMEOUT) -> None:
+        self.layout = layout
+        self.path = layout.state_dir / "index.sqlite3"
         self._busy_timeout = busy_timeout
         self._db, self._identity = self._open()
 
@@ -58,10 +60,10 @@ class CacheIndex:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
             # Private like the cache files; SQLite gives its -wal and -shm files the same mode.
-            fd = os.open(self.path, flags, 0o600)
+            fd = os.open(self.path, flags, self.layout.file_mode)
         except FileNotFoundError:  # its folder was removed
-            _make_private_folders(self.path.parent)
-            fd = os.open(self.path, flags, 0o600)
+            self.layout.make_folders()
+            fd = os.open(self.path, flags, self.layout.file_mode)
         try:
             stat = os.fstat(fd)
             db = sqlite3.connect(
@@ -171,20 +173,6 @@ class CacheIndex:
 
     def close(self) -> None:
         self._db.close()
-
-
-def _make_private_folders(folder: Path) -> None:
-    """Create `folder` and its missing parents, each 0700 like the cache's own folders."""
-    missing: list[Path] = []
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:  # made meanwhile (by the layout or another process)
-            continue
-        path.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:
