@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from clearmount.backends import s3
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable
+from proxy import Proxy
 from servers import AzuriteServer, FakeGcsServer, S3Server, free_port, s3_conf, unique_name
 
 MIB = 1 << 20
@@ -548,3 +550,42 @@ def test_s3_timestamps_parse_as_botocore_parses_them(instant: datetime.datetime,
 @pytest.mark.parametrize("text", ["1764145770", "2026-11-26T08:49:33+01:00", "Thu, 26 Nov 2026"])
 def test_s3_timestamps_in_other_forms_fall_back_to_botocore(text: str) -> None:
     assert s3.parse_timestamp(text) == botocore.parsers.DEFAULT_TIMESTAMP_PARSER(text)
+
+
+def proxied_s3_store(backend: S3Backend, proxy: Proxy) -> ObjectStore:
+    """A store of `backend`'s bucket reached through `proxy` (which records every request)."""
+    cfg = backend.load(s3_conf(proxy, backend.server.admin))
+    url = urls.parse_url(f"s3://{proxy.endpoint}/{backend.bucket}", cfg.s3)
+    return backends.open_store(url, cfg)
+
+
+def test_s3_data_gets_are_presigned(s3_backend: S3Backend, s3_proxy: Proxy) -> None:
+    store = proxied_s3_store(s3_backend, s3_proxy)
+    info = store.head("big.bin")
+    assert b"".join(store.read_range("big.bin", info.version, 5, 70_000)) == BIG[5:70_000]
+    (get,) = s3_proxy.requests(method="GET")
+    assert "X-Amz-Signature=" in get.query and "authorization" not in get.headers
+    assert get.range == "bytes=5-69999" and get.headers.get("if-match") == info.version
+
+
+@pytest.mark.parametrize(("status", "presigned_later"), [(301, False), (403, False), (503, True)])
+def test_s3_a_presigned_get_not_answered_is_asked_again_by_the_sdk(
+    s3_backend: S3Backend,
+    s3_proxy: Proxy,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    presigned_later: bool,
+) -> None:
+    # a bucket in another region (301), a server refusing query-string authentication (403),
+    # a busy one (503): the SDK's GET retries, follows or names it, as it always did; only
+    # the first two make the SDK ask for this bucket from then on
+    caplog.set_level(logging.INFO, logger="clearmount")
+    store = proxied_s3_store(s3_backend, s3_proxy)
+    info = store.head("big.bin")
+    s3_proxy.fail(1, status=status, method="GET")
+    for start in (0, 1000):
+        got = b"".join(store.read_range("big.bin", info.version, start, start + 1000))
+        assert got == BIG[start : start + 1000]
+    signed_by_sdk = ["authorization" in get.headers for get in s3_proxy.requests(method="GET")]
+    assert signed_by_sdk == [False, True, not presigned_later]
+    assert ("presigned GETs answered" in caplog.text) is not presigned_later

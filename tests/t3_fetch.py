@@ -12,8 +12,9 @@ import shutil
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -25,6 +26,8 @@ from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
 from clearmount.errors import CacheError
 from clearmount.transfer import Transfer
+
+T = TypeVar("T")
 
 
 class MemoryStore(ObjectStore):
@@ -104,6 +107,48 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
             while not source.fetch.complete:
                 await trio.sleep(0.01)
     assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
+
+
+class HeldTransfer(Transfer):
+    """A Transfer whose data calls, their thread done, return only once `go` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 4)
+        self.go = trio.Event()
+
+    async def data(self, fn: Callable[..., T], *args: object, for_reader: bool = True) -> T:
+        result = await super().data(fn, *args, for_reader=for_reader)
+        await self.go.wait()
+        return result
+
+
+async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
+    tmp_path: Path,
+) -> None:
+    # A one-part fetch is verified and renamed into place by its own thread; the loop hears
+    # of it a moment later. An open in between joins the fetch, whose partial file is gone.
+    data = b"sealed by the thread " * 100
+    store = MemoryStore(data)
+    transfer = HeldTransfer()
+    layout = CacheLayout(tmp_path / "cache")
+    layout.prepare()
+    fetcher = Fetcher(layout, CacheIndex(layout), transfer, 1 << 20, 4, CacheLimits())
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        first = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        assert first.fetch is not None
+        with trio.fail_after(10):
+            while not first.fetch.sealed:
+                await trio.sleep(0.01)
+        second = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        assert second.fetch is first.fetch
+        transfer.go.set()
+        await second.fetch.wait_for(0, len(data))
+        assert os.pread(second.fd, len(data) + 1, 0) == data
+        for source in (first, second):
+            os.close(source.fd)
+            fetcher.release(first.fetch)
+    assert store.ranges == [(0, len(data))]
 
 
 # ----- the cache index: never a reason to fail or stall a read

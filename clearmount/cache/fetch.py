@@ -116,6 +116,8 @@ class Fetch:
         # end (only S3 ETags of single-part uploads are MD5s).
         self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
         self.aborted = False
+        #: verified and renamed into place (not yet recorded in the index)
+        self.sealed = False
         #: open files reading this fetch
         self.readers = 0
         #: stopped because nobody read it any more and a reader needed its transfer slots
@@ -161,7 +163,7 @@ class Fetch:
 
     def stop(self) -> None:
         """Give up the download, unless every byte is already on disk."""
-        if self.error is not None or self.has(0, self.info.size):
+        if self.error is not None or self.sealed or self.has(0, self.info.size):
             return
         self.stopped = True
         self._fail(Unavailable("download stopped: no open file reads it", self.url), quiet=True)
@@ -244,25 +246,34 @@ class Fetch:
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
                         self._report(self._advance, part, position)
+            if len(self.fronts) == 1 and not self.aborted:
+                # the whole object: seal it here, sparing the loop a thread hop and the stat
+                # and rename (an ext4 rename in a big folder is ~0.1 ms)
+                self._seal()
         finally:
             os.close(fd)
 
-    async def _install(self, index: CacheIndex) -> None:
-        """Verify the finished partial file and rename it into place."""
-        size = self.partial.stat().st_size
+    def _seal(self) -> None:
+        """Verify the finished partial file and rename it into place (blocking: runs in a
+        worker thread, never on the trio loop)."""
+        size = os.stat(self.partial).st_size
         if size != self.info.size:
             raise CacheError(
                 f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
             )
         expected = _md5_of(self.info.version) if self.verify else None
         if expected is not None:
-            if self._digest is not None:
-                actual = self._digest.hexdigest()
-            else:
-                actual = await trio.to_thread.run_sync(_file_md5, self.partial)
+            digest = self._digest
+            actual = digest.hexdigest() if digest is not None else _file_md5(self.partial)
             if actual != expected:
                 raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
         os.rename(self.partial, self.final)
+        self.sealed = True
+
+    async def _install(self, index: CacheIndex) -> None:
+        """Seal the file (unless its only part's thread already did) and record it."""
+        if not self.sealed:
+            await trio.to_thread.run_sync(self._seal)
         try:
             index.put(self.final.name, self.url, self.info.version, self.info.size)
         except sqlite3.Error as exc:
@@ -369,7 +380,8 @@ class Fetcher:
         return self._start(url, store, info, final, parallel)
 
     def _join(self, fetch: Fetch) -> Source:
-        source = Source(self._open_read(fetch.partial), fetch)
+        # its partial file, or the final one: the thread of a one-part fetch renames it
+        source = Source(self._open_read(fetch.partial, fetch.final), fetch)
         fetch.readers += 1
         return source
 
@@ -486,13 +498,19 @@ class Fetcher:
             self._changed()
 
     @staticmethod
-    def _open_read(path: Path) -> int:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
-        _share_lock(fd)  # partial files are never evicted; this protects the renamed file
-        return fd
+    def _open_read(*paths: Path) -> int:
+        """A shared-locked read descriptor of the first of `paths` that exists."""
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                missing = exc
+                continue
+            except OSError as exc:
+                raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
+            _share_lock(fd)  # partial files are never evicted; this protects the renamed file
+            return fd
+        raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
 
     def cached_bytes(self, url: str, version: str) -> int:
         """How many bytes of this version are on local disk (for `user.clearmount.cached`)."""
