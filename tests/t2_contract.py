@@ -13,6 +13,8 @@ import datetime
 import email.utils
 import logging
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +31,15 @@ from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable
 from proxy import Proxy
-from servers import AzuriteServer, FakeGcsServer, S3Server, free_port, s3_conf, unique_name
+from servers import (
+    AzuriteServer,
+    FakeGcsServer,
+    S3Server,
+    free_port,
+    hermetic_env,
+    s3_conf,
+    unique_name,
+)
 
 MIB = 1 << 20
 BIG = random.Random(20260101).randbytes(3 * MIB + 4567)
@@ -589,3 +599,36 @@ def test_s3_a_presigned_get_not_answered_is_asked_again_by_the_sdk(
     signed_by_sdk = ["authorization" in get.headers for get in s3_proxy.requests(method="GET")]
     assert signed_by_sdk == [False, True, not presigned_later]
     assert ("presigned GETs answered" in caplog.text) is not presigned_later
+
+
+def test_s3_a_presigned_get_timing_out_is_unavailable_and_names_no_signature(
+    s3_backend: S3Backend, s3_proxy: Proxy
+) -> None:
+    # resumed by the fetch, not asked again by the SDK (which would wait as long again); the
+    # presigned URL is a credential, so the error shows the object's URL only
+    text = s3_conf(s3_proxy, s3_backend.server.admin, sdk_extra="aws.boto3 { read_timeout: 1 }")
+    cfg = s3_backend.load(text)
+    url = urls.parse_url(f"s3://{s3_proxy.endpoint}/{s3_backend.bucket}", cfg.s3)
+    store = backends.open_store(url, cfg)
+    s3_proxy.delay(3, 1, method="GET")
+    error = raises_within(Unavailable, lambda: read(store, "big.bin", 0, 10))
+    assert "big.bin" in str(error) and "Signature" not in str(error), error
+    assert len(s3_proxy.requests(method="GET")) == 1
+
+
+def test_warm_up_imports_only_the_sdks_the_config_uses(tmp_path: Path) -> None:
+    # boto3 alone would cost a GCS-only mount 8 MiB, and its first lookups its import time
+    conf = tmp_path / "clearml.conf"
+    conf.write_text('sdk.google.storage { project: "test-project" }\n')
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from clearmount import backends, config\n"
+        f"backends.warm_up(config.load(Path({str(conf)!r})))\n"
+        "print('boto3' in sys.modules, 'google.cloud.storage' in sys.modules)\n"
+    )
+    env = hermetic_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", "True"], done.stderr

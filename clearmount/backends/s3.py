@@ -338,15 +338,17 @@ class S3Store(ObjectStore):
             headers = {"Range": args["Range"]}
             if "IfMatch" in args:
                 headers["If-Match"] = args["IfMatch"]
-            request = botocore.awsrequest.AWSRequest("GET", presigned, headers=headers).prepare()
-            request.stream_output = True
+            request = botocore.awsrequest.AWSPreparedRequest(
+                "GET", presigned, cast(Any, headers), body=None, stream_output=True
+            )
             response = self._http.send(request)
         except (
             botocore.exceptions.ConnectTimeoutError,
             botocore.exceptions.ReadTimeoutError,
         ) as exc:
-            # the SDK would wait as long again: the fetch resumes it, with backoff, instead
-            raise translate(exc, url, self.entry) from None
+            # The SDK would wait as long again: the fetch resumes it, with backoff, instead.
+            # Not botocore's message: it quotes the presigned URL, which is a credential.
+            raise Unavailable(f"{type(exc).__name__}: no answer in time", url, self.entry) from None
         except Exception:
             return None  # connection refused or reset, a stale pooled connection: the SDK's
         status = response.status_code
