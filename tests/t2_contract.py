@@ -601,8 +601,9 @@ def test_s3_a_presigned_get_not_answered_is_asked_again_by_the_sdk(
     assert ("presigned GETs answered" in caplog.text) is not presigned_later
 
 
+@pytest.mark.parametrize("where", ["before the answer", "in the body"])
 def test_s3_a_presigned_get_timing_out_is_unavailable_and_names_no_signature(
-    s3_backend: S3Backend, s3_proxy: Proxy
+    s3_backend: S3Backend, s3_proxy: Proxy, where: str
 ) -> None:
     # resumed by the fetch, not asked again by the SDK (which would wait as long again); the
     # presigned URL is a credential, so the error shows the object's URL only
@@ -610,9 +611,13 @@ def test_s3_a_presigned_get_timing_out_is_unavailable_and_names_no_signature(
     cfg = s3_backend.load(text)
     url = urls.parse_url(f"s3://{s3_proxy.endpoint}/{s3_backend.bucket}", cfg.s3)
     store = backends.open_store(url, cfg)
-    s3_proxy.delay(3, 1, method="GET")
+    if where == "before the answer":
+        s3_proxy.delay(3, 1, method="GET")
+    else:
+        s3_proxy.stall(5, 3, 1, method="GET")
     error = raises_within(Unavailable, lambda: read(store, "big.bin", 0, 10))
     assert "big.bin" in str(error) and "Signature" not in str(error), error
+    assert "no answer within the timeout" in str(error)
     assert len(s3_proxy.requests(method="GET")) == 1
 
 

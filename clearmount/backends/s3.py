@@ -61,6 +61,7 @@ _DENIED = {
     "AllAccessDisabled",
 }
 _STALE = {"412", "PreconditionFailed"}
+_TIMEOUTS = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
 
 #: Attempts per request, the first one included, when neither AWS_MAX_ATTEMPTS nor the AWS
 #: profile sets `max_attempts`. botocore waits rand(0, 1) * min(2**i * 50 ms, 20 s) before
@@ -205,6 +206,10 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError:
         return Unavailable(f"server error {code or status}", url, entry)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied("no credentials configured", url, entry)
+    if isinstance(exc, _TIMEOUTS):
+        # botocore's message quotes the request's URL (a presigned one is a credential) or,
+        # for a stalled body, "None"
+        return Unavailable(f"{type(exc).__name__}: no answer within the timeout", url, entry)
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
     return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
@@ -342,13 +347,9 @@ class S3Store(ObjectStore):
                 "GET", presigned, cast(Any, headers), body=None, stream_output=True
             )
             response = self._http.send(request)
-        except (
-            botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ReadTimeoutError,
-        ) as exc:
-            # The SDK would wait as long again: the fetch resumes it, with backoff, instead.
-            # Not botocore's message: it quotes the presigned URL, which is a credential.
-            raise Unavailable(f"{type(exc).__name__}: no answer in time", url, self.entry) from None
+        except _TIMEOUTS as exc:
+            # the SDK would wait as long again: the fetch resumes it, with backoff, instead
+            raise translate(exc, url, self.entry) from None
         except Exception:
             return None  # connection refused or reset, a stale pooled connection: the SDK's
         status = response.status_code
@@ -358,12 +359,12 @@ class S3Store(ObjectStore):
                 log.info("%s: presigned GETs answered %d: using the SDK's", self.base_url, status)
                 self._http = None
             return None
-        headers = response.headers
-        length = headers.get("Content-Length")
+        answer = response.headers
+        length = answer.get("Content-Length")
         size = int(length) if length is not None and length.isdigit() else None
         return {
-            "ETag": headers.get("ETag"),
-            "ContentRange": headers.get("Content-Range"),
+            "ETag": answer.get("ETag"),
+            "ContentRange": answer.get("Content-Range"),
             "ContentLength": size,
             "ResponseMetadata": {"HTTPStatusCode": status},
             # None (no Content-Length) skips the length check, as in botocore's own parser
