@@ -233,8 +233,9 @@ class Operations(pyfuse3.Operations):
         if node.info is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.namespace.revalidate(node)
-        store, _ = self.namespace.store_for(node.parts)
-        url = self.namespace.url_string(node)
+        parts = node.parts  # one walk up the path, for both
+        store, _ = self.namespace.store_for(parts)
+        url = str(self.namespace.url_of(parts))
         fetches_before = self.fetcher.fetches_started
         source = await self.fetcher.open(url, store, node.info, parallel=True)
         self._count_open(source, self.fetcher.fetches_started > fetches_before, started)

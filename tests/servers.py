@@ -796,6 +796,21 @@ def hermetic_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str
     return env
 
 
+def status_json(mountpoint: Path, env: Mapping[str, str]) -> dict[str, object]:
+    """`clearmount status --json` of the mount at `mountpoint`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "clearmount", "status", str(mountpoint), "--json"],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, object] = json.loads(result.stdout)
+    return reply
+
+
 @dataclass
 class Mount:
     """A clearmount daemon serving `path`; see `start_mount`."""

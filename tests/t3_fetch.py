@@ -159,26 +159,40 @@ def _urls(path: Path) -> set[str]:
         return {row[0] for row in db.execute("SELECT url FROM entries")}
 
 
+@contextlib.contextmanager
+def another_writer(path: Path, *statements: str) -> Iterator[None]:
+    """A second connection to the index (a `clearmount cache` command, another daemon) that
+    holds its write lock while the block runs."""
+    other = sqlite3.connect(path, isolation_level=None)
+    for statement in statements:
+        other.execute(statement)
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def assert_records_again(index: CacheIndex, version: str) -> None:
+    """Once the lock is gone, writes land again."""
+    index.put("k", "s3://b/k", version, 1)
+    entry = index.get("k")
+    assert entry is not None and entry.version == version
+    index.close()
+
+
 def test_a_write_locked_index_skips_the_write_instead_of_stalling(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     index = CacheIndex(CacheLayout(tmp_path / "cache"))
-    other = sqlite3.connect(index.path, isolation_level=None)  # a `clearmount cache` command
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    with another_writer(index.path, "BEGIN IMMEDIATE"):
         with caplog.at_level(logging.WARNING):
             started = time.monotonic()
             index.put("k", "s3://b/k", "v1", 10)
             assert time.monotonic() - started < 20  # the short busy timeout, not 30 s
         assert "cannot record s3://b/k in the cache index" in caplog.text
         assert index.get("k") is None  # skipped; reads go on while another process writes
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-    index.put("k", "s3://b/k", "v1", 10)
-    entry = index.get("k")
-    assert entry is not None and entry.version == "v1"
-    index.close()
+    assert_records_again(index, "v1")
 
 
 async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None:
@@ -186,9 +200,7 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
     store = MemoryStore(data)
     fetcher = make_fetcher(tmp_path)
     url = "s3://memory/k"
-    other = sqlite3.connect(fetcher.layout.state_dir / "index.sqlite3", isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")
-    try:
+    with another_writer(fetcher.index.path, "BEGIN IMMEDIATE"):
         async with trio.open_nursery() as nursery:
             fetcher.start(nursery)
             first = await fetcher.open(url, store, store.head("k"), parallel=True)
@@ -201,9 +213,6 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
             assert again.fetch is None  # adopted by its MD5: no second download
             assert os.pread(again.fd, len(data) + 1, 0) == data
             os.close(again.fd)
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     assert store.ranges == [(0, len(data))]
     assert fetcher.index.get(fetcher.layout.final_path(url).name) is None
     fetcher.index.close()
@@ -237,20 +246,11 @@ def test_an_index_that_cannot_be_reopened_yet_is_unavailable_not_an_error(
     index.put("k", "s3://b/k", "v1", 1)
     path.unlink()
     # another process recreated the database and holds it exclusively for now
-    other = sqlite3.connect(path, isolation_level=None)
-    other.execute("PRAGMA locking_mode=EXCLUSIVE")
-    other.execute("BEGIN EXCLUSIVE")
-    try:
+    with another_writer(path, "PRAGMA locking_mode=EXCLUSIVE", "BEGIN EXCLUSIVE"):
         with caplog.at_level(logging.WARNING):
             assert index.get("k") is None  # not the removed file's row
             index.put("k", "s3://b/k", "v2", 1)
         assert "cannot be recreated" in caplog.text
         with pytest.raises(sqlite3.OperationalError):
             index.pinned_names()  # the eviction loop and the CLI report sqlite3 errors
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
-    index.put("k", "s3://b/k", "v3", 1)
-    entry = index.get("k")
-    assert entry is not None and entry.version == "v3"
-    index.close()
+    assert_records_again(index, "v3")

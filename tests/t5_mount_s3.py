@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import random
 import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 
 from conftest import MountFactory
 from proxy import Proxy
-from servers import Mount, S3Server, poll_until, s3_conf, unique_name
+from servers import Mount, S3Server, poll_until, s3_conf, status_json, unique_name
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize
@@ -325,15 +323,9 @@ def test_concurrent_threads_random_reads_during_fetch(
 
 def daemon_reads(mount: Mount) -> int:
     """read() calls the daemon has answered, from `clearmount status --json`."""
-    result = subprocess.run(
-        [sys.executable, "-m", "clearmount", "status", str(mount.path), "--json"],
-        capture_output=True,
-        text=True,
-        env=mount.env,
-        timeout=60,
-        check=True,
-    )
-    return int(json.loads(result.stdout)["counters"]["reads"])
+    counters = status_json(mount.path, mount.env)["counters"]
+    assert isinstance(counters, dict)
+    return int(counters["reads"])
 
 
 def test_sequential_reads_reach_the_daemon_in_1_mib_requests(

@@ -43,6 +43,7 @@ from servers import (
     poll_until,
     processes_mentioning,
     s3_conf,
+    status_json,
 )
 
 MIB = 1 << 20
@@ -65,13 +66,6 @@ def clearmount(
 
 def is_mounted(path: Path) -> bool:
     return os.path.realpath(path) in mount_points()
-
-
-def status_json(mountpoint: Path, env: dict[str, str]) -> dict[str, object]:
-    result = clearmount("status", str(mountpoint), "--json", env=env)
-    assert result.returncode == 0, result.stderr
-    reply: dict[str, object] = json.loads(result.stdout)
-    return reply
 
 
 # ----------------------------------------------------------------------------- sd_notify

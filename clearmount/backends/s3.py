@@ -210,8 +210,6 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError:
         # botocore's message quotes the request's URL (a presigned one is a credential) or,
         # for a stalled body, "None"
         return Unavailable(f"{type(exc).__name__}: no answer within the timeout", url, entry)
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
     return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
 
 

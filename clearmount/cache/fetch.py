@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,11 +273,9 @@ class Fetch:
         """Seal the file (unless its only part's thread already did) and record it."""
         if not self.sealed:
             await trio.to_thread.run_sync(self._seal)
-        try:
-            index.put(self.final.name, self.url, self.info.version, self.info.size)
-        except sqlite3.Error as exc:
-            # the file is right; without its row the next open adopts it by its size
-            log.warning("cannot record %s in the cache index: %s", self.url, exc)
+        # never fails: a row the index cannot take now is skipped with a warning, and the
+        # next open adopts the file by its MD5 or age
+        index.put(self.final.name, self.url, self.info.version, self.info.size)
         self.complete = True
         log.debug("fetched %s (%d bytes)", self.url, self.info.size)
 
