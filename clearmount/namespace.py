@@ -2,8 +2,10 @@
 
 Owns: inode numbers and lookup counts (`forget`), what each mount path is (the root, the
 scheme/host/account levels named by the config, directories and files inside a bucket), the
-attribute/listing/negative caches and their TTLs, and the rules for keys that cannot be
-shown. Never touches cache files; talks to stores only through `Transfer`.
+attribute/listing/negative caches and their TTLs, the rules for keys that cannot be shown,
+and which servers a path may make the daemon contact (`may_contact`: only those clearml.conf
+names, unless `-o allow_unlisted_endpoints`). Never touches cache files; talks to stores only
+through `Transfer`.
 
 A file inode stands for one object *version*: when the object changes, the next lookup
 yields a new inode, so the kernel page cache (kept across opens) never mixes two versions.
@@ -42,6 +44,8 @@ _NAME_MAX = 255
 _LIST_AHEAD_PAGES = 10
 # Listing entries remembered per mount beyond which expired ones are swept.
 _ENTRY_SWEEP_AT = 200_000
+# Unlisted endpoints refused with a WARNING line each; later ones are logged at DEBUG only.
+_REFUSED_LOGGED = 100
 
 
 class Kind(enum.Enum):
@@ -188,6 +192,7 @@ class Namespace:
         self._listings: dict[MountPath, _Listing] = {}
         self._listing_ahead: set[MountPath] = set()
         self._too_big: set[MountPath] = set()
+        self._refused: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.reload(config, direct)
 
@@ -289,8 +294,38 @@ class Namespace:
     def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
         """The store holding `parts` and the key (or prefix) inside it."""
         depth = self.container_depth(parts)
-        store = backends.open_store(self.url_of(parts[:depth]), self.config)
+        store = backends.open_store(self._contactable(self.url_of(parts[:depth])), self.config)
         return store, "/".join(parts[depth:])
+
+    def may_contact(self, scheme: str, host: str) -> bool:
+        """Whether requests may go to the server of `scheme`://`host` (the URL's netloc).
+
+        Only servers clearml.conf names (`urls.endpoint_listed`) are, unless the mount has
+        `-o allow_unlisted_endpoints`: a local user naming `s3/10.0.0.5:6379/...` must not
+        make the daemon connect there, nor send it requests signed with the node's
+        credentials. The first refusal of each host logs one WARNING naming the option.
+        """
+        if self.options.allow_unlisted_endpoints or urls.endpoint_listed(scheme, host, self.config):
+            return True
+        where = f"{scheme}/{host}"
+        if where not in self._refused:
+            # one line per host; past the first hundred (a user trying names), DEBUG only
+            level = logging.WARNING if len(self._refused) < _REFUSED_LOGGED else logging.DEBUG
+            if level == logging.WARNING:
+                self._refused.add(where)
+            log.log(
+                level,
+                "%s: endpoint not in clearml.conf, not contacted "
+                "(mount with -o allow_unlisted_endpoints to allow it)",
+                where,
+            )
+        return False
+
+    def _contactable(self, url: urls.StorageURL) -> urls.StorageURL:
+        """`url`, if its server may be contacted; else NotFound (ENOENT)."""
+        if not self.may_contact(url.scheme, url.host):
+            raise NotFound("endpoint not in clearml.conf", url.base_url)
+        return url
 
     # ----- lookups --------------------------------------------------------------------------
 
@@ -426,7 +461,10 @@ class Namespace:
             scheme == "azure" and len(parts) == 2
         )
         if is_host_level:
-            return _Known(Kind.VIRTUAL, None, now)
+            url = self.url_of(parts)
+            if self._anchored(parts) or self.may_contact(url.scheme, url.host):
+                return _Known(Kind.VIRTUAL, None, now)
+            return _Known(None, None, now)
         store, _ = self.store_for(parts)
         exists = await self.transfer.metadata(store.exists)
         return _Known(Kind.DIR if exists else None, None, now)
@@ -521,6 +559,20 @@ class Namespace:
         finally:
             self._listing_ahead.discard(path)
 
+    def _anchored(self, parts: tuple[str, ...]) -> bool:
+        """Whether a direct-access rule names a place at or below `parts` (shown even when
+        its server is unlisted: reaching it contacts no server)."""
+        if not self._remote_rules:
+            return False
+        for anchor in self.direct.anchors():
+            try:
+                anchor_parts = tuple(urls.url_to_path(anchor.rstrip("/")).split("/"))
+            except ValueError:
+                continue
+            if anchor_parts[: len(parts)] == parts:
+                return True
+        return False
+
     async def _apply_direct(self, path: MountPath, listing: _Listing) -> None:
         """Turn listed entries that are direct into symlinks, and add the places rules name
         (an "archive" bucket that only exists on NFS) to the level they sit in."""
@@ -583,6 +635,8 @@ class Namespace:
 
     async def _containers(self, parts: tuple[str, ...]) -> list[str]:
         url = urls.parse_url(urls.path_to_url("/".join(parts) + "/x"), self.config.s3)
+        if not self.may_contact(url.scheme, url.host):
+            return []  # a host only a direct-access rule names: it shows that rule's places
         try:
             return await self.transfer.metadata(backends.list_containers, url, self.config)
         except StoreError as exc:

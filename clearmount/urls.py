@@ -2,8 +2,9 @@
 
 Owns: `StorageURL` and `parse_url`; `url_to_path`/`path_to_url` (a mount path is the URL with
 "://" replaced by "/"); `match_s3`/`match_azure`/`match_gcs`; the names each scheme directory
-lists (`s3_roots`, `azure_roots`, `gcs_roots`, ...); and `describe_matches`, the "which entry
-serves what" part of `clearmount config`.
+lists (`s3_roots`, `azure_roots`, `gcs_roots`, ...); `endpoint_listed`, whether clearml.conf
+names the server a URL would be sent to; and `describe_matches`, the "which entry serves what"
+part of `clearmount config`.
 
 Matching follows ClearML's `get_config_by_uri` (shared/reference/clearml-storage.md section 3)
 with one deliberate difference: prefixes match whole path segments, so bucket "data" does not
@@ -244,6 +245,28 @@ def azure_account_containers(az: AzureSettings, host: str) -> tuple[str, ...]:
 def gcs_roots(gcs: GcsSettings) -> tuple[str, ...]:
     """The names under gs/: the buckets of the credentials entries."""
     return _unique_sorted([entry.bucket for entry in gcs.credentials], fold=False)
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def endpoint_listed(scheme: str, host: str, config: Config) -> bool:
+    """Whether clearml.conf names the server that a URL of `scheme` at `host` is sent to.
+
+    `host` is the URL's netloc as `StorageURL.host` has it ("host[:port]", "" for none),
+    compared case-insensitively and exactly (a host entry "minio:9000" names neither "minio"
+    nor "minio:9001"). s3: AWS itself (no host) and the hosts of `credentials[]` host
+    entries; azure: `<account>.blob.core.windows.net` of a configured account (the entry's
+    `endpoint`, if any, is what is then contacted); gs and file name no server of their own.
+    Any other scheme is unlisted until a branch here names its hosts. Whether an unlisted
+    endpoint may be contacted anyway is the mount's choice (`allow_unlisted_endpoints`).
+    """
+    name = host.lower()
+    if scheme == "s3":
+        return not name or name in _configured_hosts(config.s3)
+    if scheme == "azure":
+        return name in {root.lower() for root in azure_roots(config.azure)}
+    return scheme in ("gs", "file")
 
 
 def describe_matches(config: Config) -> str:

@@ -23,6 +23,7 @@ from clearmount.urls import (
     azure_account_containers,
     azure_roots,
     describe_matches,
+    endpoint_listed,
     gcs_roots,
     match_azure,
     match_gcs,
@@ -406,3 +407,50 @@ def test_s3_roots() -> None:
     assert s3_host_buckets(s3, "minio:9000") == ("a", "b")
     assert s3_host_buckets(s3, "other:9000") == ()
     assert s3_host_buckets(s3, "nowhere:1") == ()
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def test_only_endpoints_the_config_names_are_listed(tmp_path: Path) -> None:
+    path = tmp_path / "clearml.conf"
+    path.write_text(
+        """
+        sdk.aws.s3 {
+          key: dk, secret: ds
+          credentials: [
+            { host: "MinIO.internal:9000", bucket: "b", key: a, secret: b, secure: false }
+            { host: "s3.example.com", key: c, secret: d }
+            { bucket: "data", key: e, secret: f }
+          ]
+        }
+        sdk.azure.storage.containers: [ { account_name: "acct", account_key: "k" } ]
+        """
+    )
+    cfg = config.load(path, {"HOME": str(tmp_path)})
+
+    def listed(url: str) -> bool:
+        parsed = parse_url(url, cfg.s3)
+        return endpoint_listed(parsed.scheme, parsed.host, cfg)
+
+    # host entries, exactly as written (port included), case-insensitive; AWS itself
+    assert listed("s3://minio.internal:9000/b/k") and listed("s3://MINIO.INTERNAL:9000/x/k")
+    assert listed("s3://s3.example.com/any/k") and listed("s3://S3.Example.com/any/k")
+    assert listed("s3://data/k") and listed("s3://any-aws-bucket/k")
+    # without its port, a host is an AWS bucket name: AWS is asked, not that host
+    assert parse_url("s3://minio.internal/b", cfg.s3).host == ""
+    # the same host on another port, another host, a port the entry did not write
+    for url in (
+        "s3://minio.internal:9001/b/k",
+        "s3://127.0.0.1:18999/latest/meta-data",
+        "s3://[::1]:9000/b/k",
+        "s3://s3.example.com:443/b/k",
+    ):
+        assert not listed(url), url
+    assert listed("azure://acct.blob.core.windows.net/c/x")
+    assert listed("azure://ACCT.blob.core.windows.net/c/x")
+    assert not listed("azure://acct.evil.example:8443/c/x")
+    assert not listed("azure://other.blob.core.windows.net/c/x")
+    assert listed("gs://bucket/x") and listed("file:///etc/hostname")
+    # a scheme without a rule of its own names no server
+    assert not endpoint_listed("http", "files.example.com", cfg)
