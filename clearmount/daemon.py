@@ -181,6 +181,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         options=options,
         config=lambda: namespace.config,
     )
+    # every fetch event is counted where it happens, however quickly the fetch ends
+    fetcher.events = monitor
     # Both sockets are bound before mounting: a taken metrics port fails the start (one
     # line, nothing mounted) instead of leaving a mount without what was asked for.
     metrics = _metrics_server(options.metrics, monitor) if options.metrics else None
@@ -210,7 +212,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
                 "unmounted %s (served %d reads, %d fetches)",
                 request.mountpoint,
                 operations.reads,
-                fetcher.fetches_started,
+                operations.counters.fetches_started,
             )
 
 

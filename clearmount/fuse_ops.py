@@ -236,21 +236,20 @@ class Operations(pyfuse3.Operations):
         parts = node.parts  # one walk up the path, for both
         store, _ = self.namespace.store_for(parts)
         url = str(self.namespace.url_of(parts))
-        fetches_before = self.fetcher.fetches_started
         source = await self.fetcher.open(url, store, node.info, parallel=True)
-        self._count_open(source, self.fetcher.fetches_started > fetches_before, started)
+        self._count_open(source, started)
         handle = next(self._handles)
         self._files[handle] = _OpenFile(node, source.fd, source.fetch, source.stream)
         # Safe across opens: this inode is one object version, its bytes never change.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
-    def _count_open(self, source: Source, started_fetch: bool, started: float) -> None:
+    def _count_open(self, source: Source, started: float) -> None:
         if source.stream is not None:
             result = "streamed"
         elif source.fetch is None:
             result = "cached"
         else:
-            result = "fetched" if started_fetch else "joined"
+            result = "fetched" if source.started else "joined"
         self.counters.opens[result] += 1
         self.counters.open_seconds.observe(time.monotonic() - started)
 

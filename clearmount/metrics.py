@@ -61,7 +61,6 @@ class _MountCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         monitor = self.monitor
-        monitor.sample()
         counters = monitor.counters
         fetcher = monitor.fetcher
         info = GaugeMetricFamily(
@@ -92,7 +91,7 @@ class _MountCollector(Collector):
             "clearmount_cache_misses", "Opens that needed the server", value=misses
         )
         yield CounterMetricFamily(
-            "clearmount_fetches_started", "Fetches started", value=fetcher.fetches_started
+            "clearmount_fetches_started", "Fetches started", value=counters.fetches_started
         )
         yield CounterMetricFamily(
             "clearmount_fetches_completed",
@@ -112,8 +111,8 @@ class _MountCollector(Collector):
         )
         yield CounterMetricFamily(
             "clearmount_fetched_bytes",
-            "Bytes downloaded into the cache",
-            value=counters.fetched_bytes + monitor.in_flight_bytes(),
+            "Object data downloaded, into the cache or streamed to readers",
+            value=counters.fetched_bytes,
         )
         yield CounterMetricFamily(
             "clearmount_cache_evictions",
@@ -124,7 +123,9 @@ class _MountCollector(Collector):
             "clearmount_cache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes
         )
         yield GaugeMetricFamily(
-            "clearmount_fetches_in_flight", "Fetches running now", value=len(fetcher.in_flight)
+            "clearmount_fetches_in_flight",
+            "Fetches running now",
+            value=monitor.fetches_in_flight,
         )
         errors = CounterMetricFamily(
             "clearmount_errors",

@@ -1,11 +1,15 @@
 """What a running mount knows about itself: counters, fetch progress, cache use.
 
 Owns: `MountCounters` (plain counters and histograms that the FUSE adapter and the daemon
-bump as they work) and `Monitor`, which follows each fetch in flight (bytes, rate, duration,
-outcome), measures the cache now and then, and turns it all into the status snapshot (a
-JSON-able dict) and the one-line systemd `STATUS=`. No sockets and no prometheus_client:
-control.py serves the snapshot, metrics.py exports the same objects, sd_notify.py carries the
-line. Everything here runs on the trio loop except the cache scan, which runs in a thread.
+bump as they work) and `Monitor`, which the fetcher tells of each fetch event as it happens
+(`FetchEvents`: start, bytes received, completion, failure, stop; streamed bytes), follows
+the fetches in flight (progress and rate, sampled for display only), measures the cache now
+and then, and turns it all into the status snapshot (a JSON-able dict) and the one-line
+systemd `STATUS=`. Counters are only ever bumped by events, never derived from samples, so a
+fetch that starts and ends between two samples is counted like any other. No sockets and no
+prometheus_client: control.py serves the snapshot, metrics.py exports the same objects,
+sd_notify.py carries the line. Everything here runs on the trio loop except the cache scan,
+which runs in a thread.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import trio
 
 from clearmount import __version__
 from clearmount.cache import evict
+from clearmount.cache.events import FetchEvents
 from clearmount.cache.fetch import Fetch, Fetcher
 from clearmount.config import Config
+from clearmount.errors import ClearmountError
 from clearmount.log import recent_errors
 from clearmount.options import MountOptions
 
@@ -38,7 +44,7 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 30.0, 120.0, 
 # few samples, so a stalled fetch drops to 0 B/s within seconds.
 _SAMPLE_SECONDS = 0.5
 _RATE_WINDOW = 10  # samples
-# Idle, the monitor wakes for a fetch starting or ending (Fetcher.changed), or this often.
+# Idle, the monitor wakes for a fetch starting or ending, or this often.
 _IDLE_SECONDS = 5.0
 # A cache scan stats every file: often enough that the figures are current, rare enough to
 # cost nothing on a cache of 100k files.
@@ -88,12 +94,15 @@ class MountCounters:
     errors: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     open_seconds: Histogram = field(default_factory=Histogram)
     read_seconds: Histogram = field(default_factory=Histogram)
-    #: fetches seen to finish: completed, failed by error kind, or stopped (closed before
-    #: their end, their transfer slots given to a reader)
+    #: fetches into the cache started, and how each ended: completed, failed by error kind,
+    #: or stopped (closed before their end, their transfer slots given to a reader); the
+    #: ones not ended yet are the ones in flight
+    fetches_started: int = 0
     fetches_completed: int = 0
     fetches_failed: collections.Counter[str] = field(default_factory=collections.Counter)
     fetches_stopped: int = 0
-    #: bytes downloaded by fetches that have finished (those in flight are added on read)
+    #: object data downloaded, counted as it arrives: by fetches into the cache (whatever
+    #: their end) and by streams of objects too large for it (`cache/events.py`)
     fetched_bytes: int = 0
     fetch_seconds: Histogram = field(default_factory=Histogram)
     #: cache files removed to keep within the limits, and their bytes
@@ -142,8 +151,10 @@ class Reload:
     message: str
 
 
-class Monitor:
-    """Follows the fetches of one `Fetcher` and keeps the figures `status` shows."""
+class Monitor(FetchEvents):
+    """Counts the fetch events of one `Fetcher` and keeps the figures `status` shows.
+
+    The composition root subscribes it (`fetcher.events = monitor`)."""
 
     def __init__(
         self,
@@ -163,38 +174,61 @@ class Monitor:
         self._started = time.monotonic()
         self.cache = CacheUse()
         self.last_reload: Reload | None = None
-        self._tracked: dict[int, _Tracked] = {}
+        #: the fetches started and not ended yet, in the order they started
+        self._tracked: dict[Fetch, _Tracked] = {}
+        self._changed = trio.Event()
         self._scan_due = 0.0  # monotonic; 0: at once
         self._scanned = 0.0  # monotonic
 
-    # ----- following fetches ----------------------------------------------------------------
+    # ----- fetch events (FetchEvents), told by the fetcher on the trio loop -----------------
+
+    def fetch_started(self, fetch: Fetch) -> None:
+        self.counters.fetches_started += 1
+        self._tracked[fetch] = _Tracked(fetch, time.monotonic(), time.time())
+        self._wake()
+
+    def fetch_received(self, fetch: Fetch, count: int) -> None:
+        self.counters.fetched_bytes += count
+
+    def fetch_completed(self, fetch: Fetch) -> None:
+        tracked = self._ended(fetch)
+        self.counters.fetches_completed += 1
+        if tracked is not None:
+            self.counters.fetch_seconds.observe(time.monotonic() - tracked.started)
+
+    def fetch_failed(self, fetch: Fetch, error: ClearmountError) -> None:
+        self._ended(fetch)
+        self.counters.fetches_failed[type(error).__name__] += 1
+
+    def fetch_stopped(self, fetch: Fetch) -> None:
+        self._ended(fetch)
+        self.counters.fetches_stopped += 1
+
+    def stream_received(self, url: str, count: int) -> None:
+        self.counters.fetched_bytes += count
+
+    def _ended(self, fetch: Fetch) -> _Tracked | None:
+        # the cache figures are stale now: measure again soon
+        self._scan_due = min(self._scan_due, self._scanned + _SCAN_SPACING_SECONDS)
+        self._wake()
+        return self._tracked.pop(fetch, None)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    # ----- following fetches in flight (for display) ----------------------------------------
 
     def sample(self) -> None:
-        """Notice new fetches, record progress, and account for the ones that ended."""
+        """Record the progress of the fetches in flight, for their rates."""
         now = time.monotonic()
-        current = {id(fetch): fetch for fetch in self.fetcher.in_flight.values()}
-        for key, fetch in current.items():
-            if key not in self._tracked:
-                self._tracked[key] = _Tracked(fetch, now, time.time())
-        for key, tracked in list(self._tracked.items()):
-            fetch = tracked.fetch
-            if key in current and not (fetch.complete or fetch.error):
-                tracked.sample(now)
-                continue
-            del self._tracked[key]
-            counters = self.counters
-            counters.fetched_bytes += fetch.bytes_done
-            if fetch.stopped:
-                counters.fetches_stopped += 1
-            elif fetch.error is not None:
-                counters.fetches_failed[type(fetch.error).__name__] += 1
-            else:
-                counters.fetches_completed += 1
-                counters.fetch_seconds.observe(now - tracked.started)
-            self._scan_due = min(self._scan_due, self._scanned + _SCAN_SPACING_SECONDS)
+        for tracked in self._tracked.values():
+            tracked.sample(now)
 
-    def in_flight_bytes(self) -> int:
-        return sum(t.fetch.bytes_done for t in self._tracked.values())
+    @property
+    def fetches_in_flight(self) -> int:
+        """Fetches started and not ended yet."""
+        return len(self._tracked)
 
     def fetches(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -207,7 +241,7 @@ class Monitor:
                 "elapsed": round(now - t.started, 3),
                 "started": t.started_wall,
             }
-            for t in sorted(self._tracked.values(), key=lambda t: t.started)
+            for t in self._tracked.values()
         ]
 
     # ----- the loop -------------------------------------------------------------------------
@@ -216,9 +250,8 @@ class Monitor:
         """Sample forever; hand `publish` the status line whenever it changed (rate-limited)."""
         last_line, last_sent = "", 0.0
         while True:
-            busy = bool(self.fetcher.in_flight) or bool(self._tracked)
-            with trio.move_on_after(_SAMPLE_SECONDS if busy else _IDLE_SECONDS):
-                await self.fetcher.changed.wait()
+            with trio.move_on_after(_SAMPLE_SECONDS if self._tracked else _IDLE_SECONDS):
+                await self._changed.wait()
             await self.refresh()
             line = self.status_line()
             now = time.monotonic()
@@ -227,7 +260,7 @@ class Monitor:
                 last_line, last_sent = line, now
 
     async def refresh(self) -> None:
-        """Sample the fetches, and measure the cache if its figures are due."""
+        """Sample the fetches' progress, and measure the cache if its figures are due."""
         self.sample()
         if time.monotonic() >= self._scan_due:
             await self.scan_cache()
@@ -273,7 +306,6 @@ class Monitor:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything `clearmount status` shows, as plain JSON types."""
-        self.sample()
         config = self._config()
         counters = self.counters
         limits = self.fetcher.limits
@@ -297,11 +329,11 @@ class Monitor:
                 "reads": counters.reads,
                 "read_bytes": counters.read_bytes,
                 "opens": dict(counters.opens),
-                "fetches_started": self.fetcher.fetches_started,
+                "fetches_started": counters.fetches_started,
                 "fetches_completed": counters.fetches_completed,
                 "fetches_failed": dict(counters.fetches_failed),
                 "fetches_stopped": counters.fetches_stopped,
-                "fetched_bytes": counters.fetched_bytes + self.in_flight_bytes(),
+                "fetched_bytes": counters.fetched_bytes,
                 "evictions": counters.evictions,
                 "evicted_bytes": counters.evicted_bytes,
                 "errors": {f"{op}:{kind}": n for (op, kind), n in counters.errors.items()},

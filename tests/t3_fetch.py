@@ -4,6 +4,7 @@ the ETag it states."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
@@ -11,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +22,12 @@ import pytest
 import trio
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.cache.events import FetchEvents
 from clearmount.cache.evict import CacheLimits
-from clearmount.cache.fetch import Fetcher
+from clearmount.cache.fetch import Fetch, Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
-from clearmount.errors import CacheError
+from clearmount.errors import CacheError, ClearmountError
 from clearmount.transfer import Transfer
 
 T = TypeVar("T")
@@ -149,6 +152,98 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
             os.close(source.fd)
             fetcher.release(first.fetch)
     assert store.ranges == [(0, len(data))]
+
+
+# ----- what the fetches report
+
+
+class Recorder(FetchEvents):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+        self.received: collections.Counter[str] = collections.Counter()
+
+    def fetch_started(self, fetch: Fetch) -> None:
+        self.events.append(("started", fetch.url))
+
+    def fetch_received(self, fetch: Fetch, count: int) -> None:
+        self.received[fetch.url] += count
+
+    def fetch_completed(self, fetch: Fetch) -> None:
+        self.events.append(("completed", fetch.url))
+
+    def fetch_failed(self, fetch: Fetch, error: ClearmountError) -> None:
+        self.events.append(("failed", fetch.url, type(error).__name__))
+
+    def fetch_stopped(self, fetch: Fetch) -> None:
+        self.events.append(("stopped", fetch.url))
+
+    def stream_received(self, url: str, count: int) -> None:
+        self.received[url] += count
+
+    async def wait_for(self, event: tuple[str, ...]) -> None:
+        with trio.fail_after(10):
+            while event not in self.events:
+                await trio.sleep(0.005)
+
+
+class GatedStore(MemoryStore):
+    """Sends its first chunk, then waits for `gate` before the rest."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.gate = threading.Event()
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        for i, chunk in enumerate(super().read_range(key, version, start, end, chunk_size)):
+            if i == 1:
+                self.gate.wait(10)
+            yield chunk
+
+
+async def test_each_fetch_reports_its_start_its_bytes_and_one_end(tmp_path: Path) -> None:
+    fetcher = make_fetcher(tmp_path)
+    recorder = fetcher.events = Recorder()
+    fetcher.limits = CacheLimits(max_bytes=4 << 20)
+    good = MemoryStore(os.urandom(3 << 20))  # three parts
+    bad = MemoryStore(b"real" * 1000, served=b"fake" * 1000)  # fails its MD5 check
+    big = MemoryStore(os.urandom(5 << 20))  # more than the cache holds: streamed
+    unread = GatedStore(os.urandom(2 << 20))
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        opened = {}
+        for name, store in (("good", good), ("bad", bad), ("big", big), ("unread", unread)):
+            opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name), True)
+        stream = opened["big"].stream
+        assert stream is not None and opened["big"].fetch is None
+        assert await stream.read(0, 8 << 20) == big.data
+        # the unread fetch, closed while a reader waits for a transfer slot, is given up
+        unread_fetch = opened["unread"].fetch
+        assert unread_fetch is not None
+        with trio.fail_after(10):
+            while not unread_fetch.bytes_done:
+                await trio.sleep(0.005)
+        fetcher.release(unread_fetch)
+        fetcher.transfer.on_reader_waiting()
+        unread.gate.set()
+        ends = {
+            "s3://m/good": ("completed", "s3://m/good"),
+            "s3://m/bad": ("failed", "s3://m/bad", "CacheError"),
+            "s3://m/unread": ("stopped", "s3://m/unread"),
+        }
+        for end in ends.values():
+            await recorder.wait_for(end)
+        for source in opened.values():
+            if source.fd >= 0:
+                os.close(source.fd)
+    for url, end in ends.items():  # started first, then one end, nothing twice
+        assert [e for e in recorder.events if e[1] == url] == [("started", url), end]
+    assert len(recorder.events) == 6  # and no fetch for the stream
+    assert recorder.received["s3://m/good"] == len(good.data)
+    assert recorder.received["s3://m/bad"] == len(bad.data)  # downloaded, then refused
+    assert recorder.received["s3://m/big"] == len(big.data)
+    assert 0 < recorder.received["s3://m/unread"] < len(unread.data)
 
 
 # ----- the cache index: never a reason to fail or stall a read

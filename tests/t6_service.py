@@ -690,6 +690,109 @@ def test_prometheus_endpoint_counts_reads_fetches_hits_and_errors(
     assert missing.value.code == 404
 
 
+def fetch_books(status: dict[str, object]) -> dict[str, int]:
+    """The fetch counters of a status reply, with the fetches it shows in flight."""
+    counters = status["counters"]
+    fetches = status["fetches"]
+    assert isinstance(counters, dict) and isinstance(fetches, list)
+    return {
+        "started": counters["fetches_started"],
+        "completed": counters["fetches_completed"],
+        "failed": sum(counters["fetches_failed"].values()),
+        "stopped": counters["fetches_stopped"],
+        "in_flight": len(fetches),
+        "downloaded": counters["fetched_bytes"],
+    }
+
+
+def balanced(books: dict[str, int]) -> bool:
+    ended = books["completed"] + books["failed"] + books["stopped"]
+    return books["started"] == ended + books["in_flight"]
+
+
+def test_status_and_metrics_count_every_fetch_however_quick(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    # Many tiny objects read back to back: each fetch starts and ends within milliseconds,
+    # while the daemon measures a cache of many files. Every one must be counted all the
+    # same, in `clearmount status` and in the metrics alike.
+    bucket = s3_server.make_bucket()
+    objects = {f"tiny/{i:03d}.bin": os.urandom(700 + 97 * i) for i in range(40)}
+    for key, data in objects.items():
+        s3_server.put(bucket, key, data)
+    big = os.urandom(3 * MIB // 2)  # more than the cache may hold: streamed
+    s3_server.put(bucket, "big.bin", big)
+    # a cache of many files, as in production: each scan of it takes long enough for fetches
+    # to start and end meanwhile (a monitor polling for fetches counted 17 of these 40)
+    cache = tmp_path / "cache"
+    filler = cache / "storage_manager" / "global"
+    filler.mkdir(parents=True)
+    for i in range(20000):
+        (filler / f"other-{i:05d}.bin").touch()
+    port = free_port()
+    mount = mounted(
+        s3_conf(s3_proxy, s3_server.admin),
+        cache_dir=cache,
+        options=[f"metrics=127.0.0.1:{port}"],
+        extra_args=["--cache-max-size", "1MiB"],
+    )
+    env = hermetic_env(tmp_path)
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    for key, data in objects.items():
+        assert mount.path_of(f"{base}/{key}").read_bytes() == data
+
+    def settled() -> dict[str, int] | None:
+        books = fetch_books(status_json(mount.path, env))
+        assert balanced(books), books
+        return books if books["in_flight"] == 0 else None
+
+    books = poll_until(settled, 30, "the fetches to end")
+    sizes = sum(len(data) for data in objects.values())
+    assert books == {
+        "started": len(objects),
+        "completed": len(objects),
+        "failed": 0,
+        "stopped": 0,
+        "in_flight": 0,
+        "downloaded": sizes,
+    }
+    data_paths = {f"/{bucket}/{key}" for key in [*objects, "big.bin"]}
+
+    def received() -> int:
+        return sum(s.body_bytes for s in s3_proxy.requests("GET") if s.path in data_paths)
+
+    assert received() == sizes
+
+    # Streamed reads download too; a fetch the server refuses fails once.
+    assert mount.path_of(f"{base}/big.bin").read_bytes() == big
+    s3_proxy.fail(None, 403, method="GET", path=f"/{bucket}/tiny/denied.bin")
+    s3_server.put(bucket, "tiny/denied.bin", b"no")
+    with pytest.raises(PermissionError):
+        mount.path_of(f"{base}/tiny/denied.bin").read_bytes()
+    status = poll_until(
+        lambda: (s := status_json(mount.path, env))["fetches"] == [] and s,
+        30,
+        "the failed fetch to end",
+    )
+    books = fetch_books(status)
+    assert balanced(books) and books["started"] == len(objects) + 1
+    assert status["counters"]["fetches_failed"] == {"AccessDenied": 1}  # type: ignore[index]
+    assert status["counters"]["opens"] == {"fetched": len(objects) + 1, "streamed": 1}  # type: ignore[index]
+    # (a stream may read a window twice if the kernel sends reads out of order)
+    assert books["downloaded"] == received() >= sizes + len(big)
+
+    metrics = scrape(port)
+    assert metrics["clearmount_fetches_started_total"] == books["started"]
+    assert metrics["clearmount_fetches_completed_total"] == books["completed"]
+    assert metrics["clearmount_fetches_failed_total{kind=AccessDenied}"] == 1
+    assert metrics["clearmount_fetches_stopped_total"] == 0
+    assert metrics["clearmount_fetches_in_flight"] == 0
+    assert metrics["clearmount_fetched_bytes_total"] == books["downloaded"]
+    assert metrics["clearmount_fetch_duration_seconds_count"] == books["completed"]
+    human = clearmount("status", str(mount.path), env=env).stdout
+    assert f"{len(objects) + 1} fetches started, {len(objects)} completed, 1 failed" in human
+
+
 def test_metrics_port_taken_fails_before_mounting(s3_server: S3Server, tmp_path: Path) -> None:
     conf = tmp_path / "clearml.conf"
     conf.write_text(s3_conf(s3_server))

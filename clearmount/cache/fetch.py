@@ -10,6 +10,10 @@ own descriptor of the partial file, so a thread abandoned at shutdown can only e
 that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
 order, before the thread's own completion): the thread reads on while readers wake.
 
+Counting: each fetch reports its start, every chunk that lands and its one end (completed,
+failed or stopped) to the `FetchEvents` the composition root gave the `Fetcher`, where they
+happen, so no fetch is missed however quickly it ends; streams report their bytes likewise.
+
 A fetch goes on after its files are closed, so that a file opened once ends up cached, but
 not at a reader's expense: once no open file reads a fetch, it gives up its transfer slots
 (and its partial file) as soon as a transfer somebody reads has to wait for one.
@@ -32,6 +36,7 @@ import tenacity
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.evict import CacheLimits
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
@@ -82,6 +87,8 @@ class Source:
     fd: int
     fetch: Fetch | None
     stream: Stream | None = None
+    #: this open started `fetch` (rather than joining one in flight)
+    started: bool = False
 
 
 class Fetch:
@@ -95,9 +102,11 @@ class Fetch:
         part_size: int,
         parallel: int,
         verify: bool = True,
+        events: FetchEvents | None = None,
     ) -> None:
         self.url = url
         self.verify = verify
+        self.events = events or FetchEvents()
         self.store = store
         self.info = info
         self.final = final
@@ -169,11 +178,12 @@ class Fetch:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _advance(self, part: int, front: int) -> None:
+    def _advance(self, part: int, front: int, received: int) -> None:
         # Runs as a trio system callback: must never raise.
         if not self.aborted:
             self.fronts[part] = front
             self._wake()
+        tell(self.events.fetch_received, self, received)
 
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         try:
@@ -244,7 +254,7 @@ class Fetch:
                             digest.update(chunk)
                         os.pwrite(fd, chunk, position)
                         position += len(chunk)
-                        self._report(self._advance, part, position)
+                        self._report(self._advance, part, position, len(chunk))
             if len(self.fronts) == 1 and not self.aborted:
                 # the whole object: seal it here, sparing the loop a thread hop and the stat
                 # and rename (an ext4 rename in a big folder is ~0.1 ms)
@@ -311,6 +321,7 @@ class Fetcher:
         parallel: int,
         limits: CacheLimits,
         verify: bool = True,
+        events: FetchEvents | None = None,
     ) -> None:
         self.layout = layout
         self.index = index
@@ -318,8 +329,9 @@ class Fetcher:
         self.part_size = part_size
         self.parallel = parallel
         self.in_flight: dict[tuple[str, str], Fetch] = {}
-        self.fetches_started = 0
         self.limits = limits
+        #: told of every fetch's start, bytes and end (the daemon's monitor counts them)
+        self.events = events or FetchEvents()
         self.verify = verify
         #: set whenever a fetch starts or ends: the evictor waits on it
         self.changed = trio.Event()
@@ -373,7 +385,7 @@ class Fetcher:
             return self._join(fetch)
         if not self.fits(info.size):
             log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
-            return Source(-1, None, Stream(store, info, self.transfer))
+            return Source(-1, None, Stream(store, info, self.transfer, url, self.events))
         return self._start(url, store, info, final, parallel)
 
     def _join(self, fetch: Fetch) -> Source:
@@ -475,14 +487,16 @@ class Fetcher:
             self.part_size,
             self.parallel if parallel else 1,
             self.verify,
+            self.events,
         )
         read_fd = self._open_read(partial)
         fetch.readers = 1
         self.in_flight[(url, info.version)] = fetch
-        self.fetches_started += 1
         self._nursery.start_soon(self._run, fetch, lock_fd)
+        # told once the fetch is sure to run, and so to report its end
+        tell(self.events.fetch_started, fetch)
         self._changed()
-        return Source(read_fd, fetch)
+        return Source(read_fd, fetch, started=True)
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
@@ -492,7 +506,19 @@ class Fetcher:
         finally:
             self._forget(fetch)
             os.close(lock_fd)
+            self._report_end(fetch)
             self._changed()
+
+    def _report_end(self, fetch: Fetch) -> None:
+        """Tell the observer how `fetch` ended (its one end event)."""
+        events = self.events
+        if fetch.complete:
+            tell(events.fetch_completed, fetch)
+        elif fetch.stopped:
+            tell(events.fetch_stopped, fetch)
+        else:
+            error = fetch.error or Unavailable("fetch ended unfinished", fetch.url)
+            tell(events.fetch_failed, fetch, error)
 
     @staticmethod
     def _open_read(*paths: Path) -> int:

@@ -3,7 +3,7 @@
 Owns: `Stream`, one per open file of such an object. It keeps one window of the object in
 memory (8 MiB), fetched with one ranged GET pinned to the object's version, so a
 sequential reader makes one request per window and memory stays bounded per open file.
-Nothing touches the disk.
+Nothing touches the disk. Each window's bytes are reported to the `FetchEvents` as downloaded.
 """
 
 from __future__ import annotations
@@ -11,16 +11,26 @@ from __future__ import annotations
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache.events import FetchEvents, tell
 from clearmount.transfer import Transfer
 
 WINDOW = 8 << 20
 
 
 class Stream:
-    def __init__(self, store: ObjectStore, info: ObjectInfo, transfer: Transfer) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        info: ObjectInfo,
+        transfer: Transfer,
+        url: str,
+        events: FetchEvents | None = None,
+    ) -> None:
         self.store = store
         self.info = info
         self.transfer = transfer
+        self.url = url
+        self.events = events or FetchEvents()
         self._start = 0
         self._window = b""
         self._lock = trio.Lock()
@@ -34,6 +44,7 @@ class Stream:
                 window_end = min(max(end, offset + WINDOW), self.info.size)
                 self._window = await self.transfer.data(self._get, offset, window_end)
                 self._start = offset
+                tell(self.events.stream_received, self.url, len(self._window))
             return self._window[offset - self._start : end - self._start]
 
     def _get(self, start: int, end: int) -> bytes:
