@@ -153,6 +153,13 @@ def _mount(argv: Sequence[str]) -> int:
         level=options.log_level,
     )
     config = _load(args.config)
+    if not config.files:
+        searched = ", ".join(map(str, config_module.default_config_paths(os.environ)))
+        log.warning(
+            "no configuration file: none of %s exists and CLEARML_CONFIG_FILE is not set, so "
+            "only what the environment's credentials reach is served (name one with --config)",
+            searched,
+        )
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
     cache = CacheLayout(cache_root)
     cache.prepare()

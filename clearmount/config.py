@@ -209,8 +209,13 @@ def find_config_files(explicit: Path | None, environ: Mapping[str, str]) -> tupl
             if not _is_file(path):
                 raise ConfigError(f"{name}={value}: no such config file")
             return (path,)
+    return tuple(path for path in default_config_paths(environ) if _is_file(path))
+
+
+def default_config_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """Where the configuration is looked for when no file is named (merge order)."""
     home = _home(environ)
-    return tuple(path for path in (home / "trains.conf", home / "clearml.conf") if _is_file(path))
+    return (home / "trains.conf", home / "clearml.conf")
 
 
 def _is_file(path: Path) -> bool:

@@ -15,7 +15,15 @@ import pytest
 
 from conftest import MountFactory
 from proxy import Proxy
-from servers import S3Server, hermetic_env, mount_points, poll_until, s3_conf, unique_name
+from servers import (
+    Mount,
+    S3Server,
+    hermetic_env,
+    mount_points,
+    poll_until,
+    s3_conf,
+    unique_name,
+)
 
 MIB = 1 << 20
 
@@ -129,6 +137,43 @@ def test_background_mode_returns_once_ready(
         15,
         "the background daemon to exit",
     )
+
+
+def test_mount_without_any_config_warns_once_naming_the_files_searched(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = hermetic_env(home)  # no clearml.conf, no CLEARML_CONFIG_FILE
+    searched = f"none of {home}/trains.conf, {home}/clearml.conf exists"
+
+    def warnings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if "WARNING" in line]
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = clearmount(str(mnt), "--cache-dir", str(tmp_path / "c"), env=env)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert len(warnings(result.stderr)) == 1 and searched in result.stderr, result.stderr
+        assert sorted(os.listdir(mnt)) == ["file", "s3"]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    poll_until(lambda: not is_mounted(mnt), 10, "unmount")
+
+    mnt2, cache2 = str(tmp_path / "mnt2"), str(tmp_path / "c2")
+    foreground = Mount(
+        path=tmp_path / "mnt2",
+        cache_dir=tmp_path / "c2",
+        config_path=home / "clearml.conf",
+        log_path=tmp_path / "foreground.log",
+        argv=[sys.executable, "-m", "clearmount", mnt2, "--foreground", "--cache-dir", cache2],
+        env=env,
+    ).start()
+    try:
+        poll_until(lambda: "ready:" in foreground.log_text(), 10, "the daemon to be ready")
+        assert len(warnings(foreground.log_text())) == 1, foreground.log_text()
+        assert searched in foreground.log_text()
+    finally:
+        foreground.stop()
 
 
 def _cmdline(proc_dir: Path) -> str:
