@@ -67,6 +67,8 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   allow_root          let root read the mount
   nonempty            allow mounting over a non-empty directory
   nofile              do not show local paths (file:// URLs) under MOUNTPOINT/file
+  noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
+                      buckets, whose ETags are not MD5s)
   log_file=PATH       log file (default: stderr with --foreground, else
                       CACHE/clearmount/clearmount.log)
   log_level=L         debug, info, warning or error (info; --debug means debug)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -314,3 +315,18 @@ def test_help_answers_the_basics(tmp_path: Path) -> None:
         assert needle in result.stdout, needle
     bad = clearmount(str(tmp_path), "-o", "no_such_option", env=hermetic_env(tmp_path))
     assert bad.returncode == 2 and "no_such_option" in bad.stderr
+
+
+def test_every_option_and_flag_is_in_the_help_and_the_readme(tmp_path: Path) -> None:
+    from clearmount.options import MountOptions
+
+    help_text = clearmount("--help", env=hermetic_env(tmp_path)).stdout
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("### Mount options (`-o`)", 1)[1].split("\n### ", 1)[0]
+    usage = readme.split("## Usage", 1)[1].split("```", 2)[1]
+    names = [f.name for f in fields(MountOptions) if f.name != "kernel_flags"]
+    for name in names:
+        assert name in help_text, f"-o {name} missing from --help"
+        assert f"`{name}" in table, f"-o {name} missing from the README's options table"
+    for flag in ("--config", "--cache-dir", "--cache-max-size", "--cache-min-free", "-o"):
+        assert flag in help_text and flag in usage, flag
