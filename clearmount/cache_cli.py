@@ -141,7 +141,20 @@ def _rows(layout: CacheLayout, index: CacheIndex) -> Iterator[_Row]:
         )
 
 
+# `cache ls` shows versions (ETags, generations) cut to this width, marked with "…";
+# `--json` has them whole.
+_VERSION_WIDTH = 13
+
+
+def _short_version(version: str) -> str:
+    if len(version) <= _VERSION_WIDTH:
+        return version
+    return version[: _VERSION_WIDTH - 1] + "…"
+
+
 def _ls(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int:
+    if not args.json:
+        print(f"{'SIZE':>10}  {'LAST ACCESS':19}  {'VERSION':{_VERSION_WIDTH}}  {'FLAGS':14} URL")
     for row in _rows(layout, index):
         if args.prefix and not row.url.startswith(args.prefix):
             continue
@@ -151,7 +164,8 @@ def _ls(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_access))
         flags = ("pinned " if row.pinned else "") + ("" if row.complete else "partial")
         shown = row.url or f"(ClearML SDK) {row.name}"
-        print(f"{_human(row.size):>10}  {when}  {row.version[:20]:20}  {flags:14} {shown}")
+        version = _short_version(row.version) or "-"
+        print(f"{_human(row.size):>10}  {when}  {version:{_VERSION_WIDTH}}  {flags:14} {shown}")
     return 0
 
 

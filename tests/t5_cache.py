@@ -273,6 +273,14 @@ def test_cache_commands_while_readers_hold_files_open(
         rows = [json.loads(line) for line in listing.stdout.splitlines()]
         assert sorted(r["url"] for r in rows) == [f"{base}/f{i}.bin" for i in range(4)]
         assert all(r["size"] == 100_000 and r["complete"] and r["version"] for r in rows)
+        table = clearmount("cache", "ls", base, env=env).stdout.splitlines()
+        assert table[0].split() == ["SIZE", "LAST", "ACCESS", "VERSION", "FLAGS", "URL"]
+        assert len(table) == 5
+        for row in rows:
+            line = next(line for line in table if line.endswith(row["url"]))
+            version = row["version"]  # an MD5 ETag: 32 characters, cut to a fixed width
+            assert len(version) > 13 and f"  {version[:12]}…  " in line, line
+            assert line.index("…") == table[0].index("VERSION") + 12  # columns line up
         usage = clearmount("cache", "du", env=env)
         assert "4 files" in usage.stdout, usage.stdout + usage.stderr
         cleared = clearmount("cache", "clear", env=env)
