@@ -186,6 +186,42 @@ def test_listings_show_dot_and_dotdot_and_every_entry_once(
     assert (folder / "sub" / "inner.txt").read_bytes() == b"inner"  # the mount still serves
 
 
+def test_writes_are_erofs_unless_looking_the_path_up_fails_first(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    readable = s3_server.make_bucket()
+    s3_server.put(readable, "file.txt", b"data")
+    forbidden = s3_server.make_bucket()  # the credentials named for it are refused
+    second = s3_server.second
+    conf = s3_conf(
+        s3_proxy, {"bucket": forbidden, "key": second.key, "secret": second.secret}, s3_server.admin
+    )
+    mount = mounted(conf)  # no default credentials: s3/<bucket> at AWS has none at all
+    host = mount / f"s3/{s3_proxy.endpoint}"
+
+    def error(*command: str) -> str:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode != 0, command
+        return result.stderr
+
+    for command in (
+        ["touch", str(host / readable / "new.txt")],
+        ["touch", str(host / readable / "file.txt")],
+        ["mkdir", str(host / readable / "newdir")],
+        ["mv", str(host / readable / "file.txt"), str(host / readable / "moved.txt")],
+        ["rm", "-f", str(host / readable / "file.txt")],
+        ["touch", str(mount.path / "new.txt")],
+        ["mkdir", str(host / unique_name("new-bucket"))],
+    ):
+        assert "Read-only file system" in error(*command), command
+    # the lookup of the bucket fails before any write is asked for: its error, as README says
+    for folder in (host / forbidden, mount.path / "s3" / unique_name("no-credentials")):
+        assert "Permission denied" in error("touch", str(folder / "x")), folder
+        assert "Permission denied" in error("ls", str(folder)), folder
+    assert "Permission denied" in error("mkdir", str(mount.path / "s3" / unique_name("nocred")))
+    assert read_file(host / readable / "file.txt") == b"data"
+
+
 def test_credentials_matched_per_bucket_and_wrong_secret_is_eacces(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
 ) -> None:
