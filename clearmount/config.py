@@ -1004,7 +1004,13 @@ def load(explicit: Path | None = None, environ: Mapping[str, str] | None = None)
     is never read or changed when it is given. Raises only ConfigError.
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
-    files = find_config_files(explicit, env)
+    return load_files(find_config_files(explicit, env), env)
+
+
+def load_files(files: tuple[Path, ...], environ: Mapping[str, str] | None = None) -> Config:
+    """Read exactly `files` (merge order, later wins) into a `Config`, as `load` does once it
+    has found them (e.g. the files a running daemon reports it uses)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
     warnings: list[str] = []
     tree = _Tree()
     for path in files:

@@ -135,3 +135,39 @@ def test_demo_runs_again_after_ctrl_c_and_after_a_kill(tmp_path: Path) -> None:
         stop_leftovers(tmp_path / "demo")
         if str(tmp_path / "artifacts") in mount_points():
             subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "artifacts")], check=False)
+
+
+def test_install_script_and_readme_name_what_building_pyfuse3_needs() -> None:
+    listed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'ROOT=. source scripts/lib/install.sh && printf "%s\\n" "${APT_PACKAGES[@]}"',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # pyfuse3 3.5 ships only a source archive: a compiler, Python's and libfuse's headers
+    build = {"gcc", "libc6-dev", "python3-dev", "libfuse3-dev", "pkg-config", "python3-venv"}
+    assert build <= set(listed), listed
+    readme = (REPO / "README.md").read_text()
+    install = readme.split("## Install", 1)[1].split("```", 2)[1]
+    apt_line = next(line for line in install.splitlines() if "apt-get install" in line)
+    documented = set(apt_line.split("apt-get install", 1)[1].split())
+    assert {
+        "fuse3",
+        "gcc",
+        "python3-dev",
+        "python3-venv",
+        "libfuse3-dev",
+        "pkg-config",
+    } <= documented
+    assert documented <= set(listed), documented - set(listed)
+    # real package names in this distribution
+    shown = subprocess.run(
+        ["apt-cache", "show", *listed], capture_output=True, text=True, check=False
+    ).stdout
+    known = {line.split()[1] for line in shown.splitlines() if line.startswith("Package: ")}
+    assert set(listed) <= known, set(listed) - known

@@ -17,6 +17,7 @@ import pytest
 from conftest import MountFactory
 from proxy import Proxy
 from servers import (
+    Identity,
     Mount,
     S3Server,
     hermetic_env,
@@ -282,6 +283,65 @@ def test_config_command_masks_secrets_and_shows_resolution(
     for secret in (admin.secret, second.secret):
         assert secret not in out
     assert f"s3://{s3_proxy.endpoint}/models -> sdk.aws.s3.credentials[0]" in out
+
+
+def test_config_command_shows_the_running_mounts_files(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    admin = s3_server.admin
+    first = mounted(s3_conf(s3_proxy, {"bucket": "first-models", **_keys(admin)}, admin))
+    second = mounted(s3_conf(s3_proxy, {"bucket": "second-models", **_keys(admin)}, admin))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "clearml.conf").write_text(s3_conf(s3_proxy, {"bucket": "home-models", **_keys(admin)}))
+    env = hermetic_env(home)
+
+    # named with --mount: that daemon's files, said so in the first line, secrets masked
+    chosen = clearmount("config", "--mount", str(second.path), env=env)
+    assert chosen.returncode == 0, chosen.stderr
+    lines = chosen.stdout.splitlines()
+    assert lines[0].startswith(f"configuration of the clearmount mount at {second.path} (pid ")
+    assert f"  {second.config_path}" in lines and "second-models" in chosen.stdout
+    assert admin.secret not in chosen.stdout + chosen.stderr
+
+    # several running, none named: says how to choose, shows what a new mount would read
+    several = clearmount("config", env=env)
+    assert several.returncode == 0, several.stderr
+    first_line = several.stdout.splitlines()[0]
+    assert "clearmount mounts run here" in first_line and "--mount MOUNTPOINT" in first_line
+    assert str(first.path) in first_line and str(second.path) in first_line
+    assert f"  {home / 'clearml.conf'}" in several.stdout.splitlines()
+
+    # exactly one running: its files. The machine may run other people's mounts, so the
+    # command runs in a private mount namespace where only `first` is left mounted.
+    ours = os.path.realpath(first.path)
+    script = (
+        "from clearmount.mounts import clearmount_mounts\n"
+        "from clearmount.cli import main\n"
+        "import subprocess\n"
+        f"for m in clearmount_mounts():\n"
+        f"    if str(m) != {ours!r}:\n"
+        "        subprocess.run(['umount', '--lazy', '--no-canonicalize', str(m)], check=True)\n"
+        "main(['config'])\n"
+    )
+    alone = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert alone.returncode == 0, alone.stderr
+    lines = alone.stdout.splitlines()
+    assert lines[0].startswith(f"configuration of the clearmount mount at {ours} (pid "), lines[0]
+    assert f"  {first.config_path}" in lines and "first-models" in alone.stdout
+    assert "home-models" not in alone.stdout
+    assert first.is_mounted() and second.is_mounted()  # only hidden in that namespace
+
+
+def _keys(who: Identity) -> dict[str, str]:
+    return {"key": who.key, "secret": who.secret}
 
 
 def test_path_and_url_commands_map_both_ways(

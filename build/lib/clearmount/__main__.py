@@ -1,0 +1,3 @@
+from clearmount.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""Which adapter serves a URL: the scheme → backend registry.
+
+Owns: turning a `StorageURL` plus the config into an `ObjectStore` (one per bucket or
+container, reused) and listing the buckets/containers under a host or account. Cloud SDKs
+are imported lazily here, so a mount that uses only S3 never pays for the Azure or Google
+imports, and `clearmount --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from clearmount.backends.base import ObjectStore
+from clearmount.config import Config
+from clearmount.urls import StorageURL, match_s3
+
+# Keyed by the config object itself (frozen, hashable), so a reloaded config never reuses a
+# store built with old credentials.
+_stores: dict[tuple[Config, str], ObjectStore] = {}
+_lock = threading.Lock()
+
+
+def open_store(url: StorageURL, config: Config) -> ObjectStore:
+    """The store for the bucket or container of `url` (cached per config and base URL)."""
+    cache_key = (config, url.base_url)
+    with _lock:
+        store = _stores.get(cache_key)
+    if store is not None:
+        return store
+    store = _new_store(url, config)
+    with _lock:
+        return _stores.setdefault(cache_key, store)
+
+
+def _new_store(url: StorageURL, config: Config) -> ObjectStore:
+    if url.scheme == "s3":
+        from clearmount.backends import s3
+
+        entry = match_s3(config.s3, url)
+        return s3.S3Store(url.base_url, url.bucket, entry, config.s3.boto3)
+    if url.scheme == "azure":
+        from clearmount.backends import azure
+
+        return azure.open_store(url, config)
+    if url.scheme == "gs":
+        from clearmount.backends import gcs
+
+        return gcs.open_store(url, config)
+    raise ValueError(f"no object store for {url.scheme}:// URLs")
+
+
+def warm_up(config: Config) -> None:
+    """Import the SDKs the config uses and build their S3 clients ahead of the first open.
+
+    Only those: importing boto3 would cost a GCS- or Azure-only mount 8 MiB, and its first
+    lookups, which wait for this, ~0.1 s."""
+    for entry in (config.s3.defaults, *config.s3.credentials):
+        if entry.key or entry.use_credentials_chain or entry.host:
+            from clearmount.backends import s3
+
+            s3.client_for(entry, config.s3.boto3)
+    if config.azure.containers:
+        from clearmount.backends import azure  # noqa: F401
+    if config.gcs.credentials or config.gcs.defaults.project:
+        from clearmount.backends import gcs  # noqa: F401
+
+
+def list_containers(url: StorageURL, config: Config) -> list[str]:
+    """Bucket or container names at `url`'s host/account (`url.bucket` is ignored)."""
+    if url.scheme == "s3":
+        from clearmount.backends import s3
+
+        entry = match_s3(config.s3, url)
+        return s3.list_buckets(entry, config.s3.boto3, f"s3://{url.host}")
+    if url.scheme == "azure":
+        from clearmount.backends import azure
+
+        return azure.list_containers(url, config)
+    raise ValueError(f"{url.scheme}:// has no container listing")

@@ -1,0 +1,254 @@
+"""The Azure Blob adapter: storage accounts and Azurite through azure-storage-blob.
+
+Owns: building `BlobServiceClient`s from a matched `AzureContainer` entry, and the table that
+turns azure-core errors into clearmount's `StoreError`s. The only importer of azure.*.
+Blocking and thread-safe (the SDK's clients are), as `ObjectStore` requires.
+
+A URL `azure://<account>.blob.core.windows.net/<container>/<blob>` is served from
+`https://<account>.blob.core.windows.net` like ClearML does, unless the entry names an
+`endpoint` (clearmount's extension, e.g. `http://127.0.0.1:10000/devstoreaccount1` for
+Azurite). Only account keys are supported, as in ClearML.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+import requests.adapters
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ExponentialRetry
+
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
+from clearmount.config import AzureContainer, Config
+from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
+from clearmount.urls import StorageURL, match_azure
+
+# Bounded time. Every request has a connect deadline and a read deadline (the wait for the
+# first byte and every stall between bytes). The SDK's own retry policy retries timeouts,
+# connection errors, 408/500/502/503/504 `_RETRY_TOTAL` times; the n-th retry waits
+# _RETRY_BASE**n seconds +- _RETRY_JITTER (1.5, 2.25, 3.4: about 7 s in all), not the SDK's
+# default 15 s + 3**n, so an unreachable account surfaces as `Unavailable` (EIO) in seconds.
+# A download cut mid-body is resumed by the fetch from the last byte received.
+_RETRY_TOTAL = 3
+_RETRY_BASE = 1.5
+_RETRY_JITTER = 1.0  # seconds either side of each backoff, so clients do not retry in step
+_CONNECTION_TIMEOUT = 10  # seconds
+_READ_TIMEOUT = 60  # seconds, before the first byte and between bytes of a response
+# Size of the first ranged GET and of every later one of a download. The SDK keeps one such
+# piece in memory per stream (its default first GET is 32 MiB), so this bounds a read: with 16
+# parts at once, 2 MiB streamed as fast as 4 MiB here and kept the daemon 40 MiB smaller.
+_GET_SIZE = 2 << 20
+_MIN_POOL = 10  # requests' default pool size, raised to max_connections when that is larger
+
+# One service client per (endpoint, credentials, pool size): it holds the connection pool.
+_clients: dict[tuple[str, str, str, int], BlobServiceClient] = {}
+_clients_lock = threading.Lock()
+
+
+def account_of(url: StorageURL) -> str:
+    """The storage account of an `azure://<account>.blob.core.windows.net/...` URL."""
+    return url.host.partition(".")[0]
+
+
+def account_url(url: StorageURL, entry: AzureContainer) -> str:
+    """The blob endpoint that serves `url` with `entry`'s credentials."""
+    return entry.endpoint.rstrip("/") if entry.endpoint else f"https://{url.host}"
+
+
+def _client(endpoint: str, entry: AzureContainer, max_connections: int) -> BlobServiceClient:
+    cache_key = (endpoint, entry.account_name, entry.account_key, max_connections)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is not None:
+            return client
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(_MIN_POOL, max_connections))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        transport = RequestsTransport(
+            session=session,
+            session_owner=False,
+            connection_timeout=_CONNECTION_TIMEOUT,
+            read_timeout=_READ_TIMEOUT,
+        )
+        client = BlobServiceClient(
+            account_url=endpoint,
+            credential={"account_name": entry.account_name, "account_key": entry.account_key},
+            transport=transport,
+            retry_policy=ExponentialRetry(
+                initial_backoff=0,
+                increment_base=_RETRY_BASE,  # type: ignore[arg-type]
+                retry_total=_RETRY_TOTAL,
+                random_jitter_range=_RETRY_JITTER,  # type: ignore[arg-type]
+            ),
+            max_single_get_size=_GET_SIZE,
+            max_chunk_get_size=_GET_SIZE,
+        )
+        _clients[cache_key] = client
+        return client
+
+
+def translate(exc: Exception, url: str, entry: str) -> StoreError:
+    """The `StoreError` for an azure-core exception (the SDK → clearmount border)."""
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(code, "value", code))  # a StorageErrorCode member, or the raw string
+    if isinstance(exc, ResourceNotFoundError) or status == 404:
+        return NotFound("no such blob or container", url, entry)
+    if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+        return AccessDenied(f"access denied ({code or status or 'bad account key'})", url, entry)
+    if isinstance(exc, ResourceModifiedError) or status == 412:
+        return Stale("blob changed while being read", url, entry)
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return Unavailable(f"cannot reach the blob endpoint: {type(exc).__name__}", url, entry)
+    if isinstance(exc, HttpResponseError):
+        return Unavailable(f"server error {code or status}", url, entry)
+    if isinstance(exc, AzureError):
+        return Unavailable(f"{type(exc).__name__}: {exc.message}", url, entry)
+    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+
+
+def _translated(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_border(translate, url, entry)
+
+
+def _etag(value: str) -> str:
+    # One form (quoted, as in the ETag header) whether a listing or a HEAD reported it, so a
+    # version taken from either pins `read_range` the same way.
+    return value if value.startswith('"') else f'"{value}"'
+
+
+class AzureStore(ObjectStore):
+    """One container of one storage account."""
+
+    def __init__(self, url: StorageURL, entry: AzureContainer, max_connections: int) -> None:
+        self.base_url = url.base_url
+        self.entry = entry.source
+        self.container = url.bucket
+        self._max_concurrency = max(1, max_connections)
+        self._service = _client(account_url(url, entry), entry, max_connections)
+        self._container: ContainerClient = self._service.get_container_client(url.bucket)
+
+    def _url(self, key: str) -> str:
+        return f"{self.base_url}/{key}" if key else self.base_url
+
+    def exists(self) -> bool:
+        with _translated(self.base_url, self.entry):
+            return bool(self._container.exists())
+
+    def head(self, key: str) -> ObjectInfo:
+        with _translated(self._url(key), self.entry):
+            props = self._container.get_blob_client(key).get_blob_properties()
+        return ObjectInfo(
+            key=key,
+            size=int(props.size),
+            version=_etag(str(props.etag)),
+            mtime=props.last_modified.timestamp(),
+        )
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        with _translated(self._url(prefix), self.entry):
+            pages: Any = self._container.walk_blobs(
+                name_starts_with=prefix or None, delimiter="/", results_per_page=limit
+            ).by_page(continuation_token=token or None)
+            page = next(pages, None)
+            for item in page if page is not None else ():
+                if isinstance(item, BlobPrefix):
+                    prefixes.append(item.name)
+                else:
+                    objects.append(
+                        ObjectInfo(
+                            key=item.name,
+                            size=int(item.size),
+                            version=_etag(str(item.etag)),
+                            mtime=item.last_modified.timestamp(),
+                        )
+                    )
+            next_token = pages.continuation_token or None
+        return ListPage(tuple(objects), tuple(prefixes), next_token)
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        if end <= start:
+            return
+        url = self._url(key)
+        try:
+            with _translated(url, self.entry):
+                # The downloader pins every later GET of the stream to the ETag of the first
+                # one, and the first one to `version`: a blob replaced mid-stream raises Stale.
+                stream = self._container.get_blob_client(key).download_blob(
+                    offset=start,
+                    length=end - start,
+                    etag=version,
+                    match_condition=MatchConditions.IfNotModified,
+                    max_concurrency=self._max_concurrency,
+                )
+        except Stale as error:
+            # Azurite checks If-Match before existence (412 for a deleted blob): report a
+            # missing blob as NotFound, as the other backends do.
+            raise self._gone(key, error) from None
+        remaining = end - start
+        while remaining > 0:
+            with _translated(url, self.entry):
+                chunk = stream.read(min(chunk_size, remaining))
+            if not chunk:
+                raise Unavailable(f"download ended with {remaining} bytes missing", url, self.entry)
+            remaining -= len(chunk)
+            yield chunk
+
+    def _gone(self, key: str, error: Stale) -> StoreError:
+        """`error`, or `NotFound` when the blob whose version changed is not there at all."""
+        try:
+            self.head(key)
+        except NotFound as missing:
+            return missing
+        except StoreError as other:
+            return other
+        return error
+
+
+def _no_entry(url: StorageURL) -> AccessDenied:
+    return AccessDenied(
+        f"no sdk.azure.storage.containers entry for account {account_of(url)}", url.base_url
+    )
+
+
+def open_store(url: StorageURL, config: Config) -> AzureStore:
+    """The store for the container of `url`, with the first matching containers[] entry."""
+    entry = match_azure(config.azure, url)
+    if entry is None:
+        raise _no_entry(url)
+    return AzureStore(url, entry, config.azure.max_connections)
+
+
+def list_containers(url: StorageURL, config: Config) -> list[str]:
+    """The container names of `url`'s storage account (`url.bucket` is ignored)."""
+    entry = match_azure(config.azure, url)
+    if entry is None:
+        # A containers[] entry pinned to one container still carries the account's key.
+        account = account_of(url).lower()
+        entry = next(
+            (e for e in config.azure.containers if e.account_name.lower() == account), None
+        )
+    if entry is None:
+        raise _no_entry(url)
+    client = _client(account_url(url, entry), entry, config.azure.max_connections)
+    with _translated(f"azure://{url.host}", entry.source):
+        return [container.name for container in client.list_containers()]

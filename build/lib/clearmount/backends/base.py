@@ -1,0 +1,90 @@
+"""The `ObjectStore` contract every cloud adapter satisfies.
+
+Owns: the value types a backend returns (`ObjectInfo`, `ListPage`) and the abstract
+`ObjectStore`. One store is one bucket / container, reached with one credentials entry.
+
+Contract, for every implementation:
+- methods are blocking and thread-safe; they are called from worker threads only
+  (see `clearmount.transfer`), never from the trio loop;
+- they raise only `clearmount.errors.StoreError` subclasses: `NotFound`, `AccessDenied`,
+  `Unavailable` (after the SDK's own retries), `Stale` (a version precondition failed);
+- keys are the raw object keys (no URL decoding), relative to the bucket root;
+- `read_range` is pinned to `version` (S3/Azure ETag, GCS generation): if the object no
+  longer has that version it raises `Stale`, so bytes of two versions never mix.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from clearmount.errors import StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object as the server describes it."""
+
+    key: str
+    size: int
+    version: str  # ETag (S3, Azure) or generation (GCS): what `read_range` pins to
+    mtime: float  # seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    """One page of a delimiter listing under `prefix`.
+
+    `objects` and `prefixes` carry full keys (prefixes end with "/"); `next_token` is None on
+    the last page.
+    """
+
+    objects: tuple[ObjectInfo, ...]
+    prefixes: tuple[str, ...]
+    next_token: str | None
+
+
+class ObjectStore(abc.ABC):
+    """One bucket or container."""
+
+    #: the base URL of this store, e.g. "s3://bucket" or "s3://host:9000/bucket"
+    base_url: str
+    #: which config entry supplied the credentials, e.g. "sdk.aws.s3.credentials[1]"
+    entry: str
+
+    @abc.abstractmethod
+    def exists(self) -> bool:
+        """Whether the bucket exists and these credentials can reach it (False on NotFound)."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> ObjectInfo:
+        """The object's current size and version; `NotFound` if there is none."""
+
+    @abc.abstractmethod
+    def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
+        """One page of the "/"-delimited listing of `prefix` ("" for the root)."""
+
+    @abc.abstractmethod
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        """Stream bytes [start, end) of `key` at `version`, in chunks of at most `chunk_size`.
+
+        Raises `Stale` (before or during the stream) when the object is no longer `version`.
+        """
+
+
+@contextlib.contextmanager
+def sdk_border(
+    translate: Callable[[Exception, str, str], StoreError], url: str, entry: str
+) -> Iterator[None]:
+    """Turn whatever an SDK raises inside the block into the `StoreError` `translate` names
+    for it (each adapter's table), so nothing else leaves an adapter."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
+        raise translate(exc, url, entry) from None

@@ -1,0 +1,413 @@
+"""The S3 adapter: AWS S3 and S3-compatible hosts (MinIO, SeaweedFS, Ceph) through boto3.
+
+Owns: building boto3 clients from a matched `S3Credentials` entry and `Boto3Settings`, and
+the table that turns botocore errors into clearmount's `StoreError`s. The only importer of
+boto3/botocore. Blocking and thread-safe (boto3 clients are), as `ObjectStore` requires.
+
+Bounded time: every request has botocore's `connect_timeout` and `read_timeout` from
+`sdk.aws.boto3` (ClearML's 60 s defaults); the read timeout bounds the wait for the first
+byte and every stall between bytes of a body. Failed requests (5xx, throttling, connection
+errors, timeouts) are retried by botocore's standard retry mode with jittered exponential
+backoff, `DEFAULT_MAX_ATTEMPTS` attempts in all unless `AWS_MAX_ATTEMPTS` (or `max_attempts`
+in the AWS profile) says otherwise. A body cut or stalled mid-stream raises `Unavailable`;
+the fetch resumes it from the last byte received.
+
+Data GETs skip most of botocore's per-request work: the client presigns them and they go out
+on its own connection pool, so credentials, region, addressing, proxies, TLS and timeouts are
+still the SDK's. Only a 200/206 answer is used; after anything else the SDK asks again (and
+retries, follows redirects, names the error); a presigned GET that times out is resumed by
+the fetch like a stalled body.
+
+Never wrong bytes: a ranged GET is pinned with If-Match, and its answer is checked too (the
+range it covers, the ETag it carries), so a server that ignores Range or If-Match cannot put
+bytes of the wrong place or version into the cache.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any, cast
+
+import boto3
+import botocore.awsrequest
+import botocore.config
+import botocore.exceptions
+import botocore.parsers
+import botocore.response
+
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.config import Boto3Settings, S3Credentials
+from clearmount.errors import (
+    AccessDenied,
+    NotFound,
+    ProtocolError,
+    Stale,
+    StoreError,
+    Unavailable,
+)
+
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_DENIED = {
+    "403",
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "AllAccessDisabled",
+}
+_STALE = {"412", "PreconditionFailed"}
+_TIMEOUTS = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
+
+#: Attempts per request, the first one included, when neither AWS_MAX_ATTEMPTS nor the AWS
+#: profile sets `max_attempts`. botocore waits rand(0, 1) * min(2**i * 50 ms, 20 s) before
+#: retry i of a server error or timeout, and rand(0, 1) * min(2**i s, 20 s) after throttling
+#: (503 SlowDown): well under a second in all for errors, at most 15 s for throttling.
+DEFAULT_MAX_ATTEMPTS = 5
+
+#: Lifetime of the URL of a presigned GET, sent at once: only a clock skew beyond it matters.
+_PRESIGN_SECONDS = 900
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+
+log = logging.getLogger(__name__)
+
+# One client per (endpoint, credentials): clients hold the connection pool, and building one
+# costs milliseconds of botocore model loading.
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def retry_policy(session: boto3.session.Session) -> dict[str, Any]:
+    """botocore's `retries` config: the AWS environment/profile's choice, else standard mode
+    with `DEFAULT_MAX_ATTEMPTS` attempts."""
+    store = session._session  # the botocore session: env (AWS_*) and profile settings
+    try:
+        attempts = store.get_config_variable("max_attempts")
+    except ValueError:
+        log.warning("AWS_MAX_ATTEMPTS is not a number; using %d", DEFAULT_MAX_ATTEMPTS)
+        attempts = None
+    mode = store.get_config_variable("retry_mode") or "standard"
+    if mode not in ("standard", "adaptive", "legacy"):
+        mode = "standard"
+    return {
+        "mode": mode,
+        "total_max_attempts": max(1, int(attempts or DEFAULT_MAX_ATTEMPTS)),
+    }
+
+
+def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
+    cache_key = (entry, settings)
+    with _clients_lock:
+        client = _clients.get(cache_key)
+        if client is not None:
+            return client
+        session_args: dict[str, Any] = {}
+        if entry.profile:
+            session_args["profile_name"] = entry.profile
+        session = boto3.session.Session(**session_args)
+        # botocore parses timestamps with dateutil, ~30 µs each: more than half the CPU of a
+        # 1 000-key listing page (so of a first `ls -l`), ~5% of a small GET (Last-Modified)
+        session._session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=parse_timestamp
+        )
+        s3_options: dict[str, Any] = {}
+        if settings.addressing_style:
+            s3_options["addressing_style"] = settings.addressing_style
+        config = botocore.config.Config(
+            max_pool_connections=settings.pool_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            signature_version=settings.signature_version,
+            s3=cast(Any, s3_options or None),
+            retries=cast(Any, retry_policy(session)),
+        )
+        client_args: dict[str, Any] = {
+            "config": config,
+            "endpoint_url": entry.endpoint_url,
+            "region_name": entry.region or None,
+            "use_ssl": entry.secure,
+        }
+        if entry.verify is not None and entry.verify is not True:
+            client_args["verify"] = entry.verify
+        if not entry.use_credentials_chain:
+            client_args["aws_access_key_id"] = entry.key or None
+            client_args["aws_secret_access_key"] = entry.secret or None
+            client_args["aws_session_token"] = entry.token or None
+        client = session.client("s3", **client_args)
+        if settings.signature_version is None:
+            client.meta.events.register_first("choose-signer.s3", _presign_with_sigv4)
+        _clients[cache_key] = client
+        return client
+
+
+def _presign_with_sigv4(signature_version: Any, **_: Any) -> Any:
+    """Presign S3 URLs with SigV4, as the client signs its requests. Unless a signature version
+    is configured, botocore presigns them with SigV2, which AWS refuses for buckets made since
+    2020: a GET presigned so would always end up asked by the SDK (`S3Store._presigned_get`)."""
+    if signature_version in ("v4-query", "s3v4-query"):
+        return "s3v4-query"  # S3's own flavour: unsigned payload, path left as it is
+    return None
+
+
+def parse_timestamp(value: Any) -> datetime.datetime:
+    """A timestamp of an S3 answer, as botocore's parser returns it (an aware datetime), some
+    25 times faster for the two forms S3 uses: ISO 8601 in UTC in listings
+    (2026-11-26T08:49:33.000Z) and the HTTP date of headers (Thu, 26 Nov 2026 08:49:30 GMT).
+    Anything else goes to botocore's own parser."""
+    if isinstance(value, str):
+        try:
+            if value.endswith("Z") and value[4:5] == "-":
+                parsed = datetime.datetime.fromisoformat(value[:-1])
+                if parsed.tzinfo is None:
+                    return parsed.replace(tzinfo=datetime.UTC)
+            elif value.endswith(" GMT") and value[3:5] == ", ":
+                day, month, year, clock = value[5:-4].split(" ")
+                hour, minute, second = clock.split(":")
+                return datetime.datetime(
+                    int(year),
+                    _MONTHS[month],
+                    int(day),
+                    int(hour),
+                    int(minute),
+                    int(second),
+                    tzinfo=datetime.UTC,
+                )
+        except (ValueError, KeyError):
+            pass
+    return botocore.parsers.DEFAULT_TIMESTAMP_PARSER(value)
+
+
+def _error_code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def translate(exc: Exception, url: str, entry: str) -> StoreError:
+    """The `StoreError` for a botocore exception (the SDK → clearmount border)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = _error_code(exc)
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _NOT_FOUND or status == "404":
+            return NotFound("no such object", url, entry)
+        if code in _DENIED or status == "403":
+            return AccessDenied(f"access denied ({code or status})", url, entry)
+        if code in _STALE or status == "412":
+            return Stale("object changed while being read", url, entry)
+        return Unavailable(f"server error {code or status}", url, entry)
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return AccessDenied("no credentials configured", url, entry)
+    if isinstance(exc, _TIMEOUTS):
+        # botocore's message quotes the request's URL (a presigned one is a credential) or,
+        # for a stalled body, "None"
+        return Unavailable(f"{type(exc).__name__}: no answer within the timeout", url, entry)
+    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+
+
+class S3Store(ObjectStore):
+    """One bucket, at AWS or at an S3-compatible host."""
+
+    def __init__(
+        self, base_url: str, bucket: str, entry: S3Credentials, settings: Boto3Settings
+    ) -> None:
+        self.base_url = base_url
+        self.bucket = bucket
+        self.entry = entry.source
+        self._client = client_for(entry, settings)
+        # The client's own connection pool (proxies, TLS settings, timeouts), for presigned
+        # GETs; absent in a botocore that no longer has it, and then every GET is the SDK's.
+        endpoint = getattr(self._client, "_endpoint", None)
+        self._http: Any = getattr(endpoint, "http_session", None)
+
+    def _url(self, key: str) -> str:
+        return f"{self.base_url}/{key}" if key else self.base_url
+
+    def exists(self) -> bool:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            error = translate(exc, self.base_url, self.entry)
+            if isinstance(error, NotFound):
+                return False
+            raise error from None
+        return True
+
+    def head(self, key: str) -> ObjectInfo:
+        url = self._url(key)
+        try:
+            reply = self._client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise translate(exc, url, self.entry) from None
+        size = reply.get("ContentLength")
+        if not isinstance(size, int) or size < 0:
+            raise Unavailable(f"malformed HEAD answer: Content-Length {size!r}", url, self.entry)
+        return ObjectInfo(key=key, size=size, version=_etag(reply), mtime=_mtime(reply))
+
+    def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
+        url = self._url(prefix)
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "Delimiter": "/",
+            "MaxKeys": limit,
+        }
+        if token:
+            args["ContinuationToken"] = token
+        try:
+            reply = self._client.list_objects_v2(**args)
+        except Exception as exc:
+            raise translate(exc, url, self.entry) from None
+        objects = []
+        for item in reply.get("Contents", ()):
+            key, size = item.get("Key"), item.get("Size")
+            if not isinstance(key, str) or not isinstance(size, int) or size < 0:
+                log.warning("%s: skipping a malformed listing entry %r", url, item)
+                continue
+            objects.append(ObjectInfo(key=key, size=size, version=_etag(item), mtime=_mtime(item)))
+        prefixes = tuple(
+            item["Prefix"]
+            for item in reply.get("CommonPrefixes", ())
+            if isinstance(item.get("Prefix"), str)
+        )
+        next_token = reply.get("NextContinuationToken") if reply.get("IsTruncated") else None
+        if next_token is not None and next_token == token:
+            # A server that hands back the token it was given would be listed forever.
+            raise Unavailable("the server repeats its listing continuation token", url, self.entry)
+        return ListPage(tuple(objects), prefixes, next_token)
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        if end <= start:
+            return
+        url = self._url(key)
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={start}-{end - 1}",
+        }
+        if version:
+            args["IfMatch"] = version
+        reply = self._presigned_get(args, url) if self._http is not None else None
+        if reply is None:
+            try:
+                reply = self._client.get_object(**args)
+            except Exception as exc:
+                raise translate(exc, url, self.entry) from None
+        body = reply["Body"]
+        try:
+            self._check_answer(reply, url, version, start, end)
+            remaining = end - start
+            while remaining > 0:
+                try:
+                    chunk = body.read(min(chunk_size, remaining))
+                except Exception as exc:
+                    raise translate(exc, url, self.entry) from None
+                if not chunk:
+                    raise Unavailable(
+                        f"connection closed with {remaining} bytes missing", url, self.entry
+                    )
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            body.close()
+
+    def _presigned_get(self, args: dict[str, Any], url: str) -> dict[str, Any] | None:
+        """A GetObject answer, as the SDK's, from a GET presigned by the client and sent on its
+        pool, or None when the SDK should ask instead.
+
+        botocore's per-request pipeline (events, endpoint rules, header signing, response
+        parsing) costs ~0.4 ms of CPU, the most of a small file's fetch. A presigned URL keeps
+        what matters of it the SDK's: credentials and their refresh, region, addressing style.
+        Only a 200/206 answer is used: after any other the SDK asks again, and so retries,
+        follows redirects and names the error as it always did. A bucket that refuses or
+        redirects presigned GETs gets the SDK's from then on.
+        """
+        try:
+            presigned = self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": args["Bucket"], "Key": args["Key"]},
+                ExpiresIn=_PRESIGN_SECONDS,
+            )
+            headers = {"Range": args["Range"]}
+            if "IfMatch" in args:
+                headers["If-Match"] = args["IfMatch"]
+            request = botocore.awsrequest.AWSPreparedRequest(
+                "GET", presigned, cast(Any, headers), body=None, stream_output=True
+            )
+            response = self._http.send(request)
+        except _TIMEOUTS as exc:
+            # the SDK would wait as long again: the fetch resumes it, with backoff, instead
+            raise translate(exc, url, self.entry) from None
+        except Exception:
+            return None  # connection refused or reset, a stale pooled connection: the SDK's
+        status = response.status_code
+        if status not in (200, 206):
+            response.raw.close()
+            if status in (400, 403) or 300 <= status < 400:
+                log.info("%s: presigned GETs answered %d: using the SDK's", self.base_url, status)
+                self._http = None
+            return None
+        answer = response.headers
+        length = answer.get("Content-Length")
+        size = int(length) if length is not None and length.isdigit() else None
+        return {
+            "ETag": answer.get("ETag"),
+            "ContentRange": answer.get("Content-Range"),
+            "ContentLength": size,
+            "ResponseMetadata": {"HTTPStatusCode": status},
+            # None (no Content-Length) skips the length check, as in botocore's own parser
+            "Body": botocore.response.StreamingBody(response.raw, cast(Any, size)),
+        }
+
+    def _check_answer(
+        self, reply: dict[str, Any], url: str, version: str, start: int, end: int
+    ) -> None:
+        """Refuse a GET answer for other bytes than asked: another version (a server that
+        ignores If-Match) or another range (one that ignores Range and sends the object)."""
+        if version and reply.get("ETag") and _etag(reply) != version:
+            raise Stale(f"the server sent version {_etag(reply)}, not {version}", url, self.entry)
+        status = reply.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        match = _CONTENT_RANGE.fullmatch(str(reply.get("ContentRange", "")).strip())
+        if match is not None:
+            first, last = int(match[1]), int(match[2])
+            if (first, last) == (start, end - 1):
+                return
+        elif status == 200 and start == 0 and int(reply.get("ContentLength") or 0) >= end:
+            return  # the whole object, Range ignored: its first `end` bytes are the ones asked
+        raise ProtocolError(
+            f"asked for bytes {start}-{end - 1}, the server answered "
+            f"{status} {reply.get('ContentRange') or 'without a Content-Range'}",
+            url,
+            self.entry,
+        )
+
+
+def _etag(item: dict[str, Any]) -> str:
+    """The ETag of a HEAD/GET answer or listing entry, always in its quoted header form (some
+    servers leave listing ETags unquoted), so versions from either compare equal."""
+    value = str(item.get("ETag") or "")
+    return value if not value or value.startswith(('"', 'W/"')) else f'"{value}"'
+
+
+def _mtime(item: dict[str, Any]) -> float:
+    modified = item.get("LastModified")
+    return float(modified.timestamp()) if isinstance(modified, datetime.datetime) else 0.0
+
+
+def list_buckets(entry: S3Credentials, settings: Boto3Settings, host_url: str) -> list[str]:
+    """The buckets these credentials can see at this host (the names under `s3/host:port/`)."""
+    try:
+        reply = client_for(entry, settings).list_buckets()
+    except Exception as exc:
+        raise translate(exc, host_url, entry.source) from None
+    return [bucket["Name"] for bucket in reply.get("Buckets", ())]

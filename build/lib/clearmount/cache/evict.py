@@ -1,0 +1,179 @@
+"""Keeping the cache within its limits: usage, least-recently-used eviction, protection.
+
+Owns: `CacheLimits` (a byte limit and a minimum free space on the cache's filesystem), the
+scan that measures what the cache holds, and `evict`, which removes complete files least
+recently used first until the limits hold. Never removes a pinned file, a file in flight
+(partial files are never candidates) or an open one: every open handle holds a shared
+`flock` on its file, and eviction takes the exclusive lock before unlinking, across every
+process sharing the cache. Recency is the file's mtime, which clearmount and the ClearML
+SDK both touch on every hit. Synchronous; the daemon runs it in a worker thread and the
+`clearmount cache` commands call it directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from clearmount.cache.index import CacheIndex
+from clearmount.cache.layout import PARTIAL_SUFFIX, CacheLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    max_bytes: int | None = None  # None: no byte limit
+    min_free_bytes: int = 0
+
+    def describe(self) -> str:
+        limit = "no limit" if self.max_bytes is None else f"{self.max_bytes} bytes"
+        return f"max {limit}, keep {self.min_free_bytes} bytes free"
+
+
+@dataclass(frozen=True)
+class CachedFile:
+    name: str
+    path: Path
+    size: int
+    mtime: float
+    partial: bool
+
+
+@dataclass
+class Usage:
+    files: list[CachedFile]
+    used_bytes: int
+    free_bytes: int  # free space on the cache's filesystem, for unprivileged users
+
+
+def scan(layout: CacheLayout) -> Usage:
+    files = []
+    try:
+        entries = list(os.scandir(layout.global_dir))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # removed meanwhile (the SDK's own clean-up)
+        partial = entry.name.endswith(PARTIAL_SUFFIX)
+        files.append(CachedFile(entry.name, Path(entry.path), stat.st_size, stat.st_mtime, partial))
+    return Usage(files, sum(f.size for f in files), _free_bytes(layout.root))
+
+
+def _free_bytes(root: Path) -> int:
+    try:
+        vfs = os.statvfs(root)
+    except OSError:
+        return 0
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def remove_unless_open(path: Path) -> bool:
+    """Unlink `path` unless a reader holds it open (its shared flock); True if removed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    try:
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)  # closing releases the lock
+    return True
+
+
+@dataclass
+class EvictResult:
+    removed: list[CachedFile]
+    kept_busy: list[str]  # wanted to remove, but open or pinned
+    used_bytes: int
+
+
+def evict(
+    layout: CacheLayout,
+    index: CacheIndex,
+    limits: CacheLimits,
+    reserve: int = 0,
+    target_bytes: int | None = None,
+    protected: Collection[str] = (),
+) -> EvictResult:
+    """Remove least recently used files until the cache holds at most `target_bytes` (default:
+    the limit) with room for `reserve` more bytes (downloads in flight) and the minimum free
+    space left on the disk."""
+    usage = scan(layout)
+    limit = limits.max_bytes if target_bytes is None else target_bytes
+    used, free = usage.used_bytes, usage.free_bytes
+
+    def over() -> bool:
+        too_big = limit is not None and used + reserve > limit
+        return too_big or free - reserve < limits.min_free_bytes
+
+    removed: list[CachedFile] = []
+    kept: list[str] = []
+    if not over():
+        return EvictResult(removed, kept, used)
+    pinned = index.pinned_names()
+    for candidate in sorted((f for f in usage.files if not f.partial), key=lambda f: f.mtime):
+        if not over():
+            break
+        if candidate.name in pinned or candidate.name in protected:
+            kept.append(candidate.name)
+            continue
+        if not remove_unless_open(candidate.path):
+            kept.append(candidate.name)
+            continue
+        index.remove(candidate.name)
+        removed.append(candidate)
+        used -= candidate.size
+        free += candidate.size
+    if removed:
+        log.info(
+            "evicted %d file(s), %d bytes (cache now %d bytes; %s)",
+            len(removed),
+            sum(f.size for f in removed),
+            used,
+            limits.describe(),
+        )
+    if over():
+        log.warning(
+            "cache still over its limits (%d bytes used, %d free): the rest is open, pinned "
+            "or being downloaded",
+            used,
+            free,
+        )
+    return EvictResult(removed, kept, used)
+
+
+def reconcile(layout: CacheLayout, index: CacheIndex) -> None:
+    """At start-up: forget rows whose file is gone, and discard files whose size is not the
+    size recorded (a torn or foreign write) with a warning."""
+    for entry in index.all():
+        path = layout.global_dir / entry.name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            if not entry.pinned:
+                index.remove(entry.name)
+            continue
+        if entry.size >= 0 and size != entry.size:
+            log.warning(
+                "discarding cache file of %s: %d bytes on disk, %d recorded",
+                entry.url,
+                size,
+                entry.size,
+            )
+            if remove_unless_open(path):
+                index.remove(entry.name)

@@ -1,0 +1,560 @@
+"""Fetching objects into the cache while readers read them.
+
+Owns: `Fetcher`, the single-flight table (one `Fetch` per URL and object version, however
+many opens), and `Fetch`, which streams an object into its `.partially` file with parallel
+ranged GETs, tells waiting readers when their bytes are on disk, then verifies the size and
+renames the file into place. A reader never waits for more than the bytes it asked for.
+
+Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
+own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
+that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
+order, before the thread's own completion): the thread reads on while readers wake.
+
+A fetch goes on after its files are closed, so that a file opened once ends up cached, but
+not at a reader's expense: once no open file reads a fetch, it gives up its transfer slots
+(and its partial file) as soon as a transfer somebody reads has to wait for one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import tenacity
+import trio
+
+from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache.evict import CacheLimits
+from clearmount.cache.index import CacheIndex
+from clearmount.cache.layout import CacheLayout
+from clearmount.cache.stream import Stream
+from clearmount.errors import CacheError, ClearmountError, Unavailable
+from clearmount.transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+
+def _resumes() -> tenacity.Retrying:
+    """A part cut mid-body, or a server that went away (restart, overload), is resumed from
+    the last byte received, with jittered exponential backoff, for about 30 s at most in all;
+    botocore has already retried each request. Then the reader gets EIO."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(Unavailable),
+        wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
+        stop=tenacity.stop_after_delay(30) | tenacity.stop_after_attempt(8),
+        reraise=True,
+    )
+
+
+# At most this long the other parts wait for the first part's first bytes.
+_FIRST_BYTES_HEAD_START = 0.05
+# Bytes per progress report: small for the first part, so the first read returns early.
+_FIRST_PART_CHUNK = 128 << 10
+_CHUNK = 1 << 20
+
+
+def _chunk_size(part: int, object_size: int) -> int:
+    if object_size <= _CHUNK:
+        # one progress report, not two: the first READ of a small file (1 MiB readahead)
+        # wants all of it anyway
+        return max(object_size, 1)
+    return _FIRST_PART_CHUNK if part == 0 else _CHUNK
+
+
+class _Aborted(Exception):
+    """Raised inside a worker thread when its fetch no longer wants bytes."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an open file reads from: a descriptor (holding a shared flock, so eviction leaves
+    the file alone while it is open) and the fetch still filling it, or, for an object too
+    large for the cache, a `Stream` and no descriptor (fd -1)."""
+
+    fd: int
+    fetch: Fetch | None
+    stream: Stream | None = None
+
+
+class Fetch:
+    def __init__(
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        final: Path,
+        partial: Path,
+        part_size: int,
+        parallel: int,
+        verify: bool = True,
+    ) -> None:
+        self.url = url
+        self.verify = verify
+        self.store = store
+        self.info = info
+        self.final = final
+        self.partial = partial
+        self.part_size = part_size
+        parts = -(-info.size // part_size)
+        self.parallel = max(1, min(parallel, parts))
+        # fronts[i]: the end of the bytes already on disk in part i (written from its start)
+        self.fronts = [i * part_size for i in range(parts)]
+        self._pending = collections.deque(range(parts))
+        self._changed = trio.Event()
+        self.error: ClearmountError | None = None
+        self.complete = False
+        # A single-part download is hashed as it arrives; parallel parts are hashed at the
+        # end (only S3 ETags of single-part uploads are MD5s).
+        self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
+        self.aborted = False
+        #: verified and renamed into place (not yet recorded in the index)
+        self.sealed = False
+        #: open files reading this fetch
+        self.readers = 0
+        #: stopped because nobody read it any more and a reader needed its transfer slots
+        self.stopped = False
+        self._scope: trio.CancelScope | None = None
+        self._report: Callable[..., None] = lambda *args: None  # set by run(), on the loop
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(front - i * self.part_size for i, front in enumerate(self.fronts))
+
+    def has(self, start: int, end: int) -> bool:
+        """Whether bytes [start, end) are on disk."""
+        if self.complete:
+            return True
+        end = min(end, self.info.size)
+        if start >= end:
+            return True
+        for i in range(start // self.part_size, (end - 1) // self.part_size + 1):
+            if self.fronts[i] < min((i + 1) * self.part_size, end):
+                return False
+        return True
+
+    async def wait_for(self, start: int, end: int) -> None:
+        """Return once bytes [start, end) are on disk; raise the fetch's error if they never
+        will be."""
+        while not self.has(start, end):
+            if self.error is not None:
+                raise self.error
+            self._prioritize(start // self.part_size)
+            await self._changed.wait()
+
+    def _prioritize(self, part: int) -> None:
+        # A reader jumped ahead (torch.load reads a zip's directory at the end first): its
+        # part goes next instead of waiting behind every part before it.
+        if self._pending and self._pending[0] != part and part in self._pending:
+            self._pending.remove(part)
+            self._pending.appendleft(part)
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
+
+    def stop(self) -> None:
+        """Give up the download, unless every byte is already on disk."""
+        if self.error is not None or self.sealed or self.has(0, self.info.size):
+            return
+        self.stopped = True
+        self._fail(Unavailable("download stopped: no open file reads it", self.url), quiet=True)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _advance(self, part: int, front: int) -> None:
+        # Runs as a trio system callback: must never raise.
+        if not self.aborted:
+            self.fronts[part] = front
+            self._wake()
+
+    async def run(self, transfer: Transfer, index: CacheIndex) -> None:
+        try:
+            self._report = trio.lowlevel.current_trio_token().run_sync_soon
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
+                if self.parallel > 1:
+                    # The first part's first bytes go out before the other parts compete for
+                    # the link and the CPU: a reader's first read is waiting for them.
+                    with trio.move_on_after(_FIRST_BYTES_HEAD_START):
+                        while not self.bytes_done and self.error is None:
+                            await self._changed.wait()
+                for _ in range(self.parallel - 1):
+                    nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
+            if self.error is None:
+                await self._install(index)
+        except (ClearmountError, OSError) as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug must fail this fetch, never the whole mount
+            log.exception("unexpected error fetching %s", self.url)
+            self._fail(exc)
+        except BaseException:
+            if self.error is None and self.has(0, self.info.size):
+                # every byte is on disk: keep the download rather than fetch it again
+                with trio.CancelScope(shield=True), contextlib.suppress(ClearmountError, OSError):
+                    await self._install(index)
+            if not self.complete:
+                self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
+            raise
+        finally:
+            self._wake()
+
+    async def _worker(self, transfer: Transfer, siblings: trio.CancelScope) -> None:
+        try:
+            while self._pending and self.error is None:
+                part = self._pending.popleft()
+                await transfer.data(self._fetch_part, part, for_reader=self.readers > 0)
+        except (ClearmountError, OSError, _Aborted) as exc:
+            if self.error is None:
+                self._fail(exc)
+            siblings.cancel()
+
+    def _fetch_part(self, part: int) -> None:
+        """Download one part into the partial file (runs in a worker thread)."""
+        position = part * self.part_size
+        end = min(position + self.part_size, self.info.size)
+        digest = self._digest
+        fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            for attempt in _resumes():
+                with attempt:
+                    if self.aborted:
+                        raise _Aborted
+                    if attempt.retry_state.attempt_number > 1:
+                        log.warning("resuming %s at byte %d", self.url, position)
+                    chunks = self.store.read_range(
+                        self.info.key,
+                        self.info.version,
+                        position,
+                        end,
+                        _chunk_size(part, self.info.size),
+                    )
+                    for chunk in chunks:
+                        if self.aborted:
+                            raise _Aborted
+                        if digest is not None:
+                            digest.update(chunk)
+                        os.pwrite(fd, chunk, position)
+                        position += len(chunk)
+                        self._report(self._advance, part, position)
+            if len(self.fronts) == 1 and not self.aborted:
+                # the whole object: seal it here, sparing the loop a thread hop and the stat
+                # and rename (an ext4 rename in a big folder is ~0.1 ms)
+                self._seal()
+        finally:
+            os.close(fd)
+
+    def _seal(self) -> None:
+        """Verify the finished partial file and rename it into place (blocking: runs in a
+        worker thread, never on the trio loop)."""
+        size = os.stat(self.partial).st_size
+        if size != self.info.size:
+            raise CacheError(
+                f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
+            )
+        expected = _md5_of(self.info.version) if self.verify else None
+        if expected is not None:
+            digest = self._digest
+            actual = digest.hexdigest() if digest is not None else _file_md5(self.partial)
+            if actual != expected:
+                raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
+        os.rename(self.partial, self.final)
+        self.sealed = True
+
+    async def _install(self, index: CacheIndex) -> None:
+        """Seal the file (unless its only part's thread already did) and record it."""
+        if not self.sealed:
+            await trio.to_thread.run_sync(self._seal)
+        # never fails: a row the index cannot take now is skipped with a warning, and the
+        # next open adopts the file by its MD5 or age
+        index.put(self.final.name, self.url, self.info.version, self.info.size)
+        self.complete = True
+        log.debug("fetched %s (%d bytes)", self.url, self.info.size)
+
+    def _fail(self, exc: BaseException, quiet: bool = False) -> None:
+        self.aborted = True
+        if isinstance(exc, ClearmountError):
+            self.error = exc
+        elif isinstance(exc, OSError):
+            self.error = CacheError(f"cache write failed for {self.url}: {exc.strerror or exc}")
+        else:
+            self.error = Unavailable("fetch aborted", self.url)
+        if self.stopped:
+            log.debug("%s", self.error)
+        elif quiet:
+            log.info("fetch stopped: %s", self.error)
+        else:
+            log.error("fetch failed: %s", self.error)
+        try:
+            self.partial.unlink()
+        except OSError:
+            pass
+
+
+class Fetcher:
+    """Finds a cache file for an object version, or starts (or joins) the fetch filling it."""
+
+    def __init__(
+        self,
+        layout: CacheLayout,
+        index: CacheIndex,
+        transfer: Transfer,
+        part_size: int,
+        parallel: int,
+        limits: CacheLimits,
+        verify: bool = True,
+    ) -> None:
+        self.layout = layout
+        self.index = index
+        self.transfer = transfer
+        self.part_size = part_size
+        self.parallel = parallel
+        self.in_flight: dict[tuple[str, str], Fetch] = {}
+        self.fetches_started = 0
+        self.limits = limits
+        self.verify = verify
+        #: set whenever a fetch starts or ends: the evictor waits on it
+        self.changed = trio.Event()
+        #: bytes the cache held at the last eviction pass (for `fits`)
+        self.usage_bytes = 0
+        self._nursery: trio.Nursery | None = None
+        transfer.on_reader_waiting = self._stop_unread
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Fetches run in `nursery`, so they outlive the open() that started them."""
+        self._nursery = nursery
+
+    def release(self, fetch: Fetch) -> None:
+        """An open file reading `fetch` was closed."""
+        fetch.readers -= 1
+        if fetch.readers == 0 and self.transfer.readers_waiting:
+            self._stop(fetch)
+
+    def _stop_unread(self) -> None:
+        # A reader waits for a transfer slot: fetches nobody reads make room.
+        for fetch in list(self.in_flight.values()):
+            if fetch.readers == 0:
+                self._stop(fetch)
+
+    def _stop(self, fetch: Fetch) -> None:
+        fetch.stop()
+        if fetch.stopped:
+            # the next open of this object starts afresh instead of joining a stopped fetch
+            self._forget(fetch)
+            self._changed()
+
+    def _forget(self, fetch: Fetch) -> None:
+        key = (fetch.url, fetch.info.version)
+        if self.in_flight.get(key) is fetch:
+            del self.in_flight[key]
+
+    async def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
+        """A readable descriptor for `url` at `info.version`: cached, in flight, or new.
+
+        Does not wait for data: the caller awaits `Source.fetch.wait_for` per read.
+        """
+        fetch = self.in_flight.get((url, info.version))
+        if fetch is not None:
+            return self._join(fetch)
+        final = self.layout.final_path(url)
+        cached = await self._cached_fd(final, url, info)
+        if cached is not None:
+            return Source(cached, None)
+        fetch = self.in_flight.get((url, info.version))  # started while we checked
+        if fetch is not None:
+            return self._join(fetch)
+        if not self.fits(info.size):
+            log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
+            return Source(-1, None, Stream(store, info, self.transfer))
+        return self._start(url, store, info, final, parallel)
+
+    def _join(self, fetch: Fetch) -> Source:
+        # its partial file, or the final one: the thread of a one-part fetch renames it
+        source = Source(self._open_read(fetch.partial, fetch.final), fetch)
+        fetch.readers += 1
+        return source
+
+    def fits(self, size: int) -> bool:
+        """Whether an object of `size` bytes can be cached within the limits at all."""
+        limits = self.limits
+        if limits.max_bytes is not None and size > limits.max_bytes:
+            return False
+        if limits.min_free_bytes:
+            try:
+                vfs = os.statvfs(self.layout.root)
+            except OSError:
+                return True
+            room = vfs.f_bavail * vfs.f_frsize - limits.min_free_bytes + self.usage_bytes
+            return size <= room - self.reserved_bytes()
+        return True
+
+    def may_exceed_limits(self) -> bool:
+        """A cheap estimate: could the cache (with the fetches in flight) be over a limit?"""
+        reserve = self.reserved_bytes()
+        limits = self.limits
+        if limits.max_bytes is not None and self.usage_bytes + reserve > limits.max_bytes:
+            return True
+        if not limits.min_free_bytes:
+            return False
+        try:
+            vfs = os.statvfs(self.layout.root)
+        except OSError:
+            return True
+        return vfs.f_bavail * vfs.f_frsize - reserve < limits.min_free_bytes
+
+    def reserved_bytes(self) -> int:
+        """Bytes still to come for the fetches in flight."""
+        return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
+
+    def _changed(self) -> None:
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
+
+    async def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CacheError(f"cannot open cache file {final}: {exc.strerror}") from None
+        if not _share_lock(fd):
+            os.close(fd)  # being evicted right now: a miss
+            return None
+        size = os.fstat(fd).st_size
+        entry = self.index.get(final.name)
+        if entry is None or not entry.version:
+            # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
+            # the version we see now, if it is that version's bytes.
+            if size != info.size or not await self._is_current(fd, info):
+                os.close(fd)
+                return None
+            self.index.put(final.name, url, info.version, info.size)
+        elif entry.version != info.version or size != info.size:
+            os.close(fd)
+            return None
+        # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
+        try:
+            os.utime(final)
+        except OSError:
+            pass
+        return fd
+
+    async def _is_current(self, fd: int, info: ObjectInfo) -> bool:
+        """Whether a cache file nobody recorded holds `info`'s version: its MD5 when the ETag
+        states one, else it must be younger than the object (the SDK never revalidates, so
+        its copy may predate a replacement of the same size)."""
+        expected = _md5_of(info.version) if self.verify else None
+        if expected is not None:
+            actual = await trio.to_thread.run_sync(_fd_md5, os.dup(fd))
+            return actual == expected
+        return os.fstat(fd).st_mtime >= info.mtime
+
+    def _start(
+        self, url: str, store: ObjectStore, info: ObjectInfo, final: Path, parallel: bool
+    ) -> Source:
+        if self._nursery is None:
+            raise RuntimeError("Fetcher.start() was not called")
+        try:
+            partial, lock_fd = self.layout.create_partial(final)
+        except OSError as exc:
+            raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        fetch = Fetch(
+            url,
+            store,
+            info,
+            final,
+            partial,
+            self.part_size,
+            self.parallel if parallel else 1,
+            self.verify,
+        )
+        read_fd = self._open_read(partial)
+        fetch.readers = 1
+        self.in_flight[(url, info.version)] = fetch
+        self.fetches_started += 1
+        self._nursery.start_soon(self._run, fetch, lock_fd)
+        self._changed()
+        return Source(read_fd, fetch)
+
+    async def _run(self, fetch: Fetch, lock_fd: int) -> None:
+        try:
+            await fetch.run(self.transfer, self.index)
+            if fetch.complete:
+                self.usage_bytes += fetch.info.size
+        finally:
+            self._forget(fetch)
+            os.close(lock_fd)
+            self._changed()
+
+    @staticmethod
+    def _open_read(*paths: Path) -> int:
+        """A shared-locked read descriptor of the first of `paths` that exists."""
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError as exc:
+                missing = exc
+                continue
+            except OSError as exc:
+                raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
+            _share_lock(fd)  # partial files are never evicted; this protects the renamed file
+            return fd
+        raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
+
+    def cached_bytes(self, url: str, version: str) -> int:
+        """How many bytes of this version are on local disk (for `user.clearmount.cached`)."""
+        fetch = self.in_flight.get((url, version))
+        if fetch is not None:
+            return fetch.bytes_done
+        final = self.layout.final_path(url)
+        entry = self.index.get(final.name)
+        if entry is None or entry.version != version:
+            return 0
+        try:
+            return final.stat().st_size
+        except OSError:
+            return 0
+
+
+def _share_lock(fd: int) -> bool:
+    """Mark `fd`'s file as open for eviction in every process; False while it is evicted."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _md5_of(version: str) -> str | None:
+    """The MD5 an S3 ETag states, when it is one (single-part uploads); else None."""
+    etag = version.strip('"').lower()
+    if len(etag) == 32 and all(c in "0123456789abcdef" for c in etag):
+        return etag
+    return None
+
+
+def _fd_md5(fd: int) -> str:
+    """MD5 of the file behind `fd` (which this closes)."""
+    with os.fdopen(fd, "rb") as f:
+        f.seek(0)
+        return _stream_md5(f)
+
+
+def _file_md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return _stream_md5(f)
+
+
+def _stream_md5(f: BinaryIO) -> str:
+    digest = hashlib.md5()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,95 @@
+"""The one error vocabulary of clearmount, and the one table that turns it into errno.
+
+Owns: every exception type that crosses a module border, and `errno_for`. Backends translate
+SDK errors into `StoreError` subclasses; the FUSE adapter turns any `ClearmountError` into
+`FUSEError(errno_for(exc))`. Nothing else maps errors.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class ClearmountError(Exception):
+    """Base of everything clearmount raises on purpose."""
+
+    errno: int = errno.EIO
+
+
+class UserError(ClearmountError):
+    """A problem the user can fix; the CLI prints it as one line and exits with `exit_code`."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(UserError):
+    """clearml.conf cannot be used: unparsable, unset ${VAR}, unusable cache dir, bad option."""
+
+    exit_code = 3
+
+
+class MountPointError(UserError):
+    """The mount point is missing, not a directory, not empty or already mounted."""
+
+    exit_code = 4
+
+
+class StoreError(ClearmountError):
+    """A backend call failed. `url` names the object, `entry` the config entry used."""
+
+    def __init__(self, message: str, url: str = "", entry: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.entry = entry
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        where = f" ({self.url}" + (f", credentials {self.entry}" if self.entry else "") + ")"
+        return text + where if self.url else text
+
+
+class NotFound(StoreError):
+    errno = errno.ENOENT
+
+
+class AccessDenied(StoreError):
+    errno = errno.EACCES
+
+
+class Unavailable(StoreError):
+    """The server could not be reached or kept failing after retries."""
+
+    errno = errno.EIO
+
+
+class ProtocolError(StoreError):
+    """The server answered, but not what was asked (e.g. other bytes than the range): asking
+    again would get the same answer, so it is not retried."""
+
+    errno = errno.EIO
+
+
+class Stale(StoreError):
+    """The object changed under a reader (version precondition failed)."""
+
+    errno = errno.ESTALE
+
+
+class CacheError(ClearmountError):
+    """The local cache could not be written or read."""
+
+    errno = errno.EIO
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a FUSE caller sees for `exc`."""
+    if isinstance(exc, ClearmountError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO

@@ -1,0 +1,640 @@
+"""The tree the mount shows: inodes, lookups, listings and their time-to-live.
+
+Owns: inode numbers and lookup counts (`forget`), what each mount path is (the root, the
+scheme/host/account levels named by the config, directories and files inside a bucket), the
+attribute/listing/negative caches and their TTLs, and the rules for keys that cannot be
+shown. Never touches cache files; talks to stores only through `Transfer`.
+
+A file inode stands for one object *version*: when the object changes, the next lookup
+yields a new inode, so the kernel page cache (kept across opens) never mixes two versions.
+
+A path is kept as its parent's path and its own name (`MountPath`), never as the list of
+all its components: what the daemon remembers grows with the number of entries, not with
+the square of their depth (keys 10 000 levels deep exist). The components, the URL and the
+store of a path are worked out by walking up the parents only when the server is asked (a
+lookup miss, a listing), a file is opened or its URL attribute is read; lookups and
+listings answered from the caches, getattr, readdir and read never walk.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from clearmount import backends, urls
+from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.config import Config
+from clearmount.direct import FILE_PREFIX, DirectAccess, Target
+from clearmount.errors import NotFound, Stale, StoreError, Unavailable
+from clearmount.options import MountOptions
+from clearmount.transfer import Transfer
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+_NAME_MAX = 255
+# Pages (of up to 1 000 keys) a background listing reads before it gives up on a directory.
+_LIST_AHEAD_PAGES = 10
+# Listing entries remembered per mount beyond which expired ones are swept.
+_ENTRY_SWEEP_AT = 200_000
+
+
+class Kind(enum.Enum):
+    ROOT = "root"
+    VIRTUAL = "virtual"  # a scheme, host or account level: its names come from the config
+    DIR = "dir"  # a bucket root or a prefix inside a bucket
+    FILE = "file"
+    SYMLINK = "symlink"  # direct access: the kernel follows it, the daemon serves no bytes
+
+
+class MountPath:
+    """A path below the mount point: the path of its parent directory and its own name.
+
+    The paths of a directory's entries share the directory's path, so each level of nesting
+    costs one small object. Two paths built apart are equal when their names are, level by
+    level, and hash alike (the hash is computed once, from the parent's): paths are the keys
+    of the namespace's caches. `parts` walks up to the root, so it costs the depth.
+    """
+
+    __slots__ = ("_hash", "depth", "name", "parent")
+
+    def __init__(self, parent: MountPath | None, name: str) -> None:
+        self.parent: MountPath | None = parent  # None for the mount point itself
+        self.name: str = name  # "" for the mount point
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        self._hash: int = hash((None if parent is None else parent._hash, name))
+
+    def child(self, name: str) -> MountPath:
+        return MountPath(self, name)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The components below the mount point, e.g. ("s3", "bucket", "dir", "file")."""
+        names = []
+        path: MountPath = self
+        while path.parent is not None:
+            names.append(path.name)
+            path = path.parent
+        names.reverse()
+        return tuple(names)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MountPath):
+            return NotImplemented
+        mine: MountPath | None = self
+        theirs: MountPath | None = other
+        # stops at the first ancestor both share (siblings share their parent's object)
+        while mine is not theirs:
+            if mine is None or theirs is None:
+                return False
+            if mine._hash != theirs._hash or mine.name != theirs.name:
+                return False
+            mine, theirs = mine.parent, theirs.parent
+        return True
+
+    def __str__(self) -> str:
+        return "/".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"MountPath({str(self)!r})"
+
+
+ROOT_PATH = MountPath(None, "")
+
+
+@dataclass(eq=False)
+class Node:
+    inode: int
+    path: MountPath  # where it is below the mount point
+    kind: Kind
+    info: ObjectInfo | None = None  # FILE: the version this inode stands for
+    validated_at: float = 0.0
+    lookups: int = 0
+    target: str | None = None  # SYMLINK: where it points
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The path's components, found by walking up its parents: not for every read."""
+        return self.path.parts
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry as a listing saw it."""
+
+    path: MountPath
+    kind: Kind
+    info: ObjectInfo | None
+    target: str | None = None
+
+
+@dataclass
+class _Known:
+    """What the daemon last heard of one path: a file version, a directory, or nothing."""
+
+    kind: Kind | None  # None: it does not exist
+    info: ObjectInfo | None
+    at: float
+    target: str | None = None
+
+
+@dataclass
+class _Listing:
+    names: dict[str, _Known]
+    at: float
+    skipped: list[str] = field(default_factory=list)
+    complete: bool = True  # False: cut short, so it proves nothing about absent names
+
+
+def _identity(path: MountPath, info: ObjectInfo | None, target: str | None) -> tuple[object, ...]:
+    """What makes two nodes the same inode: the path, plus the version or link target."""
+    if info is not None:
+        return (path, info.version)
+    if target is not None:
+        return (path, "->", target)
+    return (path,)
+
+
+def showable(name: str) -> bool:
+    """Whether a listing name can be a directory entry at all."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode()) <= _NAME_MAX
+    )
+
+
+class Namespace:
+    def __init__(
+        self, config: Config, options: MountOptions, transfer: Transfer, direct: DirectAccess
+    ) -> None:
+        self.options = options
+        self.transfer = transfer
+        self.started = time.time()
+        self._nodes: dict[int, Node] = {}
+        self._by_key: dict[tuple[object, ...], int] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._known: dict[MountPath, _Known] = {}
+        self._listings: dict[MountPath, _Listing] = {}
+        self._listing_ahead: set[MountPath] = set()
+        self._too_big: set[MountPath] = set()
+        self._nursery: trio.Nursery | None = None
+        self.reload(config, direct)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Background listings run in `nursery`."""
+        self._nursery = nursery
+
+    def reload(self, config: Config, direct: DirectAccess) -> None:
+        """Serve with a new configuration from now on (SIGHUP). Nodes handed to the kernel
+        stay valid; what was learnt under the old credentials and rules is forgotten."""
+        self.config = config
+        self.direct = direct
+        # only then can a path inside a bucket be direct (file:// is always direct)
+        self._remote_rules = bool(direct.substitutions) or any(
+            not rule.url.startswith(FILE_PREFIX) for rule in direct.rules
+        )
+        self._known.clear()
+        self._listings.clear()
+        self.root = Node(ROOT_INODE, ROOT_PATH, Kind.ROOT)
+        self._nodes[ROOT_INODE] = self.root
+
+    # ----- inodes ---------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Node:
+        node = self._nodes.get(inode)
+        if node is None:
+            raise NotFound(f"unknown inode {inode}")
+        return node
+
+    def _node(
+        self,
+        path: MountPath,
+        kind: Kind,
+        info: ObjectInfo | None,
+        target: str | None = None,
+    ) -> Node:
+        key = _identity(path, info, target)
+        inode = self._by_key.get(key)
+        if inode is not None:
+            node = self._nodes[inode]
+            node.validated_at = time.monotonic()
+            return node
+        inode = self._next_inode
+        self._next_inode += 1
+        node = Node(inode, path, kind, info, time.monotonic(), target=target)
+        self._nodes[inode] = node
+        self._by_key[key] = inode
+        return node
+
+    def _parent(self, node: Node) -> Node | None:
+        parent = node.path.parent
+        if parent is None or parent.depth == 0:
+            return self.root
+        inode = self._by_key.get((parent,))
+        return self._nodes[inode] if inode is not None else None
+
+    def forget(self, inode: int, count: int) -> None:
+        node = self._nodes.get(inode)
+        if node is None or node.kind is Kind.ROOT:
+            return
+        node.lookups -= count
+        if node.lookups <= 0:
+            self.drop_if_unused(node)
+
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    def drop_if_unused(self, node: Node) -> None:
+        """Forget a node the kernel holds no reference to (none left, or none ever given)."""
+        if node.lookups > 0 or node.kind is Kind.ROOT or self._nodes.get(node.inode) is not node:
+            return
+        del self._nodes[node.inode]
+        self._by_key.pop(_identity(node.path, node.info, node.target), None)
+
+    # ----- where a path lives ---------------------------------------------------------------
+
+    def container_depth(self, parts: tuple[str, ...]) -> int:
+        """How many leading components name the bucket/container root of `parts`."""
+        scheme = parts[0]
+        if scheme == "s3":
+            return 3 if len(parts) > 1 and self._is_s3_host(parts[1]) else 2
+        if scheme == "azure":
+            return 3
+        return 2
+
+    def _is_s3_host(self, name: str) -> bool:
+        if ":" in name:
+            return True
+        return any(entry.host.lower() == name.lower() for entry in self.config.s3.credentials)
+
+    def url_of(self, parts: tuple[str, ...]) -> urls.StorageURL:
+        return urls.parse_url(urls.path_to_url("/".join(parts)), self.config.s3)
+
+    def url_string(self, node: Node) -> str:
+        """The URL ClearML records for this node (what the cache file name hashes)."""
+        return str(self.url_of(node.parts)) if node.path.depth else ""
+
+    def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
+        """The store holding `parts` and the key (or prefix) inside it."""
+        depth = self.container_depth(parts)
+        store = backends.open_store(self.url_of(parts[:depth]), self.config)
+        return store, "/".join(parts[depth:])
+
+    # ----- lookups --------------------------------------------------------------------------
+
+    async def lookup(self, parent: Node, name: str) -> Node | None:
+        """The child `name` of `parent`, or None when there is none."""
+        if name == ".":
+            return parent
+        if name == "..":
+            return self._parent(parent)
+        if not showable(name) or parent.kind is Kind.FILE:
+            return None
+        path = parent.path.child(name)
+        known = self._fresh(path)
+        if known is None:
+            parts = path.parts
+            direct = await self._direct(parts)
+            if direct is not None:
+                known = direct
+            elif parent.kind in (Kind.ROOT, Kind.VIRTUAL):
+                # These levels list what the config names; others are still found by name.
+                known = await self._probe_virtual(parent, parts)
+            else:
+                # Listings answer for the names they saw, never for absent ones: an object
+                # uploaded a moment ago must be found by the job just handed its URL.
+                known = await self._probe(parts)
+                self._list_ahead(parent.path)
+            self._remember(path, known)
+        if known.kind is None:
+            return None
+        return self._node(path, known.kind, known.info, known.target)
+
+    def _fresh(self, path: MountPath) -> _Known | None:
+        known = self._known.get(path)
+        if known is None:
+            return None
+        ttl = self.options.attr_timeout if known.kind else self.options.negative_timeout
+        return known if time.monotonic() - known.at < ttl else None
+
+    def _listing_fresh(self, listing: _Listing) -> bool:
+        return self._age(listing.at) < self.options.dir_timeout
+
+    @staticmethod
+    def _age(moment: float) -> float:
+        return time.monotonic() - moment
+
+    def _remember(self, path: MountPath, known: _Known) -> None:
+        if len(self._known) >= _ENTRY_SWEEP_AT:
+            horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
+            self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
+        self._known[path] = known
+
+    def _direct_target(self, parts: tuple[str, ...]) -> Target | None:
+        if parts[0] == "file":
+            return Target("/" + "/".join(parts[1:]), "file://") if len(parts) > 1 else None
+        if len(parts) < 2 or not self._remote_rules:
+            return None
+        try:
+            url = urls.path_to_url("/".join(parts))
+        except ValueError:
+            return None
+        return self.direct.resolve(url, is_dir=True)
+
+    async def _direct(self, parts: tuple[str, ...]) -> _Known | None:
+        """A symlink for a direct path (None when `parts` is not direct)."""
+        target = self._direct_target(parts)
+        if target is None:
+            return None
+        now = time.monotonic()
+        inside_mount = self.direct.mountpoint is not None and target.path.startswith(
+            str(self.direct.mountpoint) + "/"
+        )
+        # Never stat inside our own mount from its event loop; NFS may block: use a thread.
+        if not inside_mount and not await self.transfer.metadata(os.path.lexists, target.path):
+            log.warning(
+                "%s: direct-access target %s does not exist (rule %s)",
+                "/".join(parts),
+                target.path,
+                target.rule,
+            )
+            return _Known(None, None, now)
+        return _Known(Kind.SYMLINK, None, now, target.path)
+
+    async def _probe(self, parts: tuple[str, ...]) -> _Known:
+        """Ask the server whether `parts` is a file, a directory, or nothing.
+
+        HEAD and a one-key listing run together: a key `a` beside keys `a/...` shows as the
+        directory (as listings do), and neither answer waits for the other.
+        """
+        store, key = self.store_for(parts)
+        found: dict[str, object] = {}
+        failures: dict[str, StoreError] = {}
+
+        async def head() -> None:
+            try:
+                found["file"] = await self.transfer.metadata(store.head, key)
+            except NotFound:
+                pass
+            except StoreError as exc:
+                failures["head"] = exc
+
+        async def children() -> None:
+            try:
+                page = await self.transfer.metadata(store.list_page, key + "/", None, 1)
+            except StoreError as exc:
+                failures["list"] = exc
+            else:
+                found["dir"] = bool(page.objects or page.prefixes)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(head)
+            nursery.start_soon(children)
+        if failures:
+            # prefer the HEAD's error: it names the object itself, the listing's "key/"
+            raise failures.get("head") or failures["list"]
+        now = time.monotonic()
+        if found.get("dir"):
+            if "file" in found:
+                log.warning("skipping object %s: a directory of the same name exists", key)
+            return _Known(Kind.DIR, None, now)
+        info = found.get("file")
+        if isinstance(info, ObjectInfo):
+            return _Known(Kind.FILE, info, now)
+        return _Known(None, None, now)
+
+    async def _probe_virtual(self, parent: Node, parts: tuple[str, ...]) -> _Known:
+        """Whether `parts`, a child of the root or of a scheme, host or account level, exists."""
+        name = parts[-1]
+        now = time.monotonic()
+        if parent.kind is Kind.ROOT:
+            return _Known(Kind.VIRTUAL if name in self.schemes() else None, None, now)
+        scheme = parts[0]
+        is_host_level = (scheme == "s3" and len(parts) == 2 and self._is_s3_host(name)) or (
+            scheme == "azure" and len(parts) == 2
+        )
+        if is_host_level:
+            return _Known(Kind.VIRTUAL, None, now)
+        store, _ = self.store_for(parts)
+        exists = await self.transfer.metadata(store.exists)
+        return _Known(Kind.DIR if exists else None, None, now)
+
+    async def revalidate(self, node: Node) -> None:
+        """Before an open: make sure the file still is the version its inode stands for.
+
+        Raises `Stale` when the object changed, which the kernel answers by looking the name
+        up again (and so opening the new version's inode); `NotFound` when it is gone.
+        """
+        if node.info is None or time.monotonic() - node.validated_at < self.options.attr_timeout:
+            return
+        parts = node.parts
+        store, key = self.store_for(parts)
+        try:
+            info = await self.transfer.metadata(store.head, key)
+        except NotFound:
+            self._remember(node.path, _Known(None, None, time.monotonic()))
+            raise
+        self._remember(node.path, _Known(Kind.FILE, info, time.monotonic()))
+        if info.version != node.info.version or info.size != node.info.size:
+            self._forget_listing_around(node)
+            raise Stale("object changed since it was looked up", str(self.url_of(parts)))
+        node.validated_at = time.monotonic()
+
+    def invalidate(self, node: Node) -> None:
+        """Forget what is known of `node`'s path: it changed on the server."""
+        self._known.pop(node.path, None)
+        self._forget_listing_around(node)
+        node.validated_at = 0.0
+
+    def _forget_listing_around(self, node: Node) -> None:
+        """Drop the listing of the directory holding `node`: it showed the old version."""
+        if node.path.parent is not None:
+            self._listings.pop(node.path.parent, None)
+
+    # ----- listings -------------------------------------------------------------------------
+
+    def schemes(self) -> list[str]:
+        names = ["s3"] if self.options.nofile else ["file", "s3"]
+        if (
+            self.config.gcs.credentials
+            or self.config.gcs.defaults.project
+            or os.environ.get("STORAGE_EMULATOR_HOST")
+        ):
+            names.append("gs")
+        if self.config.azure.containers:
+            names.append("azure")
+        return names
+
+    async def listdir(self, node: Node) -> list[tuple[str, Entry]]:
+        """The entries of a directory; `child` turns one into a node when it is handed out."""
+        listing = self._listings.get(node.path)
+        if listing is None or not self._listing_fresh(listing):
+            if node.kind in (Kind.ROOT, Kind.VIRTUAL):
+                listing = await self._list_virtual(node)
+            else:
+                listing = await self._list_prefix(node.parts)
+            await self._install_listing(node.path, listing)
+        return [
+            (name, Entry(node.path.child(name), known.kind, known.info, known.target))
+            for name, known in listing.names.items()
+            if known.kind is not None
+        ]
+
+    async def _install_listing(self, path: MountPath, listing: _Listing) -> None:
+        await self._apply_direct(path, listing)
+        if listing.complete:
+            self._listings[path] = listing
+        for name, known in listing.names.items():
+            child = path.child(name)
+            newer = self._known.get(child)
+            if newer is None or newer.at <= known.at:
+                self._remember(child, known)
+
+    def _list_ahead(self, path: MountPath) -> None:
+        """After a lookup miss in a directory: list it in the background, so the lookups of
+        its siblings (a job opening many files of one folder) need no request at all."""
+        if self._nursery is None or path in self._listing_ahead or path in self._too_big:
+            return
+        self._listing_ahead.add(path)
+        self._nursery.start_soon(self._list_ahead_task, path)
+
+    async def _list_ahead_task(self, path: MountPath) -> None:
+        try:
+            listing = await self._list_prefix(path.parts, max_pages=_LIST_AHEAD_PAGES)
+            await self._install_listing(path, listing)
+            if not listing.complete:
+                self._too_big.add(path)  # its lookups go to the server, one by one
+        except StoreError as exc:
+            log.debug("listing ahead %s failed: %s", path, exc)
+        finally:
+            self._listing_ahead.discard(path)
+
+    async def _apply_direct(self, path: MountPath, listing: _Listing) -> None:
+        """Turn listed entries that are direct into symlinks, and add the places rules name
+        (an "archive" bucket that only exists on NFS) to the level they sit in."""
+        if not self._remote_rules:
+            return
+        parts = path.parts
+        if parts == ("file",):
+            return
+        for anchor in self.direct.anchors():
+            try:
+                anchor_parts = tuple(urls.url_to_path(anchor.rstrip("/")).split("/"))
+            except ValueError:
+                continue
+            if anchor_parts[:-1] == parts:
+                listing.names.setdefault(anchor_parts[-1], _Known(Kind.DIR, None, listing.at))
+        for name in list(listing.names):
+            direct = await self._direct((*parts, name))
+            if direct is not None:
+                listing.names[name] = direct
+
+    def child(self, entry: Entry) -> Node:
+        """The node of a listed entry (lookup count untouched; see `drop_if_unused`)."""
+        return self._node(entry.path, entry.kind, entry.info, entry.target)
+
+    async def _list_virtual(self, node: Node) -> _Listing:
+        now = time.monotonic()
+        parts = node.parts
+        s3, az, gcs = self.config.s3, self.config.azure, self.config.gcs
+        dirs: list[str] = []
+        virtual: list[str] = []
+        if not parts:
+            virtual = self.schemes()
+        elif parts == ("s3",):
+            for name in urls.s3_roots(s3):
+                (virtual if self._is_s3_host(name) else dirs).append(name)
+        elif parts[0] == "s3":
+            dirs = list(urls.s3_host_buckets(s3, parts[1]))
+            if not dirs or any(e.host == parts[1] and not e.bucket for e in s3.credentials):
+                dirs += await self._containers(parts)
+        elif parts == ("gs",):
+            dirs = list(urls.gcs_roots(gcs))
+        elif parts == ("azure",):
+            virtual = list(urls.azure_roots(az))
+        elif parts[0] == "azure":
+            dirs = list(urls.azure_account_containers(az, parts[1]))
+            if not dirs or any(not c.container_name for c in az.containers):
+                dirs += await self._containers(parts)
+        elif parts == ("file",):
+            return await self._list_local_root(now)
+        names = {name: _Known(Kind.VIRTUAL, None, now) for name in virtual}
+        names.update({name: _Known(Kind.DIR, None, now) for name in dirs if showable(name)})
+        return _Listing(dict(sorted(names.items())), now)
+
+    async def _list_local_root(self, now: float) -> _Listing:
+        """`file/` shows the top of the local tree, each entry a symlink to itself."""
+        names = await self.transfer.metadata(os.listdir, "/")
+        return _Listing(
+            {name: _Known(Kind.SYMLINK, None, now, "/" + name) for name in sorted(names)}, now
+        )
+
+    async def _containers(self, parts: tuple[str, ...]) -> list[str]:
+        url = urls.parse_url(urls.path_to_url("/".join(parts) + "/x"), self.config.s3)
+        try:
+            return await self.transfer.metadata(backends.list_containers, url, self.config)
+        except StoreError as exc:
+            log.warning("cannot list buckets under %s: %s", "/".join(parts), exc)
+            return []
+
+    async def _list_prefix(self, parts: tuple[str, ...], max_pages: int | None = None) -> _Listing:
+        store, key = self.store_for(parts)
+        prefix = key + "/" if key else ""
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        skipped: list[str] = []
+        token: str | None = None
+        pages = 0
+        seen_tokens: set[str] = set()
+        # what the listing says is as old as its start: a HEAD answered meanwhile is newer
+        started = time.monotonic()
+        while True:
+            if max_pages is not None and pages == max_pages:
+                break
+            pages += 1
+            page = await self.transfer.metadata(store.list_page, prefix, token)
+            for info in page.objects:
+                name = info.key[len(prefix) :]
+                if name == "":
+                    continue  # the "directory marker" object of this prefix itself
+                if showable(name):
+                    files[name] = info
+                else:
+                    skipped.append(info.key)
+            for child in page.prefixes:
+                name = child[len(prefix) :].removesuffix("/")
+                if showable(name):
+                    dirs.add(name)
+                else:
+                    skipped.append(child)
+            if page.next_token is not None and page.next_token in seen_tokens:
+                # a server whose continuation tokens cycle would be listed forever
+                raise Unavailable("the listing's continuation tokens repeat", store.base_url)
+            token = page.next_token
+            if token is None:
+                break
+            seen_tokens.add(token)
+        for name in dirs & files.keys():
+            skipped.append(files.pop(name).key)
+        if skipped:
+            log.warning(
+                "skipped %d key(s) under %s that cannot be shown as files (e.g. %r)",
+                len(skipped),
+                store.base_url + "/" + prefix,
+                skipped[0],
+            )
+        names = {name: _Known(Kind.DIR, None, started) for name in dirs}
+        names.update({name: _Known(Kind.FILE, info, started) for name, info in files.items()})
+        return _Listing(dict(sorted(names.items())), started, skipped, complete=token is None)
