@@ -81,6 +81,9 @@ def test_kill9_then_restart_cleans_stale_mount_and_reuses_cache(
     first = mounted(conf, cache_dir=cache)
     base = f"s3://{s3_proxy.endpoint}/{bucket}"
     assert first.path_of(f"{base}/small.bin").read_bytes() == small
+    global_dir = cache / "storage_manager/global"
+    # a reader has the bytes before the fetch is checked and renamed into place
+    poll_until(lambda: list(global_dir.glob("*.small.bin")), 10, "small.bin in the cache")
 
     # A fetch that hangs half-way: the proxy stalls every body after 1 MiB.
     s3_proxy.stall(
@@ -91,7 +94,6 @@ def test_kill9_then_restart_cleans_stale_mount_and_reuses_cache(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    global_dir = cache / "storage_manager/global"
     poll_until(lambda: list(global_dir.glob("*.partially")), 30, "a partial download")
     assert first.proc is not None
     first.proc.kill()
