@@ -275,9 +275,7 @@ def _config_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _config_to_show(
-    explicit: Path | None, mount: Path | None
-) -> tuple[config_module.Config, str]:
+def _config_to_show(explicit: Path | None, mount: Path | None) -> tuple[config_module.Config, str]:
     """The configuration `clearmount config` shows, and a first line saying whose it is.
 
     `--config` wins; then `--mount`; then, with exactly one clearmount mount running, the
