@@ -10,8 +10,10 @@ directly and are safe while a daemon runs: eviction never removes a file a reade
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -139,7 +141,20 @@ def _rows(layout: CacheLayout, index: CacheIndex) -> Iterator[_Row]:
         )
 
 
+# `cache ls` shows versions (ETags, generations) cut to this width, marked with "…";
+# `--json` has them whole.
+_VERSION_WIDTH = 13
+
+
+def _short_version(version: str) -> str:
+    if len(version) <= _VERSION_WIDTH:
+        return version
+    return version[: _VERSION_WIDTH - 1] + "…"
+
+
 def _ls(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int:
+    if not args.json:
+        print(f"{'SIZE':>10}  {'LAST ACCESS':19}  {'VERSION':{_VERSION_WIDTH}}  {'FLAGS':14} URL")
     for row in _rows(layout, index):
         if args.prefix and not row.url.startswith(args.prefix):
             continue
@@ -149,7 +164,8 @@ def _ls(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.last_access))
         flags = ("pinned " if row.pinned else "") + ("" if row.complete else "partial")
         shown = row.url or f"(ClearML SDK) {row.name}"
-        print(f"{_human(row.size):>10}  {when}  {row.version[:20]:20}  {flags:14} {shown}")
+        version = _short_version(row.version) or "-"
+        print(f"{_human(row.size):>10}  {when}  {version:{_VERSION_WIDTH}}  {flags:14} {shown}")
     return 0
 
 
@@ -240,18 +256,33 @@ def prefetch_command(argv: Sequence[str]) -> int:
     _common(parser)
     args = parser.parse_args(argv)
     with _mount_for(args) as mountpoint:
-        files = _expand(args.targets, mountpoint, args.recursive)
-        if not files:
+        failed: dict[str, str] = {}
+        files = _expand(args.targets, mountpoint, args.recursive, failed)
+        if not files and not failed:
             raise UserError("nothing to prefetch (a directory needs --recursive)", 2)
-        if args.pin:
-            cache = Path(os.fsdecode(os.getxattr(mountpoint, _CACHE_DIR)))
-            layout = CacheLayout(cache)
-            index = CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
-            for path in files:
+        if args.pin and files:
+            files = _pin_all(files, mountpoint, failed)
+        return _fetch_all(files, mountpoint, failed)
+
+
+def _pin_all(files: list[Path], mountpoint: Path, failed: dict[str, str]) -> list[Path]:
+    """Pin each file's URL; the files that could be pinned."""
+    cache = Path(os.fsdecode(os.getxattr(mountpoint, _CACHE_DIR)))
+    layout = CacheLayout(cache)
+    index = CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
+    pinned = []
+    try:
+        for path in files:
+            try:
                 url = os.fsdecode(os.getxattr(path, _URL))
-                index.pin(layout.final_path(url).name, url)
-            index.close()
-        return _fetch_all(files)
+            except OSError as exc:
+                failed[_shown(path, mountpoint)] = _reason(exc)
+                continue
+            index.pin(layout.final_path(url).name, url)
+            pinned.append(path)
+    finally:
+        index.close()
+    return pinned
 
 
 def _xattr(path: Path, name: str) -> bytes | None:
@@ -305,32 +336,90 @@ class _mount_for:
                 pass
 
 
-def _expand(targets: Sequence[str], mountpoint: Path, recursive: bool) -> list[Path]:
+def _reason(exc: OSError) -> str:
+    """ "Permission denied (EACCES)": what a user reads, and the errno to look up."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or str(exc)
+    return f"{text} ({name})" if name else text
+
+
+def _shown(path: Path, mountpoint: Path) -> str:
+    """How a failure names a path: its storage URL when it is under the mount (a temporary
+    mount's path means nothing to the user), else the path."""
+    try:
+        return urls.path_to_url(str(path.relative_to(mountpoint)))
+    except ValueError:
+        return str(path)
+
+
+def _expand(
+    targets: Sequence[str], mountpoint: Path, recursive: bool, failed: dict[str, str]
+) -> list[Path]:
+    """The files the targets name (directories walked with `recursive`); every target or
+    folder that cannot be looked up or listed goes into `failed` (what -> reason)."""
     files: list[Path] = []
     for target in targets:
         if "://" in target:
-            path = mountpoint / urls.url_to_path(target.rstrip("/"))
+            try:
+                path = mountpoint / urls.url_to_path(target.rstrip("/"))
+            except ValueError as exc:
+                failed[target] = f"not a storage URL ({exc})"
+                continue
         else:
             path = Path(target).absolute()
-        if path.is_symlink():
+        try:
+            mode = path.lstat().st_mode
+        except OSError as exc:
+            failed[target] = _reason(exc)
+            continue
+        if stat.S_ISLNK(mode):
             continue  # direct access: nothing to cache
-        if path.is_dir():
-            if not recursive:
-                print(f"skipping directory {target} (use --recursive)", file=sys.stderr)
-                continue
-            for folder, _, names in os.walk(path):
-                files += [Path(folder) / name for name in sorted(names)]
-        elif path.exists():
+        if not stat.S_ISDIR(mode):
             files.append(path)
+        elif recursive:
+            _walk(path, mountpoint, files, failed)
         else:
-            raise UserError(f"no such object: {target}", 2)
-    return [f for f in files if not f.is_symlink()]
+            print(f"skipping directory {target} (use --recursive)", file=sys.stderr)
+    return files
 
 
-def _fetch_all(files: list[Path]) -> int:
-    sizes = {path: path.stat().st_size for path in files}
+def _walk(top: Path, mountpoint: Path, files: list[Path], failed: dict[str, str]) -> None:
+    """Add the regular files below `top` to `files`; a folder that cannot be listed goes into
+    `failed`. Symlinks (direct access) are not followed."""
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            failed[_shown(folder, mountpoint)] = _reason(exc)
+            continue
+        subfolders = []
+        for entry in entries:
+            try:
+                if entry.is_symlink():
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(Path(entry.path))
+                else:
+                    files.append(Path(entry.path))
+            except OSError as exc:
+                failed[_shown(Path(entry.path), mountpoint)] = _reason(exc)
+        folders += reversed(subfolders)
+
+
+def _fetch_all(files: list[Path], mountpoint: Path, failed: dict[str, str]) -> int:
+    """Read every file through the mount; one summary line on stdout, then one `FAILED`
+    line per object or folder that failed (here or before) on stderr. 1 if any failed."""
+    sizes: dict[Path, int] = {}
+    for path in files:
+        try:
+            sizes[path] = path.stat().st_size
+        except OSError as exc:
+            failed[_shown(path, mountpoint)] = _reason(exc)
+    files = list(sizes)
     total = sum(sizes.values())
-    failed: dict[Path, str] = {}
     done: set[Path] = set()
     started = time.monotonic()
     finished = threading.Event()
@@ -345,7 +434,7 @@ def _fetch_all(files: list[Path]) -> int:
                 if sizes[path]:
                     os.pread(f.fileno(), 1, sizes[path] - 1)
         except OSError as exc:
-            failed[path] = exc.strerror or str(exc)
+            failed[_shown(path, mountpoint)] = _reason(exc)
         finally:
             done.add(path)
 
@@ -367,10 +456,11 @@ def _fetch_all(files: list[Path]) -> int:
     finished.set()
     reporter.join()
     seconds = time.monotonic() - started
-    good = len(files) - len(failed)
-    print(f"prefetched {good} of {len(files)} files ({_human(total)}) in {seconds:.1f} s")
-    for path, reason in failed.items():
-        print(f"  FAILED {path}: {reason}")
+    good = len(files) - sum(1 for path in files if _shown(path, mountpoint) in failed)
+    summary = f"prefetched {good} of {len(files)} files ({_human(total)}) in {seconds:.1f} s"
+    print(summary + (f"; {len(failed)} failed" if failed else ""), flush=True)
+    for what, reason in failed.items():
+        print(f"FAILED {what}: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -45,7 +45,9 @@ A path under the mount is the storage URL with "://" replaced by "/":
 Files are fetched into the ClearML cache when opened and shared with the ClearML SDK.
 
 other commands:
-  clearmount config [--config FILE]   print the effective configuration (secrets masked)
+  clearmount config [--config FILE | --mount MOUNTPOINT]
+                                      print the effective configuration (secrets masked);
+                                      by default that of the one running mount, if one runs
   clearmount path URL                 print the mount path of a storage URL
   clearmount url PATH                 print the storage URL of a mount path
   clearmount prefetch URL|PATH...     fetch into the cache before a job (--recursive, --pin)
@@ -69,6 +71,8 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   nofile              do not show local paths (file:// URLs) under MOUNTPOINT/file
   allow_unlisted_endpoints  let paths reach S3 host:port endpoints (and http(s) hosts)
                       that clearml.conf does not name (off: such paths do not exist)
+  noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
+                      buckets, whose ETags are not MD5s)
   log_file=PATH       log file (default: stderr with --foreground, else
                       CACHE/clearmount/clearmount.log)
   log_level=L         debug, info, warning or error (info; --debug means debug)
@@ -155,6 +159,13 @@ def _mount(argv: Sequence[str]) -> int:
         level=options.log_level,
     )
     config = _load(args.config)
+    if not config.files:
+        searched = ", ".join(map(str, config_module.default_config_paths(os.environ)))
+        log.warning(
+            "no configuration file: none of %s exists and CLEARML_CONFIG_FILE is not set, so "
+            "only what the environment's credentials reach is served (name one with --config)",
+            searched,
+        )
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
     cache = CacheLayout(cache_root)
     cache.prepare()
@@ -244,15 +255,61 @@ def _config_command(argv: Sequence[str]) -> int:
         "entry each configured bucket, host and container resolves to.",
     )
     _add_config_arg(parser)
+    parser.add_argument(
+        "--mount",
+        type=Path,
+        metavar="MOUNTPOINT",
+        help="show the files this running mount uses (default: those of the only clearmount "
+        "mount, when exactly one runs; else the files found as the SDK finds them)",
+    )
     args = parser.parse_args(argv)
     from clearmount import log as logsetup
 
     logsetup.setup()
-    config = _load(args.config)
+    config, origin = _config_to_show(args.config, args.mount)
+    if origin:
+        print(origin)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     print(config_module.describe(config))
     print("resolution (configured URL -> credentials entry):")
     print(textwrap.indent(urls.describe_matches(config), "  "))
     return 0
+
+
+def _config_to_show(explicit: Path | None, mount: Path | None) -> tuple[config_module.Config, str]:
+    """The configuration `clearmount config` shows, and a first line saying whose it is.
+
+    `--config` wins; then `--mount`; then, with exactly one clearmount mount running, the
+    files that mount uses (its daemon says which); else the usual search.
+    """
+    from clearmount import control
+
+    if explicit is not None:
+        return config_module.load(explicit), ""
+    if mount is None:
+        running = sorted(control.mount_owners())
+        if len(running) > 1:
+            note = (
+                f"{len(running)} clearmount mounts run here ({', '.join(running)}): showing the "
+                "files a new mount would read; choose one with --mount MOUNTPOINT"
+            )
+            return config_module.load(), note
+        if not running:
+            return config_module.load(), ""
+        try:
+            status = control.call(None, {"op": "status"})
+        except control.ControlError as exc:
+            note = f"the clearmount mount at {running[0]} did not answer ({exc}): showing the "
+            return config_module.load(), note + "files a new mount would read"
+    else:
+        status = control.call(mount, {"op": "status"})
+    files = tuple(Path(path) for path in status.get("config_files", []))
+    origin = (
+        f"configuration of the clearmount mount at {status['mountpoint']} (pid {status['pid']}): "
+        "its files, read again now (${VAR}s and environment fallbacks from this shell)"
+    )
+    return config_module.load_files(files), origin
 
 
 def _path_command(argv: Sequence[str]) -> int:

@@ -209,8 +209,13 @@ def find_config_files(explicit: Path | None, environ: Mapping[str, str]) -> tupl
             if not _is_file(path):
                 raise ConfigError(f"{name}={value}: no such config file")
             return (path,)
+    return tuple(path for path in default_config_paths(environ) if _is_file(path))
+
+
+def default_config_paths(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """Where the configuration is looked for when no file is named (merge order)."""
     home = _home(environ)
-    return tuple(path for path in (home / "trains.conf", home / "clearml.conf") if _is_file(path))
+    return (home / "trains.conf", home / "clearml.conf")
 
 
 def _is_file(path: Path) -> bool:
@@ -999,7 +1004,13 @@ def load(explicit: Path | None = None, environ: Mapping[str, str] | None = None)
     is never read or changed when it is given. Raises only ConfigError.
     """
     env: Mapping[str, str] = os.environ if environ is None else environ
-    files = find_config_files(explicit, env)
+    return load_files(find_config_files(explicit, env), env)
+
+
+def load_files(files: tuple[Path, ...], environ: Mapping[str, str] | None = None) -> Config:
+    """Read exactly `files` (merge order, later wins) into a `Config`, as `load` does once it
+    has found them (e.g. the files a running daemon reports it uses)."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
     warnings: list[str] = []
     tree = _Tree()
     for path in files:

@@ -105,6 +105,15 @@ class _OpenFile:
     stream: Stream | None
 
 
+@dataclass
+class _OpenDir:
+    dots: tuple[Node, Node]  # what "." and ".." stand for
+    entries: list[tuple[str, Entry]]
+
+
+_DOTS = (b".", b"..")
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -115,7 +124,7 @@ class Operations(pyfuse3.Operations):
         self.fetcher = fetcher
         self.options = options
         self._files: dict[int, _OpenFile] = {}
-        self._dirs: dict[int, list[tuple[str, Entry]]] = {}
+        self._dirs: dict[int, _OpenDir] = {}
         self._handles = itertools.count(1)
         #: read() calls served, for tests and status
         self.reads = 0
@@ -203,17 +212,27 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = next(self._handles)
         # A snapshot per open directory keeps readdir offsets stable while it is read.
-        self._dirs[handle] = await self.namespace.listdir(node)
+        entries = await self.namespace.listdir(node)
+        parent = await self.namespace.lookup(node, "..")
+        self._dirs[handle] = _OpenDir((node, parent or node), entries)
         return handle
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs[fh]
-        for index in range(start_id, len(entries)):
+        # FUSE leaves "." and ".." to the filesystem (`ls -a` shows what we send): offsets 0
+        # and 1 are those two, the listing follows. The kernel takes no reference on them,
+        # so their lookup counts stay as they are.
+        handle = self._dirs[fh]
+        for index in range(start_id, len(_DOTS)):
+            attributes = self._attributes(handle.dots[index])
+            if not pyfuse3.readdir_reply(token, _DOTS[index], attributes, index + 1):
+                return
+        entries = handle.entries
+        for index in range(max(start_id - len(_DOTS), 0), len(entries)):
             name, entry = entries[index]
             node = self.namespace.child(entry)
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attributes(node), index + 1
+                token, os.fsencode(name), self._attributes(node), index + len(_DOTS) + 1
             ):
                 self.namespace.drop_if_unused(node)
                 return

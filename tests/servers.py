@@ -10,7 +10,9 @@
 
 Every wait polls a condition with a deadline; a server that does not come up raises
 `ServerError` with the tail of its log. The same code runs the demo:
-``python tests/servers.py demo --dir demo`` (see scripts/demo).
+``python tests/servers.py demo --dir demo`` (see scripts/demo). A demo storage is one
+``demo_<name>(ctx, args)`` function added to `DEMO_STORAGES`; every one must work again on
+the data a previous run left (``ensure_exists`` for its bucket or container).
 """
 
 from __future__ import annotations
@@ -1028,6 +1030,77 @@ def _demo_objects() -> dict[str, bytes]:
     }
 
 
+def already_exists(exc: Exception) -> bool:
+    """Whether `exc` is a server's "that bucket/container already exists"."""
+    from azure.core.exceptions import ResourceExistsError
+    from botocore.exceptions import ClientError
+    from google.api_core.exceptions import Conflict
+
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code")
+        return code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+    return isinstance(exc, ResourceExistsError | Conflict)
+
+
+def ensure_exists(make: Callable[[str], str], name: str) -> str:
+    """`make(name)` (a bucket or container), counting "already exists" (the data of an
+    earlier demo run) as success; returns `name`."""
+    try:
+        return make(name)
+    except Exception as exc:
+        if not already_exists(exc):
+            raise
+        return name
+
+
+DEMO_PIDS = "demo-pids.json"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\x00", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
+def record_demo_pids(root: Path, pids: Iterable[int]) -> None:
+    """Write down the demo's processes (pid and command line), for `stop_leftovers`."""
+    table = {str(pid): _cmdline(pid) for pid in pids}
+    (root / DEMO_PIDS).write_text(json.dumps(table, indent=1))
+
+
+def stop_leftovers(root: Path, grace: float = 10.0) -> list[str]:
+    """End what an earlier demo in `root` left running (its servers.py process and the
+    servers it started, when it was killed with its terminal): the processes it wrote down
+    that still run the same command line. SIGTERM, SIGKILL after `grace` seconds. Returns
+    their command lines."""
+    try:
+        table = json.loads((root / DEMO_PIDS).read_text())
+    except (OSError, ValueError):
+        return []
+    found = [
+        (int(pid), cmd)
+        for pid, cmd in table.items()
+        if int(pid) != os.getpid() and cmd and _cmdline(int(pid)) == cmd
+    ]
+    for pid, _ in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+    def gone() -> bool:
+        return not any(_cmdline(pid) == cmd for pid, cmd in found)
+
+    try:
+        poll_until(gone, grace, "the earlier demo's processes to exit")
+    except TimeoutError:
+        for pid, _ in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        poll_until(gone, grace, "the earlier demo's processes to be killed")
+    (root / DEMO_PIDS).unlink(missing_ok=True)
+    return [cmd for _, cmd in found]
+
+
 @dataclass
 class DemoContext:
     root: Path  # the demo folder (demo/)
@@ -1044,12 +1117,10 @@ class DemoContext:
 def demo_s3(ctx: DemoContext, port: int) -> None:
     admin = Identity("admin", "DEMOADMINKEY", "demo-admin-secret")
     second = Identity("second", "DEMOSECONDKEY", "demo-second-secret")
-    work = ctx.root / "seaweedfs"
-    shutil.rmtree(work / "data", ignore_errors=True)  # fresh objects every run
-    server = S3Server(work, port=port, admin=admin, second=second)
+    server = S3Server(ctx.root / "seaweedfs", port=port, admin=admin, second=second)
     server.start()
     ctx.servers.append(server)
-    bucket = server.make_bucket("demo-models")
+    bucket = ensure_exists(server.make_bucket, "demo-models")
     objects = _demo_objects()
     for key, data in objects.items():
         server.put(bucket, key, data)
@@ -1072,7 +1143,7 @@ def demo_azure(ctx: DemoContext) -> None:
     server = AzuriteServer(ctx.root / "azurite")
     server.start()
     ctx.servers.append(server)
-    container = server.make_container("demo-models")
+    container = ensure_exists(server.make_container, "demo-models")
     for key, data in _demo_objects().items():
         server.put(container, key, data)
     entry = {
@@ -1094,7 +1165,7 @@ def demo_gcs(ctx: DemoContext) -> None:
     server = FakeGcsServer(ctx.root / "fake-gcs")
     server.start()
     ctx.servers.append(server)
-    bucket = server.make_bucket("demo-datasets")
+    bucket = ensure_exists(server.make_bucket, "demo-datasets")
     for key, data in _demo_objects().items():
         server.put(bucket, key, data)
     ctx.conf_sdk.append(
@@ -1121,6 +1192,8 @@ def run_demo(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     ready = root / "servers.json"
     ready.unlink(missing_ok=True)
+    for leftover in stop_leftovers(root):
+        print(f"stopped a process left by an earlier demo: {leftover}", file=sys.stderr)
     ctx = DemoContext(root=root, mountpoint=Path(args.mountpoint))
     stop = False
 
@@ -1132,13 +1205,16 @@ def run_demo(args: argparse.Namespace) -> int:
     if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # run in the foreground
         signal.signal(signal.SIGINT, on_signal)
     try:
-        names = args.storages.split(",")
+        names = args.storages.split(",") if args.storages else list(DEMO_STORAGES)
         unknown = [n for n in names if n not in DEMO_STORAGES]
         if unknown:
             print(f"unknown storage {unknown}; known: {', '.join(DEMO_STORAGES)}")
             return 2
+        record_demo_pids(root, [os.getpid()])
         for name in names:
             DEMO_STORAGES[name](ctx, args)
+            pids = [s.proc.pid for s in ctx.servers if s.proc is not None]
+            record_demo_pids(root, [os.getpid(), *pids])
         (root / "clearml.conf").write_text(sdk_block(ctx.conf_sdk))
         (root / "clearml.conf").chmod(0o600)
         (root / "env.sh").write_text(
@@ -1160,6 +1236,7 @@ def run_demo(args: argparse.Namespace) -> int:
         for server in reversed(ctx.servers):
             server.stop()
         ready.unlink(missing_ok=True)
+        (root / DEMO_PIDS).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1169,7 +1246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--dir", default="demo", help="folder for data, logs and clearml.conf")
     demo.add_argument("--mountpoint", default="artifacts", help="shown in the instructions")
     demo.add_argument(
-        "--storages", default="s3,azure,gcs", help=f"any of {','.join(DEMO_STORAGES)}"
+        "--storages", default="", help=f"any of {','.join(DEMO_STORAGES)} (default: all)"
     )
     demo.add_argument("--s3-port", type=int, default=int(os.environ.get("DEMO_S3_PORT", 8333)))
     args = parser.parse_args(argv)

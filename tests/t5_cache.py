@@ -165,7 +165,57 @@ def test_prefetch_then_reads_make_no_get_and_pins_survive_prune(
         str(mount.path),
         env=env,
     )
-    assert missing.returncode != 0 and "nope.bin" in missing.stderr
+    assert missing.returncode == 1 and "FAILED" in missing.stderr and "nope.bin" in missing.stderr
+    assert "prefetched 0 of 0 files" in missing.stdout and "; 1 failed" in missing.stdout
+
+
+def test_prefetch_reports_every_failure_and_goes_on(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    admin, second = s3_server.admin, s3_server.second
+    good = s3_server.make_bucket()
+    payload = {f"data/ok-{i}.bin": os.urandom(3000 + i) for i in range(3)}
+    for key, data in payload.items():
+        s3_server.put(good, key, data)
+    s3_server.put(good, "data/denied.bin", b"d" * 100)
+    forbidden = s3_server.make_bucket()  # credentials refused: not even looked up
+    s3_server.put(forbidden, "x.txt", b"x")
+    unlistable = s3_server.make_bucket()  # looked up, but its listing is refused
+    s3_server.put(unlistable, "y.txt", b"y")
+    conf = s3_conf(
+        s3_proxy, {"bucket": forbidden, "key": second.key, "secret": second.secret}, admin
+    )
+    mount = mounted(conf)
+    denied_xml = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    s3_proxy.fail(None, 403, method="GET", path=f"/{good}/data/denied.bin", body=denied_xml)
+    s3_proxy.fail(None, 403, method="GET", path=f"/{unlistable}", body=denied_xml)
+    base = f"s3://{s3_proxy.endpoint}"
+    env = hermetic_env(tmp_path)
+    result = clearmount(
+        "prefetch",
+        f"{base}/{good}/data",
+        f"{base}/{forbidden}/x.txt",
+        f"{base}/{good}/nope.bin",
+        f"{base}/{unlistable}",
+        "--recursive",
+        "--mountpoint",
+        str(mount.path),
+        env=env,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "prefetched 3 of 4 files" in result.stdout and "; 4 failed" in result.stdout
+    assert {line for line in result.stderr.splitlines() if line.startswith("FAILED")} == {
+        f"FAILED {base}/{forbidden}/x.txt: Permission denied (EACCES)",
+        f"FAILED {base}/{good}/data/denied.bin: Permission denied (EACCES)",
+        f"FAILED {base}/{good}/nope.bin: No such file or directory (ENOENT)",
+        f"FAILED {base}/{unlistable}: Permission denied (EACCES)",
+    }
+    # what could be fetched was: reading it now makes no GET
+    s3_proxy.reset()
+    for key, data in payload.items():
+        assert mount.path_of(f"{base}/{good}/{key}").read_bytes() == data
+    assert s3_proxy.count("GET", prefix=f"/{good}/data/") == 0
 
 
 def test_prefetch_without_a_mount_uses_a_temporary_one(
@@ -173,20 +223,35 @@ def test_prefetch_without_a_mount_uses_a_temporary_one(
 ) -> None:
     bucket = s3_server.make_bucket()
     s3_server.put(bucket, "warm.bin", b"w" * 5000)
+    forbidden = s3_server.make_bucket()
+    s3_server.put(forbidden, "k", b"k")
+    second = s3_server.second
     conf = tmp_path / "clearml.conf"
-    conf.write_text(s3_conf(s3_proxy, s3_server.admin))
+    conf.write_text(
+        s3_conf(
+            s3_proxy,
+            {"bucket": forbidden, "key": second.key, "secret": second.secret},
+            s3_server.admin,
+        )
+    )
     cache = tmp_path / "cache"
     env = hermetic_env(tmp_path)
     result = clearmount(
         "prefetch",
         f"s3://{s3_proxy.endpoint}/{bucket}/warm.bin",
+        f"s3://{s3_proxy.endpoint}/{forbidden}/k",
         "--config",
         str(conf),
         "--cache-dir",
         str(cache),
         env=env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    # the failure names the URL, not the temporary mount's path
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "prefetched 1 of 1 files" in result.stdout, result.stdout
+    assert result.stderr.splitlines() == [
+        f"FAILED s3://{s3_proxy.endpoint}/{forbidden}/k: Permission denied (EACCES)"
+    ]
     files = list((cache / "storage_manager/global").iterdir())
     assert [f.read_bytes() for f in files] == [b"w" * 5000]
     assert not [m for m in mount_points() if "clearmount-prefetch-" in m]  # unmounted again
@@ -208,6 +273,14 @@ def test_cache_commands_while_readers_hold_files_open(
         rows = [json.loads(line) for line in listing.stdout.splitlines()]
         assert sorted(r["url"] for r in rows) == [f"{base}/f{i}.bin" for i in range(4)]
         assert all(r["size"] == 100_000 and r["complete"] and r["version"] for r in rows)
+        table = clearmount("cache", "ls", base, env=env).stdout.splitlines()
+        assert table[0].split() == ["SIZE", "LAST", "ACCESS", "VERSION", "FLAGS", "URL"]
+        assert len(table) == 5
+        for row in rows:
+            line = next(line for line in table if line.endswith(row["url"]))
+            version = row["version"]  # an MD5 ETag: 32 characters, cut to a fixed width
+            assert len(version) > 13 and f"  {version[:12]}…  " in line, line
+            assert line.index("…") == table[0].index("VERSION") + 12  # columns line up
         usage = clearmount("cache", "du", env=env)
         assert "4 files" in usage.stdout, usage.stdout + usage.stderr
         cleared = clearmount("cache", "clear", env=env)

@@ -157,6 +157,71 @@ def test_missing_key_is_enoent_and_writes_are_erofs(
     assert os.statvfs(mount.path).f_namemax == 255
 
 
+def test_listings_show_dot_and_dotdot_and_every_entry_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    # long names: the listing takes many readdir calls, resumed at the offsets we gave
+    names = [f"entry-{i:04d}-{'x' * 120}" for i in range(300)]
+    client = s3_server.client()
+    for name in names:
+        client.put_object(Bucket=bucket, Key=f"many/{name}", Body=b"")
+    s3_server.put(bucket, "many/sub/inner.txt", b"inner")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    folder = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/many")
+    assert sorted(os.listdir(folder)) == sorted([*names, "sub"])  # "." and ".." filtered
+    # getdents itself, as `ls -a` reads it
+    shown = subprocess.run(
+        ["ls", "-a1", "--sort=none", str(folder)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert shown[:2] == [".", ".."]
+    assert sorted(shown[2:]) == sorted([*names, "sub"])
+    for where in (mount.path, mount.path / "s3", folder / "sub"):
+        detail = subprocess.run(
+            ["ls", "-la", str(where)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        assert [line.split()[-1] for line in detail[1:3]] == [".", ".."], detail
+        assert detail[1].startswith("dr-x")  # "." is the directory itself
+    assert os.stat(folder / "..").st_ino == os.stat(folder.parent).st_ino
+    assert (folder / "sub" / "inner.txt").read_bytes() == b"inner"  # the mount still serves
+
+
+def test_writes_are_erofs_unless_looking_the_path_up_fails_first(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    readable = s3_server.make_bucket()
+    s3_server.put(readable, "file.txt", b"data")
+    forbidden = s3_server.make_bucket()  # the credentials named for it are refused
+    second = s3_server.second
+    conf = s3_conf(
+        s3_proxy, {"bucket": forbidden, "key": second.key, "secret": second.secret}, s3_server.admin
+    )
+    mount = mounted(conf)  # no default credentials: s3/<bucket> at AWS has none at all
+    host = mount / f"s3/{s3_proxy.endpoint}"
+
+    def error(*command: str) -> str:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert result.returncode != 0, command
+        return result.stderr
+
+    for command in (
+        ["touch", str(host / readable / "new.txt")],
+        ["touch", str(host / readable / "file.txt")],
+        ["mkdir", str(host / readable / "newdir")],
+        ["mv", str(host / readable / "file.txt"), str(host / readable / "moved.txt")],
+        ["rm", "-f", str(host / readable / "file.txt")],
+        ["touch", str(mount.path / "new.txt")],
+        ["mkdir", str(host / unique_name("new-bucket"))],
+    ):
+        assert "Read-only file system" in error(*command), command
+    # the lookup of the bucket fails before any write is asked for: its error, as README says
+    for folder in (host / forbidden, mount.path / "s3" / unique_name("no-credentials")):
+        assert "Permission denied" in error("touch", str(folder / "x")), folder
+        assert "Permission denied" in error("ls", str(folder)), folder
+    assert "Permission denied" in error("mkdir", str(mount.path / "s3" / unique_name("nocred")))
+    assert read_file(host / readable / "file.txt") == b"data"
+
+
 def test_credentials_matched_per_bucket_and_wrong_secret_is_eacces(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
 ) -> None:

@@ -9,13 +9,23 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from conftest import MountFactory
 from proxy import Proxy
-from servers import S3Server, hermetic_env, mount_points, poll_until, s3_conf, unique_name
+from servers import (
+    Identity,
+    Mount,
+    S3Server,
+    hermetic_env,
+    mount_points,
+    poll_until,
+    s3_conf,
+    unique_name,
+)
 
 MIB = 1 << 20
 
@@ -71,6 +81,9 @@ def test_kill9_then_restart_cleans_stale_mount_and_reuses_cache(
     first = mounted(conf, cache_dir=cache)
     base = f"s3://{s3_proxy.endpoint}/{bucket}"
     assert first.path_of(f"{base}/small.bin").read_bytes() == small
+    global_dir = cache / "storage_manager/global"
+    # a reader has the bytes before the fetch is checked and renamed into place
+    poll_until(lambda: list(global_dir.glob("*.small.bin")), 10, "small.bin in the cache")
 
     # A fetch that hangs half-way: the proxy stalls every body after 1 MiB.
     s3_proxy.stall(
@@ -81,7 +94,6 @@ def test_kill9_then_restart_cleans_stale_mount_and_reuses_cache(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    global_dir = cache / "storage_manager/global"
     poll_until(lambda: list(global_dir.glob("*.partially")), 30, "a partial download")
     assert first.proc is not None
     first.proc.kill()
@@ -129,6 +141,43 @@ def test_background_mode_returns_once_ready(
         15,
         "the background daemon to exit",
     )
+
+
+def test_mount_without_any_config_warns_once_naming_the_files_searched(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = hermetic_env(home)  # no clearml.conf, no CLEARML_CONFIG_FILE
+    searched = f"none of {home}/trains.conf, {home}/clearml.conf exists"
+
+    def warnings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if "WARNING" in line]
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = clearmount(str(mnt), "--cache-dir", str(tmp_path / "c"), env=env)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert len(warnings(result.stderr)) == 1 and searched in result.stderr, result.stderr
+        assert sorted(os.listdir(mnt)) == ["file", "s3"]
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    poll_until(lambda: not is_mounted(mnt), 10, "unmount")
+
+    mnt2, cache2 = str(tmp_path / "mnt2"), str(tmp_path / "c2")
+    foreground = Mount(
+        path=tmp_path / "mnt2",
+        cache_dir=tmp_path / "c2",
+        config_path=home / "clearml.conf",
+        log_path=tmp_path / "foreground.log",
+        argv=[sys.executable, "-m", "clearmount", mnt2, "--foreground", "--cache-dir", cache2],
+        env=env,
+    ).start()
+    try:
+        poll_until(lambda: "ready:" in foreground.log_text(), 10, "the daemon to be ready")
+        assert len(warnings(foreground.log_text())) == 1, foreground.log_text()
+        assert searched in foreground.log_text()
+    finally:
+        foreground.stop()
 
 
 def _cmdline(proc_dir: Path) -> str:
@@ -238,6 +287,65 @@ def test_config_command_masks_secrets_and_shows_resolution(
     assert f"s3://{s3_proxy.endpoint}/models -> sdk.aws.s3.credentials[0]" in out
 
 
+def test_config_command_shows_the_running_mounts_files(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    admin = s3_server.admin
+    first = mounted(s3_conf(s3_proxy, {"bucket": "first-models", **_keys(admin)}, admin))
+    second = mounted(s3_conf(s3_proxy, {"bucket": "second-models", **_keys(admin)}, admin))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "clearml.conf").write_text(s3_conf(s3_proxy, {"bucket": "home-models", **_keys(admin)}))
+    env = hermetic_env(home)
+
+    # named with --mount: that daemon's files, said so in the first line, secrets masked
+    chosen = clearmount("config", "--mount", str(second.path), env=env)
+    assert chosen.returncode == 0, chosen.stderr
+    lines = chosen.stdout.splitlines()
+    assert lines[0].startswith(f"configuration of the clearmount mount at {second.path} (pid ")
+    assert f"  {second.config_path}" in lines and "second-models" in chosen.stdout
+    assert admin.secret not in chosen.stdout + chosen.stderr
+
+    # several running, none named: says how to choose, shows what a new mount would read
+    several = clearmount("config", env=env)
+    assert several.returncode == 0, several.stderr
+    first_line = several.stdout.splitlines()[0]
+    assert "clearmount mounts run here" in first_line and "--mount MOUNTPOINT" in first_line
+    assert str(first.path) in first_line and str(second.path) in first_line
+    assert f"  {home / 'clearml.conf'}" in several.stdout.splitlines()
+
+    # exactly one running: its files. The machine may run other people's mounts, so the
+    # command runs in a private mount namespace where only `first` is left mounted.
+    ours = os.path.realpath(first.path)
+    script = (
+        "from clearmount.mounts import clearmount_mounts\n"
+        "from clearmount.cli import main\n"
+        "import subprocess\n"
+        f"for m in clearmount_mounts():\n"
+        f"    if str(m) != {ours!r}:\n"
+        "        subprocess.run(['umount', '--lazy', '--no-canonicalize', str(m)], check=True)\n"
+        "main(['config'])\n"
+    )
+    alone = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert alone.returncode == 0, alone.stderr
+    lines = alone.stdout.splitlines()
+    assert lines[0].startswith(f"configuration of the clearmount mount at {ours} (pid "), lines[0]
+    assert f"  {first.config_path}" in lines and "first-models" in alone.stdout
+    assert "home-models" not in alone.stdout
+    assert first.is_mounted() and second.is_mounted()  # only hidden in that namespace
+
+
+def _keys(who: Identity) -> dict[str, str]:
+    return {"key": who.key, "secret": who.secret}
+
+
 def test_path_and_url_commands_map_both_ways(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -269,3 +377,18 @@ def test_help_answers_the_basics(tmp_path: Path) -> None:
         assert needle in result.stdout, needle
     bad = clearmount(str(tmp_path), "-o", "no_such_option", env=hermetic_env(tmp_path))
     assert bad.returncode == 2 and "no_such_option" in bad.stderr
+
+
+def test_every_option_and_flag_is_in_the_help_and_the_readme(tmp_path: Path) -> None:
+    from clearmount.options import MountOptions
+
+    help_text = clearmount("--help", env=hermetic_env(tmp_path)).stdout
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("### Mount options (`-o`)", 1)[1].split("\n### ", 1)[0]
+    usage = readme.split("## Usage", 1)[1].split("```", 2)[1]
+    names = [f.name for f in fields(MountOptions) if f.name != "kernel_flags"]
+    for name in names:
+        assert name in help_text, f"-o {name} missing from --help"
+        assert f"`{name}" in table, f"-o {name} missing from the README's options table"
+    for flag in ("--config", "--cache-dir", "--cache-max-size", "--cache-min-free", "-o"):
+        assert flag in help_text and flag in usage, flag

@@ -14,6 +14,8 @@ CLEARMOUNT_NODE_DIR="${CLEARMOUNT_NODE_DIR:-$ROOT/.cache/node}"
 export VENV CLEARMOUNT_NODE_DIR
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr)
+# pyfuse3 ships only a source archive: pip compiles it (--no-install-recommends skips libc6-dev)
+APT_PACKAGES+=(gcc libc6-dev python3-dev python3-venv)
 
 _say() { printf '[install] %s\n' "$*" >&2; }
 
