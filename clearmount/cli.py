@@ -67,6 +67,8 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   allow_root          let root read the mount
   nonempty            allow mounting over a non-empty directory
   nofile              do not show local paths (file:// URLs) under MOUNTPOINT/file
+  allow_unlisted_endpoints  let lookups contact S3 host:port endpoints and http(s) hosts
+                      that clearml.conf does not name (off: ENOENT, one log line a host)
   log_file=PATH       log file (default: stderr with --foreground, else
                       CACHE/clearmount/clearmount.log)
   log_level=L         debug, info, warning or error (info; --debug means debug)

