@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -778,6 +779,92 @@ http {{
         temp.write_bytes(data)
         temp.rename(target)
         return f"{self.url}/{path.lstrip('/')}"
+
+
+class ClearmlAuthStandIn:
+    """A stand-in for the ClearML API server's ``auth.login`` (the real server cannot run
+    here), on 127.0.0.1 in a thread of the test process.
+
+    ``GET /auth.login`` with HTTP basic auth of `access_key`:`secret_key` answers as ClearML
+    does, ``{"meta": {...}, "data": {"token": JWT}}``, the JWT stating ``exp`` = now +
+    `lifetime`; other credentials get 401. ``GET /check`` is what nginx's ``auth_request``
+    asks: 200 for ``Authorization: Bearer <a token handed out and not revoked>``, else 401.
+    `logins` counts the logins, `tokens` lists every token handed out, `revoke` makes every
+    token so far invalid.
+    """
+
+    def __init__(self, access_key: str, secret_key: str, lifetime: float = 3600.0) -> None:
+        import http.server
+
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.lifetime = lifetime
+        self.logins = 0
+        self.tokens: list[str] = []
+        self._valid: set[str] = set()
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                header = self.headers.get("Authorization", "")
+                if self.path.split("?")[0] == "/auth.login":
+                    self._reply(*stand_in._login(header))
+                elif self.path == "/check":
+                    token = header.removeprefix("Bearer ")
+                    self._reply(200 if token in stand_in._valid else 401, b"{}")
+                else:
+                    self._reply(404, b"{}")
+
+        self._server = http.server.ThreadingHTTPServer((HOST, 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def _login(self, header: str) -> tuple[int, bytes]:
+        import base64
+
+        expected = f"{self.access_key}:{self.secret_key}".encode()
+        if header != "Basic " + base64.b64encode(expected).decode():
+            meta = {"result_code": 401, "result_msg": "Unauthorized (invalid credentials)"}
+            return 401, json.dumps({"meta": meta, "data": {}}).encode()
+
+        def part(value: object) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+        claims = {"exp": int(time.time() + self.lifetime), "nonce": secrets.token_hex(8)}
+        token = f"{part({'alg': 'HS256'})}.{part(claims)}.{secrets.token_hex(16)}"
+        self.logins += 1
+        self.tokens.append(token)
+        self._valid.add(token)
+        body = {"meta": {"result_code": 200}, "data": {"token": token}}
+        return 200, json.dumps(body).encode()
+
+    def revoke(self) -> None:
+        """Every token handed out so far is refused from now on."""
+        self._valid.clear()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 # ----------------------------------------------------------------------------- clearml.conf

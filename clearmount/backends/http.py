@@ -60,6 +60,8 @@ _TOKEN_MARGIN = 60.0
 # Characters kept as they are in a key: ClearML records http(s) URLs percent-quoted already
 _SAFE = "/%:@!$&'()*+,;=-._~?"
 _NO_CREDENTIALS = "no credentials"
+# An answer's body this small is read to its end, so its connection can be reused
+_DRAIN_AT_MOST = 64 << 10
 
 _pool = urllib3.PoolManager(num_pools=64, maxsize=32)
 _tokens: dict[tuple[str, str, str], _Tokens] = {}
@@ -87,14 +89,21 @@ class _Tokens:
         self._settings = settings
         self._lock = threading.Lock()
         self._token: str | None = None
-        self._expires: float | None = None
+        self._renew_at: float | None = None
 
     def current(self) -> str:
         """The token, logging in first if there is none or it is about to expire."""
         with self._lock:
-            expiring = self._expires is not None and time.time() > self._expires - _TOKEN_MARGIN
+            expiring = self._renew_at is not None and time.time() >= self._renew_at
             if self._token is None or expiring:
-                self._token, self._expires = self._login()
+                self._token, expires = self._login()
+                # a minute before the expiry, or halfway there for a short-lived token
+                left = None if expires is None else expires - time.time()
+                self._renew_at = (
+                    None
+                    if left is None
+                    else time.time() + left - min(_TOKEN_MARGIN, max(left, 0) / 2)
+                )
             return self._token
 
     def refuse(self, token: str) -> None:
@@ -246,6 +255,7 @@ class HttpStore(ObjectStore):
                 or time.monotonic() - first_failure > _RETRY_WINDOW
             ):
                 raise error
+            log.debug("%s %s: %s; retrying", method, url, error)
             _sleep_before_retry(attempt)
 
     def _failure(self, reply: urllib3.BaseHTTPResponse, key: str) -> StoreError:
@@ -364,13 +374,15 @@ def _same_version(reply: urllib3.BaseHTTPResponse, version: str) -> bool:
 
 
 def _discard(reply: urllib3.BaseHTTPResponse) -> None:
-    """Give the connection back: reused when the answer was read to its end, else closed."""
+    """Give the connection back: reused when little or nothing of the answer is left to
+    read (read to its end first, so the connection is idle), else closed."""
     try:
-        if reply.closed or reply.length_remaining == 0:
-            reply.release_conn()
+        left = reply.length_remaining
+        if left is not None and left <= _DRAIN_AT_MOST:
+            reply.drain_conn()
         else:
             reply.close()
-            reply.release_conn()
+        reply.release_conn()
     except (urllib3.exceptions.HTTPError, OSError):
         pass
 
