@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MountFactory
 
+from conftest import MountFactory
 from proxy import Proxy
 from servers import (
     ClearmlAuthStandIn,
