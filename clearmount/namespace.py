@@ -355,6 +355,11 @@ class Namespace:
         if len(self._known) >= _ENTRY_SWEEP_AT:
             horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
             self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
+            self._looked_up = {
+                folder: kept
+                for folder, names in self._looked_up.items()
+                if (kept := {name for name in names if folder.child(name) in self._known})
+            }
         self._known[path] = known
 
     def _direct_target(self, parts: tuple[str, ...]) -> Target | None:

@@ -363,3 +363,47 @@ def test_clearml_sdk_and_mount_share_http_downloads_both_ways(
     assert gets >= 1
     assert mount.path_of(f"{base}/sdk-first.bin").read_bytes() == sdk_first
     assert proxy.count("GET", f"/{folder}/sdk-first.bin") == gets
+
+
+def test_server_errors_and_stalls_are_retried_within_the_configured_timeouts(
+    mounted: MountFactory,
+    nginx: NginxServer,
+    make_proxy: Callable[[str], Proxy],
+) -> None:
+    proxy = make_proxy(nginx.endpoint)
+    path = f"{unique_name('flaky')}/x.bin"
+    data = os.urandom(3 * MiB)
+    nginx.put(path, data)
+    conf = http_conf(hosts=(f"http://{proxy.endpoint}",)).replace("total: 10", "total: 1")
+    mount = mounted(conf)
+    local = mount.path_of(f"http://{proxy.endpoint}/{path}")
+    proxy.fail(2, 503, method="HEAD", path=f"/{path}")
+    assert local.stat().st_size == len(data)
+    proxy.fail(1, 502, method="GET", path=f"/{path}")
+    stall = proxy.stall(1 * MiB, 60, count=1, method="GET", path=f"/{path}")
+    started = time.monotonic()
+    assert sha(local.read_bytes()) == sha(data)
+    # the stalled answer was given up after sdk.http.timeout.total (1 s), not 60 s
+    assert stall.hits == 1 and time.monotonic() - started < 20
+    statuses = [s.status for s in proxy.requests(path=f"/{path}")]
+    assert statuses[:3] == [503, 503, 200] and 502 in statuses, statuses
+
+
+def test_object_too_big_for_the_cache_without_ranges_is_streamed_by_one_get(
+    mounted: MountFactory,
+    nginx: NginxServer,
+    make_proxy: Callable[[str], Proxy],
+) -> None:
+    proxy = make_proxy(nginx.endpoint)
+    path = f"norange/{unique_name('big')}/x.bin"
+    data = os.urandom(30 * MiB)
+    nginx.put(path, data)
+    conf = http_conf(hosts=(f"http://{proxy.endpoint}",))
+    mount = mounted(conf, extra_args=["--cache-max-size", "4MiB"])
+    local = mount.path_of(f"http://{proxy.endpoint}/{path}")
+    assert sha(local.read_bytes()) == sha(data)
+    assert "more than the cache can hold" in mount.log_text()
+    assert [s.status for s in proxy.requests("GET", f"/{path}")] == [200]
+    with open(local, "rb") as f:  # a jump back starts a new GET from the first byte
+        f.seek(5 * MiB)
+        assert f.read(MiB) == data[5 * MiB : 6 * MiB]
