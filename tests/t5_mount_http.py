@@ -97,8 +97,13 @@ def test_http_paths_map_to_urls_and_back() -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    assert run("path", "https://files.clear.ml/proj/x.pt") == "https/files.clear.ml/proj/x.pt"
-    assert run("path", "http://clearml-host:8081/a/b.bin") == "http/clearml-host:8081/a/b.bin"
+    at = ("--mountpoint", "/mnt/artifacts")
+    assert run("path", "https://files.clear.ml/proj/x.pt", *at) == (
+        "/mnt/artifacts/https/files.clear.ml/proj/x.pt"
+    )
+    assert run("path", "http://clearml-host:8081/a/b.bin", *at) == (
+        "/mnt/artifacts/http/clearml-host:8081/a/b.bin"
+    )
 
 
 def test_bytes_equal_by_parallel_ranged_gets_and_by_one_get_without_ranges(
