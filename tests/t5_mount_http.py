@@ -412,3 +412,19 @@ def test_object_too_big_for_the_cache_without_ranges_is_streamed_by_one_get(
     with open(local, "rb") as f:  # a jump back starts a new GET from the first byte
         f.seek(5 * MiB)
         assert f.read(MiB) == data[5 * MiB : 6 * MiB]
+
+
+def test_names_are_sent_as_the_clearml_sdk_sends_its_urls(
+    mounted: MountFactory, nginx: NginxServer
+) -> None:
+    folder = unique_name("odd")
+    names = {"with space.txt": b"space", "ünï 名前.txt": b"unicode", "100%.txt": b"percent"}
+    for name, data in names.items():
+        nginx.put(f"{folder}/{name}", data)
+    mount = mounted(http_conf(hosts=(nginx.url,)))
+    host = mount.path / "http" / nginx.endpoint / folder
+    for name, data in names.items():
+        assert (host / name).read_bytes() == data
+    # ClearML records http(s) URLs percent-quoted: those paths reach the same files
+    assert (host / "with%20space.txt").read_bytes() == b"space"
+    assert (host / "100%25.txt").read_bytes() == b"percent"

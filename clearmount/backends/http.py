@@ -30,6 +30,7 @@ import email.utils
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ _BACKOFF_MAX = 4.0
 _TOKEN_MARGIN = 60.0
 # Characters kept as they are in a key: ClearML records http(s) URLs percent-quoted already
 _SAFE = "/%:@!$&'()*+,;=-._~?"
+_LONE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NO_CREDENTIALS = "no credentials"
 # An answer's body this small is read to its end, so its connection can be reused
 _DRAIN_AT_MOST = 64 << 10
@@ -207,7 +209,8 @@ class HttpStore(ObjectStore):
         return f"{self.base_url}/{key}" if key else self.base_url
 
     def _wire_url(self, key: str) -> str:
-        return f"{self.base_url}/{quote(key, safe=_SAFE)}"
+        # as requests sends the SDK's URLs: escapes kept, a "%" that starts none quoted
+        return f"{self.base_url}/{quote(_LONE_PERCENT.sub('%25', key), safe=_SAFE)}"
 
     def _request(self, method: str, key: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         """Send one request (retried, with the files-server token where it is due); the

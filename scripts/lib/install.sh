@@ -13,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 CLEARMOUNT_NODE_DIR="${CLEARMOUNT_NODE_DIR:-$ROOT/.cache/node}"
 export VENV CLEARMOUNT_NODE_DIR
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr nginx-light)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr nginx)
 
 _say() { printf '[install] %s\n' "$*" >&2; }
 
