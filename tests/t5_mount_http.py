@@ -248,6 +248,7 @@ def test_files_server_token_only_for_files_server_hosts_and_refreshed(
     # another host gets no credentials: nginx refuses it the private folder
     with pytest.raises(PermissionError):
         mount.path_of(f"{p_base}/{folder}/one.bin").stat()
+    assert "no credentials sent to a host that is not a files server" in mount.log_text()
     assert mount.path_of(f"{p_base}/{open_folder}/pub.bin").read_bytes() == b"public"
     assert public.requests() and all("authorization" not in s.headers for s in public.requests())
 
@@ -428,3 +429,20 @@ def test_names_are_sent_as_the_clearml_sdk_sends_its_urls(
     # ClearML records http(s) URLs percent-quoted: those paths reach the same files
     assert (host / "with%20space.txt").read_bytes() == b"space"
     assert (host / "100%25.txt").read_bytes() == b"percent"
+
+
+def test_refused_api_credentials_are_permission_denied_with_a_clear_log_line(
+    mounted: MountFactory, nginx: NginxServer, auth: ClearmlAuthStandIn
+) -> None:
+    path = f"{unique_name('private/w')}/x.bin"
+    nginx.put(path, b"private")
+    wrong = "not-the-secret-" + unique_name("w")
+    conf = http_conf(auth, nginx.url).replace(auth.secret_key, wrong)
+    mount = mounted(conf)
+    logins = auth.logins
+    with pytest.raises(PermissionError):
+        mount.path_of(f"{nginx.url}/{path}").read_bytes()
+    assert auth.logins == logins
+    log = mount.log_text()
+    assert "refused api.credentials (auth.login answered 401)" in log
+    assert wrong not in log and auth.secret_key not in log

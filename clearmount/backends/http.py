@@ -264,13 +264,19 @@ class HttpStore(ObjectStore):
     def _failure(self, reply: urllib3.BaseHTTPResponse, key: str) -> StoreError:
         """The `StoreError` for an answer that is not the one asked for."""
         url = self._url(key)
-        with_token = self._settings.auth_for(url) is not None and bool(_tokens_for(self._settings))
+        files_server = self._settings.auth_for(url) is not None
+        with_token = files_server and _tokens_for(self._settings) is not None
         entry = "api.credentials" if with_token else self.entry
         status = reply.status
         if status in (404, 410):
             return NotFound("no such object", url, entry)
         if status in (401, 403):
-            hint = "" if with_token or entry != _NO_CREDENTIALS else ", no credentials sent"
+            if with_token:
+                hint = ", also with a new token"
+            elif files_server:
+                hint = ", no api.credentials configured"
+            else:
+                hint = ", no credentials sent to a host that is not a files server"
             return AccessDenied(f"access denied ({status}{hint})", url, entry)
         if status in (412, 416):
             return Stale("object changed while being read", url, entry)
