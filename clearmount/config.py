@@ -174,6 +174,72 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class HttpHost:
+    """One http(s) place clearmount may contact: "scheme://netloc[/path]", as configured."""
+
+    source: str  # the key (or environment variable) that names it
+    url: str  # scheme and netloc lower-cased, no trailing "/"
+
+    @property
+    def listed(self) -> bool:
+        """Shown under `http/` or `https/`: named by the config or the environment, not one
+        of ClearML's built-in defaults (those are still reachable by name)."""
+        return not self.source.startswith("ClearML")
+
+    @property
+    def origin(self) -> str:
+        """ "scheme://netloc": what gates a connection (a path in `url` only narrows auth)."""
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.partition('/')[0]}"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The ClearML file server and other http(s) hosts (section `api`, `sdk.http`,
+    `sdk.storage.http`): who gets the files-server Bearer token and how long requests wait."""
+
+    #: api.api_server (or api.host) / CLEARML_API_HOST; ClearML's default https://api.clear.ml
+    api_server: str = "https://api.clear.ml"
+    #: api.credentials.access_key / CLEARML_API_ACCESS_KEY (a secret, as is secret_key)
+    access_key: str = field(default="", repr=False)
+    secret_key: str = field(default="", repr=False)
+    #: the hosts that get `Authorization: Bearer <token>` (ClearML's files-server hosts):
+    #: api.files_server / CLEARML_FILES_HOST (or derived from the API server as the SDK does),
+    #: ClearML's built-in legacy server, sdk.storage.http.legacy_fileservers and an http(s)
+    #: sdk.metrics.plot_upload_destination
+    auth_hosts: tuple[HttpHost, ...] = ()
+    #: sdk.storage.http.hosts (clearmount's own key): hosts read with no credentials
+    plain_hosts: tuple[HttpHost, ...] = ()
+    #: sdk.http.timeout.connection / .total (seconds) and sdk.http.download.max_retries
+    connect_timeout: float = 30.0
+    read_timeout: float = 30.0
+    max_retries: int = 15
+
+    def auth_for(self, url: str) -> HttpHost | None:
+        """The files-server entry whose URL starts `url` (whole segments), if any."""
+        low = _lower_origin(url)
+        for host in self.auth_hosts:
+            if low == host.url or low.startswith(host.url + "/"):
+                return host
+        return None
+
+    def host_entry(self, scheme: str, netloc: str) -> HttpHost | None:
+        """The entry naming `scheme://netloc` (auth hosts first), if the config names it."""
+        origin = f"{scheme}://{netloc}".lower()
+        for host in (*self.auth_hosts, *self.plain_hosts):
+            if host.origin == origin:
+                return host
+        return None
+
+
+def _lower_origin(url: str) -> str:
+    """`url` with its scheme and netloc lower-cased and no trailing "/"."""
+    scheme, sep, rest = url.strip().partition("://")
+    netloc, slash, path = rest.partition("/")
+    return (f"{scheme.lower()}{sep}{netloc.lower()}{slash}{path}").rstrip("/")
+
+
+@dataclass(frozen=True)
 class Config:
     #: the files actually read, in merge order (later wins)
     files: tuple[Path, ...]
@@ -185,6 +251,7 @@ class Config:
     cache: CacheSettings
     #: one line each, naming file and key
     warnings: tuple[str, ...]
+    http: HttpSettings = field(default_factory=HttpSettings)
 
 
 # ------------------------------------------------------------------------------ finding files
@@ -994,6 +1061,156 @@ def _read_cache(
     )
 
 
+# ClearML's defaults (clearml/backend_api/session/session.py)
+_DEFAULT_API_SERVER = "https://api.clear.ml"
+_DEFAULT_FILES_SERVER = "https://files.clear.ml"
+_LEGACY_FILES_SERVER = "https://files.community.clear.ml"
+_HTTP_STORAGE_KEYS = frozenset({"legacy_fileservers", "hosts"})
+
+
+def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str]:
+    """The first of the environment variables `names` that is set: (value, name)."""
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value, name
+    return "", ""
+
+
+def _http_origin(text: str) -> str | None:
+    """`text` as "scheme://netloc[/path]" (lower-cased origin, no trailing "/"), or None if
+    it is not an http(s) URL with a host."""
+    low = _lower_origin(text)
+    scheme, sep, rest = low.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest.partition("/")[0]:
+        return None
+    return low
+
+
+def _files_server_from_api(api_server: str, web_server: str) -> str | None:
+    """The files server ClearML derives from the API server (Session.get_files_server_host)."""
+    if api_server == _DEFAULT_API_SERVER:
+        return _DEFAULT_FILES_SERVER
+    web = web_server
+    if not web:
+        scheme, _, rest = api_server.partition("://")
+        netloc, _, path = rest.partition("/")
+        if "://demoapi." in api_server:
+            web = api_server.replace("://demoapi.", "://demoapp.", 1)
+        elif "://api." in api_server:
+            web = api_server.replace("://api.", "://app.", 1)
+        elif netloc.endswith(":8008"):
+            web = api_server.replace(":8008", ":8080", 1)
+        else:
+            return None
+    scheme, sep, rest = web.partition("://")
+    netloc, slash, path = rest.partition("/")
+    name, colon, port = netloc.rpartition(":")
+    if colon and port.isdigit():
+        netloc = f"{name}:8081"
+    elif netloc.startswith("demoapp."):
+        netloc = "demofiles." + netloc[len("demoapp.") :]
+    elif netloc.startswith("app."):
+        netloc = "files." + netloc[len("app.") :]
+    else:
+        netloc += ":8081"
+    return f"{scheme}{sep}{netloc}{slash}{path}"
+
+
+def _read_http(
+    r: _Reader, top: dict[str, Any], sdk: dict[str, Any], environ: Mapping[str, str]
+) -> HttpSettings:
+    """The `api` section (and its CLEARML_* variables), `sdk.http` and `sdk.storage.http`."""
+    api_at: Key = ("api",)
+    api = r.section(top, (), "api")
+    api_server, _ = _env(environ, "CLEARML_API_HOST", "TRAINS_API_HOST")
+    api_server = (
+        api_server
+        or r.string(api, api_at, "api_server")
+        or r.string(api, api_at, "host")
+        or _DEFAULT_API_SERVER
+    ).rstrip("/")
+    credentials = r.section(api, api_at, "credentials")
+    cred_at: Key = (*api_at, "credentials")
+    access_key, _ = _env(environ, "CLEARML_API_ACCESS_KEY", "TRAINS_API_ACCESS_KEY")
+    secret_key, _ = _env(environ, "CLEARML_API_SECRET_KEY", "TRAINS_API_SECRET_KEY")
+    access_key = access_key or r.string(credentials, cred_at, "access_key", secret=True)
+    secret_key = secret_key or r.string(credentials, cred_at, "secret_key", secret=True)
+
+    auth: list[HttpHost] = []
+    files, source = _env(environ, "CLEARML_FILES_HOST", "TRAINS_FILES_HOST")
+    if not files:
+        files, source = r.string(api, api_at, "files_server").strip(), "api.files_server"
+    if not files:
+        web, _ = _env(environ, "CLEARML_WEB_HOST", "TRAINS_WEB_HOST")
+        web = (web or r.string(api, api_at, "web_server")).rstrip("/")
+        # None: the SDK cannot derive one either (it fails only once it needs it)
+        files = _files_server_from_api(api_server, web) or ""
+        source = "ClearML default" if api_server == _DEFAULT_API_SERVER else "api.api_server"
+    files_key: Key | None = (*api_at, "files_server") if source.startswith("api.") else None
+    candidates: list[tuple[str, str, Key | None]] = [
+        (files, source, files_key),
+        (_LEGACY_FILES_SERVER, "ClearML built-in legacy file server", None),
+    ]
+
+    found = sdk.get("storage")
+    storage: dict[str, Any] = found if isinstance(found, dict) else {}
+    http_at: Key = (*_SDK, "storage", "http")
+    storage_http = r.section(storage, http_at[:-1], "http", _HTTP_STORAGE_KEYS)
+    for key in ("legacy_fileservers", "hosts"):
+        value = storage_http.get(key)
+        if value is not None and not isinstance(value, list):
+            r.warn((*http_at, key), f"expected a list of URLs, got {_kind(value)}; ignored")
+    legacy = storage_http.get("legacy_fileservers")
+    for index, item in enumerate(legacy if isinstance(legacy, list) else []):
+        here = (*http_at, "legacy_fileservers", index)
+        candidates.append((str(item), dotted(here), here))
+    metrics = r.section(sdk, _SDK, "metrics")
+    plot = r.string(metrics, (*_SDK, "metrics"), "plot_upload_destination").strip()
+    if _http_origin(plot):
+        here = (*_SDK, "metrics", "plot_upload_destination")
+        candidates.append((plot, dotted(here), here))
+    for text, where, at in candidates:
+        if not text:
+            continue
+        origin = _http_origin(text)
+        if origin is None:
+            message = f"{_shown(text)} is not an http(s) URL; ignored"
+            if at is None:
+                r.warnings.append(f"{where}: {message}")
+            else:
+                r.warn(at, message)
+        elif all(host.url != origin for host in auth):
+            auth.append(HttpHost(where, origin))
+
+    plain: list[HttpHost] = []
+    hosts = storage_http.get("hosts")
+    for index, item in enumerate(hosts if isinstance(hosts, list) else []):
+        origin = _http_origin(str(item)) if isinstance(item, str) else None
+        if origin is None or "/" in origin.partition("://")[2]:
+            r.warn(
+                (*http_at, "hosts", index),
+                f'expected "https://host" or "http://host:port", got {_shown(item)}; ignored',
+            )
+            continue
+        plain.append(HttpHost(f"sdk.storage.http.hosts[{index}]", origin))
+
+    http = r.section(sdk, _SDK, "http")
+    timeout = r.section(http, (*_SDK, "http"), "timeout")
+    timeout_at: Key = (*_SDK, "http", "timeout")
+    download = r.section(http, (*_SDK, "http"), "download")
+    return HttpSettings(
+        api_server=api_server,
+        access_key=access_key,
+        secret_key=secret_key,
+        auth_hosts=tuple(auth),
+        plain_hosts=tuple(plain),
+        connect_timeout=r.number(timeout, timeout_at, "connection", 30.0, minimum=0.001),
+        read_timeout=r.number(timeout, timeout_at, "total", 30.0, minimum=0.001),
+        max_retries=r.integer(download, (*_SDK, "http", "download"), "max_retries", 15),
+    )
+
+
 # ------------------------------------------------------------------------------ public
 
 
@@ -1027,6 +1244,7 @@ def load_files(files: tuple[Path, ...], environ: Mapping[str, str] | None = None
     azure = _read_azure(r, sdk, env)
     gcs = _read_gcs(r, sdk, env)
     direct_access, path_substitution, cache = _read_storage(r, sdk, env)
+    http = _read_http(r, tree.data, sdk, env)
     return Config(
         files=files,
         s3=s3,
@@ -1036,6 +1254,7 @@ def load_files(files: tuple[Path, ...], environ: Mapping[str, str] | None = None
         path_substitution=path_substitution,
         cache=cache,
         warnings=tuple(warnings),
+        http=http,
     )
 
 
@@ -1181,6 +1400,16 @@ def describe(config: Config) -> str:
             + (" (/ -> \\)" if p.replace_linux_sep else "")
             for p in config.path_substitution
         ]
+    http = config.http
+    lines.append(
+        f"http: api_server {http.api_server}, access_key {_mask(http.access_key)}, "
+        f"secret_key {_mask(http.secret_key)}, timeout connection {http.connect_timeout:g}s, "
+        f"total {http.read_timeout:g}s, max_retries {http.max_retries}"
+    )
+    lines.append("  files-server hosts (ClearML's Bearer token from auth.login):")
+    lines += [f"    {host.url} ({host.source})" for host in http.auth_hosts] or ["    (none)"]
+    lines.append("  other hosts (no credentials):")
+    lines += [f"    {host.url} ({host.source})" for host in http.plain_hosts] or ["    (none)"]
     cache = config.cache
     lines.append(
         f"cache: {cache.base_dir}, max_used_bytes {_human_bytes(cache.max_used_bytes)}, "

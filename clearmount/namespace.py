@@ -7,6 +7,11 @@ and which servers a path may make the daemon contact (`may_contact`: only those 
 names, unless `-o allow_unlisted_endpoints`). Never touches cache files; talks to stores only
 through `Transfer`.
 
+A store without listings (a plain HTTP server) has no directories of its own: below a host,
+a name is a file when a HEAD finds an object there and a directory otherwise, and a
+directory shows only the names looked up in it (within the TTLs). Which http(s) hosts may be
+contacted at all is `may_contact`'s rule like any other endpoint's.
+
 A file inode stands for one object *version*: when the object changes, the next lookup
 yields a new inode, so the kernel page cache (kept across opens) never mixes two versions.
 
@@ -193,6 +198,8 @@ class Namespace:
         self._listing_ahead: set[MountPath] = set()
         self._too_big: set[MountPath] = set()
         self._refused: set[str] = set()
+        # stores without a listing (plain HTTP): the names looked up in each directory
+        self._looked_up: dict[MountPath, set[str]] = {}
         self._nursery: trio.Nursery | None = None
         self.reload(config, direct)
 
@@ -211,6 +218,7 @@ class Namespace:
         )
         self._known.clear()
         self._listings.clear()
+        self._looked_up.clear()
         self.root = Node(ROOT_INODE, ROOT_PATH, Kind.ROOT)
         self._nodes[ROOT_INODE] = self.root
 
@@ -350,8 +358,13 @@ class Namespace:
             else:
                 # Listings answer for the names they saw, never for absent ones: an object
                 # uploaded a moment ago must be found by the job just handed its URL.
+                store, _ = self.store_for(parts)
                 known = await self._probe(parts)
-                self._list_ahead(parent.path)
+                if store.listable:
+                    self._list_ahead(parent.path)
+                else:
+                    # nothing to list ahead: the directory shows the names looked up
+                    self._looked_up.setdefault(parent.path, set()).add(name)
             self._remember(path, known)
         if known.kind is None:
             return None
@@ -375,6 +388,11 @@ class Namespace:
         if len(self._known) >= _ENTRY_SWEEP_AT:
             horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
             self._known = {k: v for k, v in self._known.items() if v.at >= horizon}
+            self._looked_up = {
+                folder: kept
+                for folder, names in self._looked_up.items()
+                if (kept := {name for name in names if folder.child(name) in self._known})
+            }
         self._known[path] = known
 
     def _direct_target(self, parts: tuple[str, ...]) -> Target | None:
@@ -415,6 +433,8 @@ class Namespace:
         directory (as listings do), and neither answer waits for the other.
         """
         store, key = self.store_for(parts)
+        if not store.listable:
+            return await self._probe_unlisted(store, key)
         found: dict[str, object] = {}
         failures: dict[str, StoreError] = {}
 
@@ -450,13 +470,27 @@ class Namespace:
             return _Known(Kind.FILE, info, now)
         return _Known(None, None, now)
 
+    async def _probe_unlisted(self, store: ObjectStore, key: str) -> _Known:
+        """A server without listings (plain HTTP): the name is a file when the server has
+        an object there (HEAD), otherwise a directory; the walk to a deep file passes
+        through names the server does not have."""
+        try:
+            info = await self.transfer.metadata(store.head, key)
+        except NotFound:
+            return _Known(Kind.DIR, None, time.monotonic())
+        return _Known(Kind.FILE, info, time.monotonic())
+
     async def _probe_virtual(self, parent: Node, parts: tuple[str, ...]) -> _Known:
         """Whether `parts`, a child of the root or of a scheme, host or account level, exists."""
         name = parts[-1]
         now = time.monotonic()
         if parent.kind is Kind.ROOT:
-            return _Known(Kind.VIRTUAL if name in self.schemes() else None, None, now)
+            # http/ and https/ are always there, listed or not: any host may be named below
+            exists = name in self.schemes() or name in urls.HTTP_SCHEMES
+            return _Known(Kind.VIRTUAL if exists else None, None, now)
         scheme = parts[0]
+        if scheme in urls.HTTP_SCHEMES:
+            return _Known(Kind.DIR if self.may_contact(scheme, name) else None, None, now)
         is_host_level = (scheme == "s3" and len(parts) == 2 and self._is_s3_host(name)) or (
             scheme == "azure" and len(parts) == 2
         )
@@ -513,6 +547,7 @@ class Namespace:
             names.append("gs")
         if self.config.azure.containers:
             names.append("azure")
+        names += [scheme for scheme in urls.HTTP_SCHEMES if urls.http_roots(self.config, scheme)]
         return names
 
     async def listdir(self, node: Node) -> list[tuple[str, Entry]]:
@@ -521,6 +556,8 @@ class Namespace:
         if listing is None or not self._listing_fresh(listing):
             if node.kind in (Kind.ROOT, Kind.VIRTUAL):
                 listing = await self._list_virtual(node)
+            elif not self.store_for(node.parts)[0].listable:
+                listing = self._list_looked_up(node.path)
             else:
                 listing = await self._list_prefix(node.parts)
             await self._install_listing(node.path, listing)
@@ -539,6 +576,19 @@ class Namespace:
             newer = self._known.get(child)
             if newer is None or newer.at <= known.at:
                 self._remember(child, known)
+
+    def _list_looked_up(self, path: MountPath) -> _Listing:
+        """A directory of a server without listings: the names looked up in it that are still
+        known (within the TTLs). Never kept as a listing, so new lookups show at once."""
+        names = {}
+        looked_up = self._looked_up.get(path, set())
+        for name in sorted(looked_up):
+            known = self._fresh(path.child(name))
+            if known is None:
+                looked_up.discard(name)
+            elif known.kind is not None:
+                names[name] = known
+        return _Listing(names, time.monotonic(), complete=False)
 
     def _list_ahead(self, path: MountPath) -> None:
         """After a lookup miss in a directory: list it in the background, so the lookups of
@@ -614,6 +664,8 @@ class Namespace:
                 dirs += await self._containers(parts)
         elif parts == ("gs",):
             dirs = list(urls.gcs_roots(gcs))
+        elif parts[0] in urls.HTTP_SCHEMES:
+            dirs = list(urls.http_roots(self.config, parts[0]))
         elif parts == ("azure",):
             virtual = list(urls.azure_roots(az))
         elif parts[0] == "azure":

@@ -2,9 +2,9 @@
 
 Owns: `StorageURL` and `parse_url`; `url_to_path`/`path_to_url` (a mount path is the URL with
 "://" replaced by "/"); `match_s3`/`match_azure`/`match_gcs`; the names each scheme directory
-lists (`s3_roots`, `azure_roots`, `gcs_roots`, ...); `endpoint_listed`, whether clearml.conf
-names the server a URL would be sent to; and `describe_matches`, the "which entry serves what"
-part of `clearmount config`.
+lists (`s3_roots`, `azure_roots`, `gcs_roots`, `http_roots`, ...); `endpoint_listed`, whether
+clearml.conf names the server a URL would be sent to (for http(s): `http_host_allowed`); and
+`describe_matches`, the "which entry serves what" part of `clearmount config`.
 
 Matching follows ClearML's `get_config_by_uri` (shared/reference/clearml-storage.md section 3)
 with one deliberate difference: prefixes match whole path segments, so bucket "data" does not
@@ -28,19 +28,20 @@ from clearmount.config import (
     S3Settings,
 )
 
-SCHEMES = ("s3", "gs", "azure", "file")
+SCHEMES = ("s3", "gs", "azure", "file", "http", "https")
+HTTP_SCHEMES = ("http", "https")
 
 AZURE_BLOB_SUFFIX = ".blob.core.windows.net"
 
 
 @dataclass(frozen=True)
 class StorageURL:
-    #: "s3" | "gs" | "azure" | "file"
+    #: "s3" | "gs" | "azure" | "file" | "http" | "https"
     scheme: str
     #: s3: "" for AWS, "host[:port]" for an endpoint; azure: "account.blob.core.windows.net";
-    #: gs and file: ""
+    #: http(s): "host[:port]"; gs and file: ""
     host: str
-    #: s3/gs bucket, azure container ("" at a host or account root); "" for file
+    #: s3/gs bucket, azure container ("" at a host or account root); "" for file and http(s)
     bucket: str
     #: the object key, raw (not URL-decoded), "" at the bucket root; for file: the absolute
     #: path without its leading "/"
@@ -53,6 +54,8 @@ class StorageURL:
             return "file://"
         if self.scheme == "gs":
             return f"gs://{self.bucket}"
+        if self.scheme in HTTP_SCHEMES:
+            return f"{self.scheme}://{self.host}"
         return f"{self.scheme}://" + "/".join(part for part in (self.host, self.bucket) if part)
 
     def __str__(self) -> str:
@@ -84,7 +87,8 @@ def parse_url(url: str, s3: S3Settings | None = None) -> StorageURL:
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
         raise ValueError(
-            f"unsupported URL {url!r}: expected s3://, gs://, azure:// or file:///path"
+            f"unsupported URL {url!r}: expected s3://, gs://, azure://, http://, https:// "
+            "or file:///path"
         )
     if scheme == "file":
         if rest.startswith("localhost/"):
@@ -99,6 +103,9 @@ def parse_url(url: str, s3: S3Settings | None = None) -> StorageURL:
         )
     if scheme == "gs":
         return StorageURL("gs", "", netloc, path)
+    if scheme in HTTP_SCHEMES:
+        # a plain HTTP server: the host is the store, the path (raw, query included) the key
+        return StorageURL(scheme, netloc, "", path)
     if scheme == "s3" and not (_has_port(netloc) or netloc.lower() in _configured_hosts(s3)):
         return StorageURL("s3", "", netloc, path)
     # an s3 endpoint or an azure account: the bucket/container is the first path segment
@@ -242,6 +249,24 @@ def azure_account_containers(az: AzureSettings, host: str) -> tuple[str, ...]:
     )
 
 
+def http_roots(config: Config, scheme: str) -> tuple[str, ...]:
+    """The names under http/ or https/: the "host[:port]" of every http(s) host the config or
+    the environment names (ClearML's built-in defaults are reachable but not listed)."""
+    hosts = (*config.http.auth_hosts, *config.http.plain_hosts)
+    return _unique_sorted(
+        [
+            host.origin.partition("://")[2]
+            for host in hosts
+            if host.listed and host.origin.startswith(scheme + "://")
+        ]
+    )
+
+
+def http_host_allowed(config: Config, scheme: str, netloc: str) -> bool:
+    """Whether `scheme://netloc` is a files-server host or in sdk.storage.http.hosts."""
+    return config.http.host_entry(scheme, netloc) is not None
+
+
 def gcs_roots(gcs: GcsSettings) -> tuple[str, ...]:
     """The names under gs/: the buckets of the credentials entries."""
     return _unique_sorted([entry.bucket for entry in gcs.credentials], fold=False)
@@ -266,6 +291,8 @@ def endpoint_listed(scheme: str, host: str, config: Config) -> bool:
         return not name or name in _configured_hosts(config.s3)
     if scheme == "azure":
         return name in {root.lower() for root in azure_roots(config.azure)}
+    if scheme in HTTP_SCHEMES:
+        return http_host_allowed(config, scheme, host)
     return scheme in ("gs", "file")
 
 
@@ -291,4 +318,9 @@ def describe_matches(config: Config) -> str:
     for gcs_entry in config.gcs.credentials:
         text = "gs://" + "/".join(_gcs_prefix(gcs_entry))
         lines.append(f"{text} -> {match_gcs(config.gcs, parse_url(text)).source}")
+    for http_host in (*config.http.auth_hosts, *config.http.plain_hosts):
+        if not http_host.listed:
+            continue
+        auth = "files-server token" if config.http.auth_for(http_host.url) else "no credentials"
+        lines.append(f"{http_host.url}/ -> {http_host.source} ({auth})")
     return "\n".join(lines) if lines else "(no buckets, hosts or containers configured)"

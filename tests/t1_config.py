@@ -880,3 +880,79 @@ def test_fuzz_under_every_section(fuzz_dir: Path, doc: dict[str, object]) -> Non
         for section in sections
     )
     assert_loads_or_config_error(fuzz_dir, text)
+
+
+# ------------------------------------------------------------------------------ http(s)
+
+
+def test_files_server_defaults_as_the_clearml_sdk(tmp_path: Path) -> None:
+    cfg = config.load(None, {"HOME": str(tmp_path)})
+    assert cfg.http.api_server == "https://api.clear.ml"
+    assert [h.url for h in cfg.http.auth_hosts] == [
+        "https://files.clear.ml",
+        "https://files.community.clear.ml",
+    ]
+    assert (cfg.http.connect_timeout, cfg.http.read_timeout, cfg.http.max_retries) == (30, 30, 15)
+
+
+@pytest.mark.parametrize(
+    ("api", "files"),
+    [
+        ('api_server: "http://clearml:8008"', "http://clearml:8081"),
+        ('api_server: "https://api.example.com"', "https://files.example.com"),
+        ('api_server: "https://demoapi.example.com"', "https://demofiles.example.com"),
+        ('api_server: "http://clearml:8008", web_server: "http://web:8080"', "http://web:8081"),
+        ('api_server: "http://x:8008", files_server: "http://F:9000/"', "http://f:9000"),
+    ],
+)
+def test_files_server_derived_from_the_api_server(tmp_path: Path, api: str, files: str) -> None:
+    cfg = load_text(tmp_path, f"api {{ {api} }}")
+    assert cfg.http.auth_hosts[0].url == files
+
+
+def test_http_environment_wins_and_sdk_keys_are_read(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        """
+        api { files_server: "http://conf:8081", credentials { access_key: ak, secret_key: sk } }
+        sdk {
+          http { timeout { connection: 2, total: 7 }, download { max_retries: 3 } }
+          storage.http {
+            legacy_fileservers: ["http://old:8081"]
+            hosts: ["http://pub:80", "ftp://x", "http://h/p"]
+          }
+          metrics.plot_upload_destination: "https://plots.example/p"
+        }
+        """,
+        CLEARML_FILES_HOST="http://env-files:8081",
+        CLEARML_API_HOST="http://env-api:8008",
+        CLEARML_API_ACCESS_KEY="env-access",
+        CLEARML_API_SECRET_KEY="env-secret-value",
+    )
+    http = cfg.http
+    assert http.api_server == "http://env-api:8008"
+    assert (http.access_key, http.secret_key) == ("env-access", "env-secret-value")
+    assert [(h.url, h.source) for h in http.auth_hosts] == [
+        ("http://env-files:8081", "CLEARML_FILES_HOST"),
+        ("https://files.community.clear.ml", "ClearML built-in legacy file server"),
+        ("http://old:8081", "sdk.storage.http.legacy_fileservers[0]"),
+        ("https://plots.example/p", "sdk.metrics.plot_upload_destination"),
+    ]
+    assert [h.url for h in http.plain_hosts] == ["http://pub:80"]
+    assert len(warnings_about(cfg, "sdk.storage.http.hosts[")) == 2
+    assert (http.connect_timeout, http.read_timeout, http.max_retries) == (2, 7, 3)
+    # the plot destination's path narrows the token to that path, the host is reachable
+    assert http.auth_for("https://plots.example/p/x.png") is not None
+    assert http.auth_for("https://plots.example/other") is None
+    assert http.host_entry("https", "plots.example") is not None
+
+
+def test_describe_masks_the_clearml_api_keys(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        'api { credentials { access_key: "ACCESS-KEY-VALUE", secret_key: "SECRET-KEY-VALUE" } }',
+    )
+    text = config.describe(cfg)
+    assert "ACCESS-KEY-VALUE" not in text and "SECRET-KEY-VALUE" not in text
+    assert "ACCESS-KEY-VALUE" not in repr(cfg) and "SECRET-KEY-VALUE" not in repr(cfg)
+    assert "https://files.clear.ml (ClearML default)" in text

@@ -25,6 +25,8 @@ from clearmount.urls import (
     describe_matches,
     endpoint_listed,
     gcs_roots,
+    http_host_allowed,
+    http_roots,
     match_azure,
     match_gcs,
     match_s3,
@@ -118,8 +120,7 @@ def test_s3_host_needs_a_port_unless_configured() -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "http://host/x",
-        "https://acct.blob.core.windows.net/c/x",
+        "http:///x",
         "bucket/key",
         "/abs/path",
         "s3://",
@@ -148,6 +149,11 @@ DESIGN_TABLE = [
         "azure/account.blob.core.windows.net/container/path",
     ),
     ("file:///nfs/share/x", "file/nfs/share/x"),
+    ("https://files.clear.ml/proj/x.pt", "https/files.clear.ml/proj/x.pt"),
+    (
+        "http://clearml-host:8081/proj/t.1/artifacts/m.pt",
+        "http/clearml-host:8081/proj/t.1/artifacts/m.pt",
+    ),
     ("s3://bucket", "s3/bucket"),
     ("file:///", "file"),
 ]
@@ -165,7 +171,7 @@ def test_path_to_url_host_component() -> None:
     assert path_to_url("/s3/b/k") == "s3://b/k"
 
 
-@pytest.mark.parametrize("path", ["", "s3", "gs/", "http/x/y", "other"])
+@pytest.mark.parametrize("path", ["", "s3", "gs/", "https", "ftp/x/y", "other"])
 def test_path_to_url_rejects(path: str) -> None:
     with pytest.raises(ValueError):
         path_to_url(path)
@@ -454,3 +460,40 @@ def test_only_endpoints_the_config_names_are_listed(tmp_path: Path) -> None:
     assert listed("gs://bucket/x") and listed("file:///etc/hostname")
     # a scheme without a rule of its own names no server
     assert not endpoint_listed("http", "files.example.com", cfg)
+
+
+# ------------------------------------------------------------------------------ http(s)
+
+
+def test_http_urls_are_host_and_raw_path() -> None:
+    url = parse_url("https://files.clear.ml/proj/a%20b/x.pt")
+    assert (url.scheme, url.host, url.bucket, url.key) == (
+        "https",
+        "files.clear.ml",
+        "",
+        "proj/a%20b/x.pt",
+    )
+    assert url.base_url == "https://files.clear.ml"
+    assert str(url) == "https://files.clear.ml/proj/a%20b/x.pt"
+    assert parse_url("http://h:8081").key == ""
+    assert str(parse_url("http://h:8081")) == "http://h:8081"
+
+
+def test_http_hosts_allowed_and_listed(tmp_path: Path) -> None:
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        """
+        api.files_server: "http://Files-Host:8081"
+        sdk.storage.http.hosts: ["https://public.example"]
+        """
+    )
+    cfg = config.load(conf, {"HOME": str(tmp_path)})
+    assert http_host_allowed(cfg, "http", "files-host:8081")
+    assert http_host_allowed(cfg, "https", "public.example")
+    assert http_host_allowed(cfg, "https", "files.community.clear.ml")  # ClearML's built-in
+    assert not http_host_allowed(cfg, "https", "files-host:8081")  # another scheme
+    assert not http_host_allowed(cfg, "http", "other:8081")
+    assert http_roots(cfg, "http") == ("files-host:8081",)
+    assert http_roots(cfg, "https") == ("public.example",)  # built-in defaults are not listed
+    assert cfg.http.auth_for("http://files-host:8081/p/x") is not None
+    assert cfg.http.auth_for("https://public.example/p/x") is None

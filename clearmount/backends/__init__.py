@@ -1,9 +1,9 @@
 """Which adapter serves a URL: the scheme → backend registry.
 
-Owns: turning a `StorageURL` plus the config into an `ObjectStore` (one per bucket or
-container, reused) and listing the buckets/containers under a host or account. Cloud SDKs
-are imported lazily here, so a mount that uses only S3 never pays for the Azure or Google
-imports, and `clearmount --help` starts fast.
+Owns: turning a `StorageURL` plus the config into an `ObjectStore` (one per bucket,
+container or http(s) host, reused) and listing the buckets/containers under a host or
+account. Cloud SDKs are imported lazily here, so a mount that uses only S3 never pays for
+the Azure or Google imports, and `clearmount --help` starts fast.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def _new_store(url: StorageURL, config: Config) -> ObjectStore:
         from clearmount.backends import gcs
 
         return gcs.open_store(url, config)
+    if url.scheme in ("http", "https"):
+        from clearmount.backends import http
+
+        return http.open_store(url, config)
     raise ValueError(f"no object store for {url.scheme}:// URLs")
 
 

@@ -9,8 +9,16 @@ Contract, for every implementation:
 - they raise only `clearmount.errors.StoreError` subclasses: `NotFound`, `AccessDenied`,
   `Unavailable` (after the SDK's own retries), `Stale` (a version precondition failed);
 - keys are the raw object keys (no URL decoding), relative to the bucket root;
-- `read_range` is pinned to `version` (S3/Azure ETag, GCS generation): if the object no
-  longer has that version it raises `Stale`, so bytes of two versions never mix.
+- `read_range` is pinned to `version` (S3/Azure ETag, GCS generation, HTTP ETag or
+  Last-Modified): if the object no longer has that version it raises `Stale`, so bytes of two
+  versions never mix.
+
+Two things a store may lack, said by the store rather than guessed by its callers:
+- `listable` False (a plain HTTP server): `list_page` has nothing to list, a name the server
+  does not have as an object is taken as a directory, and a directory shows the names looked
+  up in it;
+- `ObjectInfo.ranged` False (the server did not offer `Accept-Ranges: bytes`): the object is
+  read by one GET from its first byte, never in parallel parts.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ class ObjectInfo:
     size: int
     version: str  # ETag (S3, Azure) or generation (GCS): what `read_range` pins to
     mtime: float  # seconds since the epoch
+    #: the server serves byte ranges of it; False: read it whole, by one GET from byte 0
+    ranged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,11 @@ class ObjectStore(abc.ABC):
     base_url: str
     #: which config entry supplied the credentials, e.g. "sdk.aws.s3.credentials[1]"
     entry: str
+    #: the server lists keys; False: only names looked up exist (see the module docstring)
+    listable: bool = True
+    #: an ETag of 32 hex digits is the object's MD5 (S3 single-part uploads) and downloads
+    #: are checked against it; False for servers whose ETags are opaque
+    md5_versions: bool = True
 
     @abc.abstractmethod
     def exists(self) -> bool:

@@ -377,7 +377,7 @@ class Fetcher:
         if fetch is not None:
             return self._join(fetch)
         final = self.layout.final_path(url)
-        cached = await self._cached_fd(final, url, info)
+        cached = await self._cached_fd(final, url, info, self.verify and store.md5_versions)
         if cached is not None:
             return Source(cached, None)
         fetch = self.in_flight.get((url, info.version))  # started while we checked
@@ -430,7 +430,7 @@ class Fetcher:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
-    async def _cached_fd(self, final: Path, url: str, info: ObjectInfo) -> int | None:
+    async def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
         try:
             fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -445,7 +445,7 @@ class Fetcher:
         if entry is None or not entry.version:
             # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
             # the version we see now, if it is that version's bytes.
-            if size != info.size or not await self._is_current(fd, info):
+            if size != info.size or not await self._is_current(fd, info, verify):
                 os.close(fd)
                 return None
             self.index.put(final.name, url, info.version, info.size)
@@ -459,11 +459,11 @@ class Fetcher:
             pass
         return fd
 
-    async def _is_current(self, fd: int, info: ObjectInfo) -> bool:
+    async def _is_current(self, fd: int, info: ObjectInfo, verify: bool) -> bool:
         """Whether a cache file nobody recorded holds `info`'s version: its MD5 when the ETag
         states one, else it must be younger than the object (the SDK never revalidates, so
         its copy may predate a replacement of the same size)."""
-        expected = _md5_of(info.version) if self.verify else None
+        expected = _md5_of(info.version) if verify else None
         if expected is not None:
             actual = await trio.to_thread.run_sync(_fd_md5, os.dup(fd))
             return actual == expected
@@ -478,15 +478,16 @@ class Fetcher:
             partial, lock_fd = self.layout.create_partial(final)
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        # A server without byte ranges is read by one GET: one part, the whole object.
         fetch = Fetch(
             url,
             store,
             info,
             final,
             partial,
-            self.part_size,
-            self.parallel if parallel else 1,
-            self.verify,
+            self.part_size if info.ranged else max(info.size, 1),
+            self.parallel if parallel and info.ranged else 1,
+            self.verify and store.md5_versions,
             self.events,
         )
         read_fd = self._open_read(partial)

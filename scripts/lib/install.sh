@@ -13,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 CLEARMOUNT_NODE_DIR="${CLEARMOUNT_NODE_DIR:-$ROOT/.cache/node}"
 export VENV CLEARMOUNT_NODE_DIR
 
-APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr)
+APT_PACKAGES=(fuse3 libfuse3-dev pkg-config attr nginx)
 # pyfuse3 ships only a source archive: pip compiles it (--no-install-recommends skips libc6-dev)
 APT_PACKAGES+=(gcc libc6-dev python3-dev python3-venv)
 
