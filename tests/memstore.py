@@ -8,6 +8,8 @@
                 sent instead of the stored ones, under the stored version (a corrupting server).
   GatedStore    sends the first chunk of each range, then waits for `.gate` before the rest.
   HeldTransfer  a `Transfer` whose data calls, their thread done, return only once `.go` is set.
+And the builders of the parts under test around them: `make_fetcher` (a cache in a temporary
+folder) and `make_namespace` (a clearml.conf naming one bucket, served by a MemoryStore).
 
 For the tests of the fetch machinery (t3) and of the kernel-free layers (t4); the mount tests
 use real servers (servers.py).
@@ -20,13 +22,23 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
+from clearmount import config
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.cache.evict import CacheLimits
+from clearmount.cache.fetch import Fetcher
+from clearmount.cache.index import CacheIndex
+from clearmount.cache.layout import CacheLayout
+from clearmount.direct import DirectAccess
 from clearmount.errors import NotFound, Stale
+from clearmount.namespace import Namespace
+from clearmount.options import MountOptions
 from clearmount.transfer import Transfer
+from clearmount.urls import StorageURL
 
 T = TypeVar("T")
 
@@ -133,8 +145,10 @@ class GatedStore(MemoryStore):
     """Sends the first chunk of each range, then waits (10 s at most) for `gate`: the rest
     is read (and its version checked) only then."""
 
-    def __init__(self, objects: Mapping[str, bytes] | None = None) -> None:
-        super().__init__(objects)
+    def __init__(
+        self, objects: Mapping[str, bytes] | None = None, base_url: str = "s3://memory"
+    ) -> None:
+        super().__init__(objects, base_url=base_url)
         self.gate = threading.Event()
 
     def _before_chunk(self, index: int) -> None:
@@ -156,3 +170,35 @@ class HeldTransfer(Transfer):
         self.returned.set()
         await self.go.wait()
         return result
+
+
+# ----- builders
+
+
+def make_fetcher(
+    tmp_path: Path, part_size: int = 1 << 20, transfer: Transfer | None = None
+) -> Fetcher:
+    """A Fetcher with its cache under `tmp_path`/cache (parallel 4, no limits)."""
+    layout = CacheLayout(tmp_path / "cache")
+    layout.prepare()
+    index = CacheIndex(layout)
+    return Fetcher(layout, index, transfer or Transfer(4, 4), part_size, 4, CacheLimits())
+
+
+#: the bucket `make_namespace` configures, shown at s3/bucket
+BUCKET_CONFIG = 'sdk.aws.s3 { credentials: [ { bucket: "bucket", key: "AK", secret: "SK" } ] }'
+
+
+def make_namespace(tmp_path: Path, store: MemoryStore, **options: Any) -> Namespace:
+    """A Namespace over a clearml.conf naming s3://bucket, which `store` serves (no file/
+    level); `options` are MountOptions fields. Any other store asked for fails the test."""
+    path = tmp_path / "clearml.conf"
+    path.write_text(BUCKET_CONFIG)
+    cfg = config.load(path, {"HOME": str(tmp_path)})
+
+    def open_store(url: StorageURL, _: config.Config) -> ObjectStore:
+        assert url.base_url == store.base_url, f"asked for the store of {url}"
+        return store
+
+    mount_options = MountOptions(**{"nofile": True, **options})
+    return Namespace(cfg, mount_options, Transfer(4, 4), DirectAccess((), ()), open_store)

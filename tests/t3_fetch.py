@@ -20,20 +20,12 @@ import trio
 
 from clearmount.cache.events import FetchEvents
 from clearmount.cache.evict import CacheLimits
-from clearmount.cache.fetch import Fetch, Fetcher
+from clearmount.cache.fetch import Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
 from clearmount.errors import CacheError, ClearmountError
-from clearmount.transfer import Transfer
-from memstore import GatedStore, HeldTransfer, MemoryStore
-
-
-def make_fetcher(tmp_path: Path, part_size: int = 1 << 20) -> Fetcher:
-    layout = CacheLayout(tmp_path / "cache")
-    layout.prepare()
-    index = CacheIndex(layout)
-    return Fetcher(layout, index, Transfer(4, 4), part_size, 4, CacheLimits())
+from memstore import GatedStore, HeldTransfer, MemoryStore, make_fetcher
 
 
 def fetch_of(reader: ObjectReader) -> Fetch:
@@ -99,9 +91,7 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
     data = b"sealed by the thread " * 100
     store = MemoryStore({"k": data})
     transfer = HeldTransfer()
-    layout = CacheLayout(tmp_path / "cache")
-    layout.prepare()
-    fetcher = Fetcher(layout, CacheIndex(layout), transfer, 1 << 20, 4, CacheLimits())
+    fetcher = make_fetcher(tmp_path, transfer=transfer)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         first = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
