@@ -12,7 +12,8 @@ A file reader holds a shared-locked descriptor (eviction leaves an open file alo
 Staleness: an object that changed under its fetch fails the fetch with `Stale`. A
 `FetchReader` then calls the `on_stale` its opener gave (the FUSE layer forgets what it knew
 of the path, so the next open asks the server) and raises `Stale` to the read. The cache
-knows nothing of paths or namespaces: only this callback.
+knows nothing of paths or namespaces: only this callback. (A `StreamReader` passes the
+`Stale` of its ranged GET to the read without calling it.)
 """
 
 from __future__ import annotations
