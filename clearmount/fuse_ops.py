@@ -2,7 +2,9 @@
 
 Owns: the `Operations` handlers, the open-file and open-directory handle tables, and the
 conversion of nodes into `EntryAttributes`. Holds no policy: lookups and listings belong to
-`Namespace`, bytes to `Fetcher`. pyfuse3 ends the whole mount on any exception other than
+`Namespace`, bytes to `Fetcher` and the `ObjectReader` it returns for each open file (which
+owns waiting for a fetch and noticing a changed object; it tells the namespace through the
+`on_stale` callback given at open). pyfuse3 ends the whole mount on any exception other than
 `FUSEError`, so every handler goes through `_errors`, the clearmount → errno border.
 """
 
@@ -21,9 +23,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from clearmount.cache.fetch import Fetch, Fetcher, Source
-from clearmount.cache.stream import Stream
-from clearmount.errors import ClearmountError, NotFound, Stale, errno_for
+from clearmount.cache.fetch import Fetcher
+from clearmount.cache.reader import ObjectReader
+from clearmount.errors import ClearmountError, NotFound, errno_for
 from clearmount.monitor import MountCounters
 from clearmount.namespace import Entry, Kind, Namespace, Node
 from clearmount.options import MountOptions
@@ -98,14 +100,6 @@ async def _read_only(*_: Any, **__: Any) -> Any:
 
 
 @dataclass
-class _OpenFile:
-    node: Node
-    fd: int  # -1 for a stream
-    fetch: Fetch | None
-    stream: Stream | None
-
-
-@dataclass
 class _OpenDir:
     dots: tuple[Node, Node]  # what "." and ".." stand for
     entries: list[tuple[str, Entry]]
@@ -123,7 +117,7 @@ class Operations(pyfuse3.Operations):
         self.namespace = namespace
         self.fetcher = fetcher
         self.options = options
-        self._files: dict[int, _OpenFile] = {}
+        self._files: dict[int, ObjectReader] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._handles = itertools.count(1)
         #: read() calls served, for tests and status
@@ -255,48 +249,26 @@ class Operations(pyfuse3.Operations):
         parts = node.parts  # one walk up the path, for both
         store, _ = self.namespace.store_for(parts)
         url = str(self.namespace.url_of(parts))
-        source = await self.fetcher.open(url, store, node.info, parallel=True)
-        self._count_open(source, started)
+        # a changed object seen by a read: the next open must ask the server again
+        on_stale = functools.partial(self.namespace.invalidate, node)
+        reader = await self.fetcher.open(url, store, node.info, parallel=True, on_stale=on_stale)
+        self.counters.opens[reader.outcome.value] += 1
+        self.counters.open_seconds.observe(time.monotonic() - started)
         handle = next(self._handles)
-        self._files[handle] = _OpenFile(node, source.fd, source.fetch, source.stream)
+        self._files[handle] = reader
         # Safe across opens: this inode is one object version, its bytes never change.
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
-
-    def _count_open(self, source: Source, started: float) -> None:
-        if source.stream is not None:
-            result = "streamed"
-        elif source.fetch is None:
-            result = "cached"
-        else:
-            result = "fetched" if source.started else "joined"
-        self.counters.opens[result] += 1
-        self.counters.open_seconds.observe(time.monotonic() - started)
 
     @_errors
     @_counted_read
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.reads += 1
-        handle = self._files[fh]
-        if handle.stream is not None:
-            return await handle.stream.read(off, size)
-        fetch = handle.fetch
-        if fetch is not None and not fetch.complete:
-            try:
-                await fetch.wait_for(off, off + size)
-            except Stale:
-                # the next open must ask the server instead of trusting the old version
-                self.namespace.invalidate(handle.node)
-                raise
-        return os.pread(handle.fd, size, off)
+        return await self._files[fh].read(off, size)
 
     async def release(self, fh: int) -> None:
-        handle = self._files.pop(fh, None)
-        if handle is None:
-            return
-        if handle.fd >= 0:
-            os.close(handle.fd)
-        if handle.fetch is not None:
-            self.fetcher.release(handle.fetch)
+        reader = self._files.pop(fh, None)
+        if reader is not None:
+            reader.close()
 
     # ----- extended attributes --------------------------------------------------------------
 

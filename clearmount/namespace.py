@@ -29,6 +29,7 @@ import enum
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -183,12 +184,22 @@ def showable(name: str) -> bool:
     )
 
 
+#: what gives the namespace the store of a bucket or container (`backends.open_store`)
+StoreOpener = Callable[[urls.StorageURL, Config], ObjectStore]
+
+
 class Namespace:
     def __init__(
-        self, config: Config, options: MountOptions, transfer: Transfer, direct: DirectAccess
+        self,
+        config: Config,
+        options: MountOptions,
+        transfer: Transfer,
+        direct: DirectAccess,
+        open_store: StoreOpener = backends.open_store,
     ) -> None:
         self.options = options
         self.transfer = transfer
+        self._open_store = open_store
         self.started = time.time()
         self._nodes: dict[int, Node] = {}
         self._by_key: dict[tuple[object, ...], int] = {}
@@ -302,7 +313,7 @@ class Namespace:
     def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
         """The store holding `parts` and the key (or prefix) inside it."""
         depth = self.container_depth(parts)
-        store = backends.open_store(self._contactable(self.url_of(parts[:depth])), self.config)
+        store = self._open_store(self._contactable(self.url_of(parts[:depth])), self.config)
         return store, "/".join(parts[depth:])
 
     def may_contact(self, scheme: str, host: str) -> bool:

@@ -6,92 +6,63 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
 import sqlite3
 import stat
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import trio
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
 from clearmount.cache.events import FetchEvents
 from clearmount.cache.evict import CacheLimits
-from clearmount.cache.fetch import Fetch, Fetcher
+from clearmount.cache.fetch import Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
 from clearmount.errors import CacheError, ClearmountError
-from clearmount.transfer import Transfer
-
-T = TypeVar("T")
+from memstore import GatedStore, HeldTransfer, MemoryStore, make_fetcher
 
 
-class MemoryStore(ObjectStore):
-    def __init__(self, data: bytes, served: bytes | None = None) -> None:
-        self.base_url = "s3://memory"
-        self.entry = "test"
-        self.data = data
-        self.served = data if served is None else served
-        self.ranges: list[tuple[int, int]] = []
-
-    def exists(self) -> bool:
-        return True
-
-    def head(self, key: str) -> ObjectInfo:
-        return ObjectInfo(key, len(self.data), f'"{hashlib.md5(self.data).hexdigest()}"', 0.0)
-
-    def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
-        return ListPage((), (), None)
-
-    def read_range(
-        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
-    ) -> Iterator[bytes]:
-        self.ranges.append((start, end))
-        for offset in range(start, end, chunk_size):
-            yield self.served[offset : min(offset + chunk_size, end)]
+def fetch_of(reader: ObjectReader) -> Fetch:
+    """The fetch an open started or joined."""
+    assert isinstance(reader, FetchReader), reader
+    return reader.fetch
 
 
-def make_fetcher(tmp_path: Path, part_size: int = 1 << 20) -> Fetcher:
-    layout = CacheLayout(tmp_path / "cache")
-    layout.prepare()
-    index = CacheIndex(layout)
-    return Fetcher(layout, index, Transfer(4, 4), part_size, 4, CacheLimits())
+async def ended(fetch: Fetch) -> None:
+    with trio.fail_after(10):
+        await fetch.ended.wait()
 
 
 async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> None:
     data = b"the real bytes" * 1000
-    store = MemoryStore(data, served=b"x" * len(data))
+    store = MemoryStore({"k": data}, served={"k": b"x" * len(data)})
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
-        assert source.fetch is not None
-        while not (source.fetch.complete or source.fetch.error):
-            await trio.sleep(0.01)
-    assert isinstance(source.fetch.error, CacheError)
-    assert "MD5" in str(source.fetch.error)
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        await ended(fetch)
+    assert isinstance(fetch.error, CacheError)
+    assert "MD5" in str(fetch.error)
     assert list(fetcher.layout.global_dir.iterdir()) == []
 
 
 async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
     data = bytes(range(256)) * (64 * 1024)  # 16 MiB, 16 parts of 1 MiB
-    store = MemoryStore(data)
+    store = MemoryStore({"k": data})
     fetcher = make_fetcher(tmp_path)
     fetcher.parallel = 1  # one part at a time, so the order is observable
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
-        assert source.fetch is not None
-        await source.fetch.wait_for(len(data) - 10, len(data))
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        await fetch.wait_for(len(data) - 10, len(data))
         assert store.ranges[0] == (15 << 20, 16 << 20)  # before every part ahead of it
-        await source.fetch.wait_for(0, len(data))
+        await fetch.wait_for(0, len(data))
     final = fetcher.layout.final_path("s3://memory/k")
     assert final.read_bytes() == data
     assert sorted(store.ranges) == [(i << 20, (i + 1) << 20) for i in range(16)]
@@ -100,29 +71,16 @@ async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) + 1])
 async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
     data = bytes(i % 251 for i in range(size))
-    store = MemoryStore(data)
+    store = MemoryStore({"k": data})
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        source = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
-        if source.fetch is not None:
-            await source.fetch.wait_for(0, size)
-            while not source.fetch.complete:
-                await trio.sleep(0.01)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        if isinstance(reader, FetchReader):
+            await reader.fetch.wait_for(0, size)
+            await ended(reader.fetch)
+            assert reader.fetch.complete
     assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
-
-
-class HeldTransfer(Transfer):
-    """A Transfer whose data calls, their thread done, return only once `go` is set."""
-
-    def __init__(self) -> None:
-        super().__init__(4, 4)
-        self.go = trio.Event()
-
-    async def data(self, fn: Callable[..., T], *args: object, for_reader: bool = True) -> T:
-        result = await super().data(fn, *args, for_reader=for_reader)
-        await self.go.wait()
-        return result
 
 
 async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
@@ -131,26 +89,22 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
     # A one-part fetch is verified and renamed into place by its own thread; the loop hears
     # of it a moment later. An open in between joins the fetch, whose partial file is gone.
     data = b"sealed by the thread " * 100
-    store = MemoryStore(data)
+    store = MemoryStore({"k": data})
     transfer = HeldTransfer()
-    layout = CacheLayout(tmp_path / "cache")
-    layout.prepare()
-    fetcher = Fetcher(layout, CacheIndex(layout), transfer, 1 << 20, 4, CacheLimits())
+    fetcher = make_fetcher(tmp_path, transfer=transfer)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         first = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
-        assert first.fetch is not None
         with trio.fail_after(10):
-            while not first.fetch.sealed:
-                await trio.sleep(0.01)
+            await transfer.returned.wait()  # the thread is done, the loop not told yet
+        assert fetch_of(first).sealed
         second = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
-        assert second.fetch is first.fetch
+        assert fetch_of(second) is fetch_of(first)
         transfer.go.set()
-        await second.fetch.wait_for(0, len(data))
-        assert os.pread(second.fd, len(data) + 1, 0) == data
-        for source in (first, second):
-            os.close(source.fd)
-            fetcher.release(first.fetch)
+        with trio.fail_after(10):
+            assert await second.read(0, len(data) + 1) == data
+        for reader in (first, second):
+            reader.close()
     assert store.ranges == [(0, len(data))]
 
 
@@ -161,21 +115,27 @@ class Recorder(FetchEvents):
     def __init__(self) -> None:
         self.events: list[tuple[str, ...]] = []
         self.received: collections.Counter[str] = collections.Counter()
+        self._changed = trio.Event()
+
+    def _append(self, event: tuple[str, ...]) -> None:
+        self.events.append(event)
+        changed, self._changed = self._changed, trio.Event()
+        changed.set()
 
     def fetch_started(self, fetch: Fetch) -> None:
-        self.events.append(("started", fetch.url))
+        self._append(("started", fetch.url))
 
     def fetch_received(self, fetch: Fetch, count: int) -> None:
         self.received[fetch.url] += count
 
     def fetch_completed(self, fetch: Fetch) -> None:
-        self.events.append(("completed", fetch.url))
+        self._append(("completed", fetch.url))
 
     def fetch_failed(self, fetch: Fetch, error: ClearmountError) -> None:
-        self.events.append(("failed", fetch.url, type(error).__name__))
+        self._append(("failed", fetch.url, type(error).__name__))
 
     def fetch_stopped(self, fetch: Fetch) -> None:
-        self.events.append(("stopped", fetch.url))
+        self._append(("stopped", fetch.url))
 
     def stream_received(self, url: str, count: int) -> None:
         self.received[url] += count
@@ -183,48 +143,29 @@ class Recorder(FetchEvents):
     async def wait_for(self, event: tuple[str, ...]) -> None:
         with trio.fail_after(10):
             while event not in self.events:
-                await trio.sleep(0.005)
-
-
-class GatedStore(MemoryStore):
-    """Sends its first chunk, then waits for `gate` before the rest."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.gate = threading.Event()
-
-    def read_range(
-        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
-    ) -> Iterator[bytes]:
-        for i, chunk in enumerate(super().read_range(key, version, start, end, chunk_size)):
-            if i == 1:
-                self.gate.wait(10)
-            yield chunk
+                await self._changed.wait()
 
 
 async def test_each_fetch_reports_its_start_its_bytes_and_one_end(tmp_path: Path) -> None:
     fetcher = make_fetcher(tmp_path)
     recorder = fetcher.events = Recorder()
     fetcher.limits = CacheLimits(max_bytes=4 << 20)
-    good = MemoryStore(os.urandom(3 << 20))  # three parts
-    bad = MemoryStore(b"real" * 1000, served=b"fake" * 1000)  # fails its MD5 check
-    big = MemoryStore(os.urandom(5 << 20))  # more than the cache holds: streamed
-    unread = GatedStore(os.urandom(2 << 20))
+    good = MemoryStore({"good": os.urandom(3 << 20)})  # three parts
+    bad = MemoryStore({"bad": b"real" * 1000}, served={"bad": b"fake" * 1000})  # fails its MD5
+    big = MemoryStore({"big": os.urandom(5 << 20)})  # more than the cache holds: streamed
+    unread = GatedStore({"unread": os.urandom(2 << 20)})
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         opened = {}
         for name, store in (("good", good), ("bad", bad), ("big", big), ("unread", unread)):
             opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name), True)
-        stream = opened["big"].stream
-        assert stream is not None and opened["big"].fetch is None
-        assert await stream.read(0, 8 << 20) == big.data
+        assert isinstance(opened["big"], StreamReader)
+        assert await opened["big"].read(0, 8 << 20) == big.data("big")
         # the unread fetch, closed while a reader waits for a transfer slot, is given up
-        unread_fetch = opened["unread"].fetch
-        assert unread_fetch is not None
+        unread_fetch = fetch_of(opened["unread"])
         with trio.fail_after(10):
-            while not unread_fetch.bytes_done:
-                await trio.sleep(0.005)
-        fetcher.release(unread_fetch)
+            await unread_fetch.wait_for(0, 1)  # its first bytes are in
+        opened.pop("unread").close()
         fetcher.transfer.on_reader_waiting()
         unread.gate.set()
         ends = {
@@ -234,16 +175,15 @@ async def test_each_fetch_reports_its_start_its_bytes_and_one_end(tmp_path: Path
         }
         for end in ends.values():
             await recorder.wait_for(end)
-        for source in opened.values():
-            if source.fd >= 0:
-                os.close(source.fd)
+        for reader in opened.values():
+            reader.close()
     for url, end in ends.items():  # started first, then one end, nothing twice
         assert [e for e in recorder.events if e[1] == url] == [("started", url), end]
     assert len(recorder.events) == 6  # and no fetch for the stream
-    assert recorder.received["s3://m/good"] == len(good.data)
-    assert recorder.received["s3://m/bad"] == len(bad.data)  # downloaded, then refused
-    assert recorder.received["s3://m/big"] == len(big.data)
-    assert 0 < recorder.received["s3://m/unread"] < len(unread.data)
+    assert recorder.received["s3://m/good"] == len(good.data("good"))
+    assert recorder.received["s3://m/bad"] == len(bad.data("bad"))  # downloaded, then refused
+    assert recorder.received["s3://m/big"] == len(big.data("big"))
+    assert 0 < recorder.received["s3://m/unread"] < len(unread.data("unread"))
 
 
 # ----- the cache index: never a reason to fail or stall a read
@@ -292,22 +232,23 @@ def test_a_write_locked_index_skips_the_write_instead_of_stalling(
 
 async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None:
     data = b"recorded later" * 1000
-    store = MemoryStore(data)
+    store = MemoryStore({"k": data})
     fetcher = make_fetcher(tmp_path)
     url = "s3://memory/k"
     with another_writer(fetcher.index.path, "BEGIN IMMEDIATE"):
         async with trio.open_nursery() as nursery:
             fetcher.start(nursery)
             first = await fetcher.open(url, store, store.head("k"), parallel=True)
-            assert first.fetch is not None
-            while (url, first.fetch.info.version) in fetcher.in_flight:
-                await fetcher.changed.wait()
-            assert first.fetch.complete  # installed, though its row could not be written
-            os.close(first.fd)
+            fetch = fetch_of(first)
+            with trio.fail_after(10):
+                while (url, fetch.info.version) in fetcher.in_flight:
+                    await fetcher.changed.wait()
+            assert fetch.complete  # installed, though its row could not be written
+            first.close()
             again = await fetcher.open(url, store, store.head("k"), parallel=True)
-            assert again.fetch is None  # adopted by its MD5: no second download
-            assert os.pread(again.fd, len(data) + 1, 0) == data
-            os.close(again.fd)
+            assert again.outcome is Outcome.CACHED  # adopted by its MD5: no second download
+            assert await again.read(0, len(data) + 1) == data
+            again.close()
     assert store.ranges == [(0, len(data))]
     assert fetcher.index.get(fetcher.layout.final_path(url).name) is None
     fetcher.index.close()

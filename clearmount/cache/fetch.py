@@ -4,6 +4,8 @@ Owns: `Fetcher`, the single-flight table (one `Fetch` per URL and object version
 many opens), and `Fetch`, which streams an object into its `.partially` file with parallel
 ranged GETs, tells waiting readers when their bytes are on disk, then verifies the size and
 renames the file into place. A reader never waits for more than the bytes it asked for.
+`Fetcher.open` decides where an open file's bytes come from (a complete cache file, a fetch
+it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` that reads them.
 
 Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
@@ -28,7 +30,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +41,7 @@ from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.evict import CacheLimits
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from clearmount.transfer import Transfer
@@ -78,19 +80,6 @@ class _Aborted(Exception):
     """Raised inside a worker thread when its fetch no longer wants bytes."""
 
 
-@dataclass(frozen=True)
-class Source:
-    """What an open file reads from: a descriptor (holding a shared flock, so eviction leaves
-    the file alone while it is open) and the fetch still filling it, or, for an object too
-    large for the cache, a `Stream` and no descriptor (fd -1)."""
-
-    fd: int
-    fetch: Fetch | None
-    stream: Stream | None = None
-    #: this open started `fetch` (rather than joining one in flight)
-    started: bool = False
-
-
 class Fetch:
     def __init__(
         self,
@@ -120,6 +109,8 @@ class Fetch:
         self._changed = trio.Event()
         self.error: ClearmountError | None = None
         self.complete = False
+        #: set once `run` is over: `complete`, or `error` says why not
+        self.ended = trio.Event()
         # A single-part download is hashed as it arrives; parallel parts are hashed at the
         # end (only S3 ETags of single-part uploads are MD5s).
         self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
@@ -215,6 +206,7 @@ class Fetch:
                 self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
             raise
         finally:
+            self.ended.set()
             self._wake()
 
     async def _worker(self, transfer: Transfer, siblings: trio.CancelScope) -> None:
@@ -345,7 +337,7 @@ class Fetcher:
         self._nursery = nursery
 
     def release(self, fetch: Fetch) -> None:
-        """An open file reading `fetch` was closed."""
+        """An open file reading `fetch` was closed (`FetchReader.close` says so)."""
         fetch.readers -= 1
         if fetch.readers == 0 and self.transfer.readers_waiting:
             self._stop(fetch)
@@ -368,31 +360,39 @@ class Fetcher:
         if self.in_flight.get(key) is fetch:
             del self.in_flight[key]
 
-    async def open(self, url: str, store: ObjectStore, info: ObjectInfo, parallel: bool) -> Source:
-        """A readable descriptor for `url` at `info.version`: cached, in flight, or new.
+    async def open(
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        parallel: bool,
+        on_stale: Callable[[], None] = lambda: None,
+    ) -> ObjectReader:
+        """A reader of `url` at `info.version`: its cache file, a fetch in flight or a new
+        one, or a stream. `on_stale` is called when a read finds the object changed.
 
-        Does not wait for data: the caller awaits `Source.fetch.wait_for` per read.
+        Does not wait for data: each read waits for its own bytes.
         """
         fetch = self.in_flight.get((url, info.version))
         if fetch is not None:
-            return self._join(fetch)
+            return self._join(fetch, on_stale)
         final = self.layout.final_path(url)
         cached = await self._cached_fd(final, url, info, self.verify and store.md5_versions)
         if cached is not None:
-            return Source(cached, None)
+            return CachedReader(cached)
         fetch = self.in_flight.get((url, info.version))  # started while we checked
         if fetch is not None:
-            return self._join(fetch)
+            return self._join(fetch, on_stale)
         if not self.fits(info.size):
             log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
-            return Source(-1, None, Stream(store, info, self.transfer, url, self.events))
-        return self._start(url, store, info, final, parallel)
+            return StreamReader(Stream(store, info, self.transfer, url, self.events))
+        return self._start(url, store, info, final, parallel, on_stale)
 
-    def _join(self, fetch: Fetch) -> Source:
+    def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader:
         # its partial file, or the final one: the thread of a one-part fetch renames it
-        source = Source(self._open_read(fetch.partial, fetch.final), fetch)
+        fd = self._open_read(fetch.partial, fetch.final)
         fetch.readers += 1
-        return source
+        return FetchReader(fd, fetch, False, self.release, on_stale)
 
     def fits(self, size: int) -> bool:
         """Whether an object of `size` bytes can be cached within the limits at all."""
@@ -470,8 +470,14 @@ class Fetcher:
         return os.fstat(fd).st_mtime >= info.mtime
 
     def _start(
-        self, url: str, store: ObjectStore, info: ObjectInfo, final: Path, parallel: bool
-    ) -> Source:
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        final: Path,
+        parallel: bool,
+        on_stale: Callable[[], None],
+    ) -> FetchReader:
         if self._nursery is None:
             raise RuntimeError("Fetcher.start() was not called")
         try:
@@ -497,7 +503,7 @@ class Fetcher:
         # told once the fetch is sure to run, and so to report its end
         tell(self.events.fetch_started, fetch)
         self._changed()
-        return Source(read_fd, fetch, started=True)
+        return FetchReader(read_fd, fetch, True, self.release, on_stale)
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:

@@ -1,0 +1,124 @@
+"""Reading one open file: the handle `Fetcher.open` returns, whatever holds the bytes.
+
+Owns: `ObjectReader`, what an open file reads through (`read(offset, size)`, `close()`, and
+the `outcome` of the open that made it), and its three kinds:
+- `CachedReader`: a complete cache file of the object's version;
+- `FetchReader`: the file a `Fetch` is filling, started by this open or joined; each read
+  waits only for its own bytes, then reads them from the file;
+- `StreamReader`: an object too large for the cache, read through a `Stream`.
+A file reader holds a shared-locked descriptor (eviction leaves an open file alone) and
+`pread`s it on the loop: the bytes are on local disk, mostly in the page cache.
+
+Staleness: an object that changed under its fetch fails the fetch with `Stale`. A
+`FetchReader` then calls the `on_stale` its opener gave (the FUSE layer forgets what it knew
+of the path, so the next open asks the server) and raises `Stale` to the read. The cache
+knows nothing of paths or namespaces: only this callback. (A `StreamReader` passes the
+`Stale` of its ranged GET to the read without calling it.)
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from clearmount.cache.stream import Stream
+from clearmount.errors import Stale
+
+if TYPE_CHECKING:
+    from clearmount.cache.fetch import Fetch
+
+
+class Outcome(enum.Enum):
+    """How an open found the object's bytes (what `clearmount status` counts opens by)."""
+
+    CACHED = "cached"  # a complete cache file
+    FETCHED = "fetched"  # this open started a fetch
+    JOINED = "joined"  # a fetch of this version was in flight already
+    STREAMED = "streamed"  # too large for the cache: ranged GETs straight to the reader
+
+
+class ObjectReader(abc.ABC):
+    """One open file of one object version."""
+
+    outcome: Outcome
+
+    @abc.abstractmethod
+    async def read(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset` (fewer only at the end of the object)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """The file was closed: let go of its descriptor (and of its fetch)."""
+
+
+class _FileReader(ObjectReader):
+    """A cache file: `fd` is a shared-locked read descriptor, owned from now on."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class CachedReader(_FileReader):
+    """A complete cache file of the object's version."""
+
+    outcome = Outcome.CACHED
+
+
+class FetchReader(_FileReader):
+    """The file `fetch` is filling (its partial file, or the final one once renamed).
+
+    `release` is told once, at `close`, that this file no longer reads `fetch`.
+    """
+
+    def __init__(
+        self,
+        fd: int,
+        fetch: Fetch,
+        started: bool,
+        release: Callable[[Fetch], None],
+        on_stale: Callable[[], None],
+    ) -> None:
+        super().__init__(fd)
+        self.fetch = fetch
+        self.outcome = Outcome.FETCHED if started else Outcome.JOINED
+        self._release = release
+        self._on_stale = on_stale
+
+    async def read(self, offset: int, size: int) -> bytes:
+        fetch = self.fetch
+        if not fetch.complete:
+            try:
+                await fetch.wait_for(offset, offset + size)
+            except Stale:
+                # the next open must ask the server instead of trusting the old version
+                self._on_stale()
+                raise
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        super().close()
+        self._release(self.fetch)
+
+
+class StreamReader(ObjectReader):
+    """An object the cache cannot hold: one `Stream` (its window) per open file."""
+
+    outcome = Outcome.STREAMED
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.stream.read(offset, size)
+
+    def close(self) -> None:
+        pass
