@@ -23,16 +23,12 @@ from typing import Any, Protocol
 
 import pytest
 
+from devkit.azurite import AzuriteServer
+from devkit.fake_gcs import FakeGcsServer
+from devkit.processes import tail
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import (
-    AzuriteServer,
-    FakeGcsServer,
-    Mount,
-    S3Server,
-    SecretGuard,
-    start_mount,
-    tail,
-)
+from support import Mount, SecretGuard, start_mount
 
 MOUNTS_KEY = pytest.StashKey[list[Mount]]()
 

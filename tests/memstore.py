@@ -12,7 +12,7 @@ And the builders of the parts under test around them: `make_fetcher` (a cache in
 folder) and `make_namespace` (a clearml.conf naming one bucket, served by a MemoryStore).
 
 For the tests of the fetch machinery (t3) and of the kernel-free layers (t4); the mount tests
-use real servers (servers.py).
+use real servers (the `devkit` package).
 """
 
 from __future__ import annotations

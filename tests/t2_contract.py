@@ -1,7 +1,7 @@
 """The `ObjectStore` contract, one suite run against every backend's real server.
 
 S3 is SeaweedFS, Azure Blob is Azurite, GCS is fake-gcs-server, all on 127.0.0.1 (see
-`servers.py`). Every store is built the way the daemon builds it: clearml.conf text →
+the `devkit` package). Every store is built the way the daemon builds it: clearml.conf text →
 `config.load` → `urls.parse_url` → `backends.open_store`, so matching a URL to its
 credentials entry is exercised too. Each backend gets one fresh bucket/container per session,
 seeded with `OBJECTS`; tests that change objects write under ``mut/`` with their own keys.
@@ -30,16 +30,13 @@ from clearmount.backends import s3
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable
+from devkit.azurite import AzuriteServer
+from devkit.confs import s3_conf
+from devkit.fake_gcs import FakeGcsServer
+from devkit.mounts import hermetic_env
+from devkit.processes import free_port, unique_name
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import (
-    AzuriteServer,
-    FakeGcsServer,
-    S3Server,
-    free_port,
-    hermetic_env,
-    s3_conf,
-    unique_name,
-)
 
 MIB = 1 << 20
 BIG = random.Random(20260101).randbytes(3 * MIB + 4567)

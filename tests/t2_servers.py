@@ -14,18 +14,13 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from pyhocon import ConfigFactory
 
+from devkit.azurite import AzuriteServer
+from devkit.confs import s3_conf
+from devkit.fake_gcs import FakeGcsServer
+from devkit.processes import ServerError, poll_until
+from devkit.s3 import Identity, S3Server
 from proxy import Proxy
-from servers import (
-    AzuriteServer,
-    FakeGcsServer,
-    Identity,
-    S3Server,
-    SecretGuard,
-    ServerError,
-    poll_until,
-    s3_conf,
-    start_mount,
-)
+from support import SecretGuard, start_mount
 
 MiB = 1024 * 1024
 

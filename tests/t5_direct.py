@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.mounts import hermetic_env
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import S3Server, hermetic_env, s3_conf
 
 MIB = 1 << 20
 

@@ -34,20 +34,15 @@ import pytest
 from clearmount import config as config_module
 from clearmount import urls
 from conftest import MountFactory
+from devkit import REPO
+from devkit.azurite import AzuriteServer
+from devkit.confs import s3_section, sdk_block
+from devkit.fake_gcs import FakeGcsServer
+from devkit.mounts import hermetic_env
+from devkit.processes import poll_until, unique_name
+from devkit.s3 import S3Server
 from proxy import Proxy, Seen
-from servers import (
-    REPO,
-    AzuriteServer,
-    FakeGcsServer,
-    Mount,
-    S3Server,
-    SecretGuard,
-    hermetic_env,
-    poll_until,
-    s3_section,
-    sdk_block,
-    unique_name,
-)
+from support import Mount, SecretGuard
 
 MIB = 1 << 20
 ACCOUNT_HOST = f"{AzuriteServer.ACCOUNT}.blob.core.windows.net"

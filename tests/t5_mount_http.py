@@ -19,15 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import MountFactory
+from devkit.fileserver import ClearmlAuthStandIn, NginxServer
+from devkit.mounts import hermetic_env
+from devkit.processes import poll_until, unique_name
 from proxy import Proxy
-from servers import (
-    ClearmlAuthStandIn,
-    NginxServer,
-    SecretGuard,
-    hermetic_env,
-    poll_until,
-    unique_name,
-)
+from support import SecretGuard
 
 MiB = 1 << 20
 ACCESS_KEY = "HTTPTESTACCESSKEY0001"

@@ -20,8 +20,11 @@ from pathlib import Path
 import pytest
 
 from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.processes import poll_until, unique_name
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import Mount, S3Server, poll_until, s3_conf, status_json, unique_name
+from support import Mount, status_json
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize

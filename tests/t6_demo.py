@@ -12,17 +12,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from servers import (
-    REPO,
-    _demo_objects,
-    free_port,
-    hermetic_env,
-    mount_points,
-    poll_until,
-    processes_mentioning,
-    stop_leftovers,
-    tail,
-)
+from devkit import REPO
+from devkit.demo import demo_objects, stop_leftovers
+from devkit.mounts import hermetic_env, mount_points, processes_mentioning
+from devkit.processes import free_port, poll_until, tail
 
 READY_TIMEOUT = 180.0
 
@@ -69,7 +62,7 @@ class Demo:
         poll_until(ready, READY_TIMEOUT, "the demo to mount", diagnose=self.output)
 
     def check_bytes(self) -> None:
-        objects = _demo_objects()
+        objects = demo_objects()
         roots = [
             self.mnt / "s3" / f"127.0.0.1:{self.s3_port}" / "demo-models",
             self.mnt / "azure" / "devstoreaccount1.blob.core.windows.net" / "demo-models",

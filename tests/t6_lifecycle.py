@@ -15,17 +15,12 @@ from pathlib import Path
 import pytest
 
 from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.mounts import hermetic_env, mount_points
+from devkit.processes import poll_until, unique_name
+from devkit.s3 import Identity, S3Server
 from proxy import Proxy
-from servers import (
-    Identity,
-    Mount,
-    S3Server,
-    hermetic_env,
-    mount_points,
-    poll_until,
-    s3_conf,
-    unique_name,
-)
+from support import Mount
 
 MIB = 1 << 20
 

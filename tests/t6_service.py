@@ -32,19 +32,13 @@ from clearmount.errors import UserError
 from clearmount.mount_helper import command_line
 from clearmount.sd_notify import Notifier
 from conftest import MountFactory
+from devkit import REPO
+from devkit.confs import s3_conf
+from devkit.mounts import hermetic_env, mount_points, processes_mentioning
+from devkit.processes import free_port, poll_until
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import (
-    REPO,
-    S3Server,
-    SecretGuard,
-    free_port,
-    hermetic_env,
-    mount_points,
-    poll_until,
-    processes_mentioning,
-    s3_conf,
-    status_json,
-)
+from support import SecretGuard, status_json
 
 MIB = 1 << 20
 TEST_USER = "clearmount-test"

@@ -25,8 +25,10 @@ import pytest
 from clearmount import options
 from clearmount.errors import UserError
 from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import Mount, S3Server, s3_conf
+from support import Mount
 
 OPTION = "allow_unlisted_endpoints"
 

@@ -33,8 +33,13 @@ from pathlib import Path
 import pytest
 
 from conftest import MountFactory
+from devkit.azurite import AzuriteServer
+from devkit.confs import s3_conf
+from devkit.fake_gcs import FakeGcsServer
+from devkit.processes import poll_until, unique_name
+from devkit.s3 import S3Server
 from proxy import Proxy
-from servers import AzuriteServer, FakeGcsServer, Mount, S3Server, poll_until, s3_conf, unique_name
+from support import Mount
 from t5_mount_azure_gcs import AzureCloud, Cloud, GcsCloud
 
 MIB = 1 << 20

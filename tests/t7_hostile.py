@@ -44,8 +44,11 @@ import pytest
 
 from clearmount import control
 from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.processes import poll_until, unique_name
+from devkit.s3 import Identity, S3Server
 from proxy import Proxy
-from servers import Identity, Mount, S3Server, SecretGuard, poll_until, s3_conf, unique_name
+from support import Mount, SecretGuard
 
 MIB = 1 << 20
 HANG = 60.0

@@ -39,5 +39,5 @@ Who owns what:
 - ``seed``         the data set; ``measure`` timed reads with sha256 checks; ``session`` a
                    mount process, its watchdog and profiler; ``machine`` page cache, /proc,
                    versions; ``results`` the samples; ``download`` the reference download's
-                   own process; ``devservers`` the one import of the server launchers
+                   own process. The servers come from the ``devkit`` package (repository root)
 """

@@ -11,9 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from devkit.processes import ServerError
+
 from . import contenders, scenarios, sites
 from .common import KIB, MIB, WORKDIR, log
-from .devservers import servers
 from .machine import PageCache, load_average, machine_facts, package_version, unmount
 from .measure import Reader
 from .report import render
@@ -141,7 +142,7 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         return 130
-    except (servers.ServerError, TimeoutError, OSError) as exc:
+    except (ServerError, TimeoutError, OSError) as exc:
         log(f"cannot run the benchmark: {exc}")
         return 2
     finally:

@@ -11,8 +11,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from devkit.mounts import mount_points
+
 from .common import MIB, REPO
-from .devservers import servers
 
 
 class PageCache:
@@ -51,17 +52,17 @@ def vm_hwm_kib(pid: int) -> int | None:
 
 
 def fuse_mounted(path: Path) -> bool:
-    fstype = servers.mount_points().get(str(path))
+    fstype = mount_points().get(str(path))
     return fstype is not None and fstype.startswith("fuse")
 
 
 def unmount(path: Path) -> None:
     """Unmount `path` if it is mounted (fusermount3 -u, then a lazy umount)."""
-    if str(path) not in servers.mount_points():
+    if str(path) not in mount_points():
         return
     for command in (["fusermount3", "-u", str(path)], ["umount", "-l", str(path)]):
         subprocess.run(command, capture_output=True, check=False, timeout=60)
-        if str(path) not in servers.mount_points():
+        if str(path) not in mount_points():
             return
 
 

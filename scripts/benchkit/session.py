@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from devkit.processes import tail
+
 from .common import log
-from .devservers import servers
 from .machine import fuse_mounted, unmount, vm_hwm_kib
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class MountSession:
             if self.proc.poll() is not None:
                 raise MountFailed(
                     f"{self.contender.name} exited with {self.proc.returncode} before mounting:"
-                    f"\n{servers.tail(self.log_path, 20)}"
+                    f"\n{tail(self.log_path, 20)}"
                 )
             if time.perf_counter() > deadline:
                 self.stop()

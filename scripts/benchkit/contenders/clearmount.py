@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..devservers import servers
+from devkit.mounts import hermetic_env
+
 from ..machine import git_describe, tool_version
 from . import Contender, register
 
@@ -34,7 +35,7 @@ class Clearmount(Contender):
             "--cache-dir",
             str(cache),
         ]
-        return argv, servers.hermetic_env(home, self.site.clearmount_env())
+        return argv, hermetic_env(home, self.site.clearmount_env())
 
     def root(self, mnt: Path) -> Path:
         return self.site.clearmount_root(mnt)

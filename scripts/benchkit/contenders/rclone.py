@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from devkit.mounts import hermetic_env
+
 from ..common import BUCKET, log
-from ..devservers import servers
 from ..machine import tool_version
 from . import Contender, register
 
@@ -46,7 +47,7 @@ class Rclone(Contender):
 
     def command(self, mnt: Path, cache: Path, home: Path) -> tuple[list[str], dict[str, str]]:
         server = self.site.server
-        env = servers.hermetic_env(home)
+        env = hermetic_env(home)
         env.update(
             RCLONE_CONFIG_BENCH_TYPE="s3",
             RCLONE_CONFIG_BENCH_PROVIDER="Other",

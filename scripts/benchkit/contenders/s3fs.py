@@ -7,8 +7,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from devkit.mounts import hermetic_env
+
 from ..common import BUCKET, log
-from ..devservers import servers
 from ..machine import tool_version
 from . import Contender, register
 
@@ -50,6 +51,4 @@ class S3fs(Contender):
             f"use_cache={cache}",
             "ro",
         ]
-        return ["s3fs", BUCKET, str(mnt), "-f", "-o", ",".join(options)], dict(
-            servers.hermetic_env(home)
-        )
+        return ["s3fs", BUCKET, str(mnt), "-f", "-o", ",".join(options)], dict(hermetic_env(home))

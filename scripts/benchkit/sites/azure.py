@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devkit.azurite import AzuriteServer, azurite_binary
+from devkit.confs import sdk_block
+
 from ..common import BIG_KEY, BUCKET
-from ..devservers import servers
 from ..machine import tool_version
 from . import Site, register
 
@@ -26,14 +28,14 @@ class AzureSite(Site):
     def start(self) -> None:
         work = self.workdir / "azurite"
         shutil.rmtree(work / "data", ignore_errors=True)
-        self.server = servers.AzuriteServer(work)
+        self.server = AzuriteServer(work)
         self.server.start(timeout=120)
         self.container = self.server.make_container(BUCKET)
         self._service = self.server.service_client()
         self._container = self._service.get_container_client(self.container)
 
     def server_version(self) -> str:
-        return tool_version([servers.azurite_binary(), "--version"])
+        return tool_version([azurite_binary(), "--version"])
 
     def put(self, key: str, data: bytes) -> None:
         self._container.upload_blob(key, data, overwrite=True)
@@ -86,7 +88,7 @@ class AzureSite(Site):
             "endpoint": self.server.account_url,
         }
         inner = ", ".join(f"{k}: {json.dumps(v)}" for k, v in entry.items())
-        return servers.sdk_block([f"azure.storage.containers: [ {{ {inner} }} ]"])
+        return sdk_block([f"azure.storage.containers: [ {{ {inner} }} ]"])
 
     def clearmount_root(self, mnt: Path) -> Path:
         return mnt / "azure" / f"{self.server.ACCOUNT}.blob.core.windows.net" / self.container

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devkit.confs import sdk_block
+from devkit.fake_gcs import FakeGcsServer
+
 from ..common import BIG_KEY, BUCKET, MIB
-from ..devservers import servers
 from ..machine import package_version
 from . import Site, register
 
@@ -26,7 +28,7 @@ class GcsSite(Site):
     def start(self) -> None:
         work = self.workdir / "fake-gcs"
         shutil.rmtree(work / "data", ignore_errors=True)
-        self.server = servers.FakeGcsServer(work)
+        self.server = FakeGcsServer(work)
         self.server.start(timeout=120)
         self.bucket_name = self.server.make_bucket(BUCKET)
         self._bucket = self.server.client(self.project).bucket(self.bucket_name)
@@ -83,7 +85,7 @@ class GcsSite(Site):
 
     def clearmount_conf(self) -> str:
         entry = f'{{ bucket: "{self.bucket_name}", project: "{self.project}" }}'
-        return servers.sdk_block(
+        return sdk_block(
             [f'google.storage {{ project: "{self.project}", credentials: [ {entry} ] }}']
         )
 

@@ -7,8 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from devkit.confs import s3_conf
+from devkit.s3 import S3Server, weed_binary
+
 from ..common import BIG_KEY, BUCKET, MIB
-from ..devservers import servers
 from ..machine import tool_version
 from . import Site, register
 
@@ -24,7 +26,7 @@ class S3Site(Site):
     def start(self) -> None:
         work = self.workdir / "seaweedfs"
         shutil.rmtree(work / "data", ignore_errors=True)
-        self.server = servers.S3Server(work)
+        self.server = S3Server(work)
         self.server.start(timeout=120)
         self.server.make_bucket(BUCKET)
         self._client = self._new_client()
@@ -48,7 +50,7 @@ class S3Site(Site):
         )
 
     def server_version(self) -> str:
-        return tool_version([servers.weed_binary(), "version"], r"version \S+ (\S+)")
+        return tool_version([weed_binary(), "version"], r"version \S+ (\S+)")
 
     def put(self, key: str, data: bytes) -> None:
         self._client.put_object(Bucket=BUCKET, Key=key, Body=data)
@@ -110,7 +112,7 @@ class S3Site(Site):
         return go
 
     def clearmount_conf(self) -> str:
-        return servers.s3_conf(self.server)
+        return s3_conf(self.server)
 
     def clearmount_root(self, mnt: Path) -> Path:
         return mnt / "s3" / self.server.endpoint / BUCKET
