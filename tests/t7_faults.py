@@ -11,9 +11,11 @@ checks the three promises of the README's "Guarantees":
    (sha256) and no partial file is left behind (`assert_cache_correct`);
 3. the daemon still serves another file afterwards.
 
-Backend deadlines are shortened for the tests (`sdk.aws.boto3 { connect_timeout: 2,
-read_timeout: 3 }`, AWS_MAX_ATTEMPTS where noted); the defaults are documented in README.md.
-Times are printed (pytest -s) for the fault matrix, never asserted.
+Backend deadlines are shortened for most tests (`sdk.aws.boto3 { connect_timeout: 2,
+read_timeout: 3 }`, AWS_MAX_ATTEMPTS where noted); the defaults are documented in README.md
+and the "default deadlines" tests run with them: there the one timing assertion is the
+documented bound (a minute), the only promise the README makes of them. Other times are
+printed (pytest -s) for the fault matrix, never asserted.
 """
 
 from __future__ import annotations
@@ -356,6 +358,98 @@ def test_no_answer_at_all_is_eio_for_reads(
         assert outcome.errno == errno.EIO
     s3_proxy.release()
     assert read_now(path).data == data
+    scene.check_after()
+
+
+# ----------------------------------------------------------------------------- default deadlines
+
+#: The README's promise with the default deadlines: a lookup (each listing page) and a reader
+#: waiting for its bytes get their errno within a minute, retries included.
+MINUTE = 60.0
+
+
+def default_conf(scene: Scene) -> str:
+    """clearml.conf that sets no timeout: the mount's default deadlines are in force."""
+    return s3_conf(
+        scene.endpoint, scene.server.admin, sdk_extra=f"aws.boto3.multipart_chunksize: {PART}"
+    )
+
+
+def test_default_deadlines_a_trickling_body_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("trickle") + ".bin"
+    data = object_data(3 * MIB)
+    scene.put(key, data)
+    scene.mount = mounted(default_conf(scene))
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    # one byte a second after the first 64 KiB of every GET: never 30 s of silence
+    trickle = s3_proxy.trickle(
+        64 * 1024, 1.0, count=None, method="GET", path=f"/{scene.bucket}/{key}"
+    )
+    with s3_proxy.faulted(trickle):
+        outcome = read_now(path)
+    report("trickling body (default deadlines)", outcome)
+    s3_proxy.release()
+    assert outcome.errno == errno.EIO
+    assert outcome.seconds <= MINUTE
+    assert data.startswith(outcome.data)  # whatever came before the error is right
+    assert trickle.hits >= 2  # given up as stalled, resumed, then failed
+    assert "stalled: less than 1 MiB received in 40s" in scene.mount.log_text()
+    assert_cache_correct(scene.mount, scene.sources)
+    again = read_now(path)
+    assert again.errno is None and sha256(again.data) == sha256(data)
+    scene.check_after()
+
+
+@pytest.mark.slow  # the whole lookup deadline: 45 s
+def test_default_deadlines_a_server_that_accepts_and_says_nothing_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("silent") + ".bin"
+    data = object_data(MIB)
+    scene.put(key, data)
+    scene.mount = mounted(default_conf(scene))
+    path = scene.path(key)
+    with s3_proxy.faulted(s3_proxy.delay(300, count=None)):
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            path.stat()
+        seconds = time.monotonic() - started
+        report("silent server (stat, default deadlines)", Outcome(b"", raised.value.errno, seconds))
+        assert raised.value.errno == errno.EIO
+        assert seconds <= MINUTE
+    s3_proxy.release()
+    assert "no answer within 45s" in scene.mount.log_text()
+    assert path.stat().st_size == len(data)
+    assert read_now(path).data == data
+    scene.check_after()
+
+
+@pytest.mark.slow  # the whole lookup deadline: 45 s
+def test_default_deadlines_a_server_dying_mid_listing_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    folder = unique_name("listing")
+    for name in ("a.bin", "b.bin", "c.bin"):
+        scene.put(f"{folder}/{name}", object_data(1000))
+    scene.mount = mounted(default_conf(scene))
+    directory = scene.path(f"{folder}/a.bin").parent
+    assert directory.is_dir()
+    # every listing stops after its first 200 bytes, its connection left open
+    with s3_proxy.faulted(
+        s3_proxy.stall(200, 300, count=None, method="GET", path=f"/{scene.bucket}")
+    ):
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            os.listdir(directory)
+        seconds = time.monotonic() - started
+        report("dies mid-listing (default deadlines)", Outcome(b"", raised.value.errno, seconds))
+        assert raised.value.errno == errno.EIO
+        assert seconds <= MINUTE
+    s3_proxy.release()
+    assert sorted(os.listdir(directory)) == ["a.bin", "b.bin", "c.bin"]
     scene.check_after()
 
 
