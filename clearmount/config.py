@@ -1213,8 +1213,8 @@ def describe_deadlines(d: Deadlines) -> str:
     return (
         f"{_describe_timeout('connect_timeout', d.connect, d.connect_key, d.connect_set)}, "
         f"{_describe_timeout('read_timeout', d.read, d.read_key, d.read_set)}; "
-        f"a lookup gives up after {d.operation:g}s, a download after {d.operation:g}s "
-        f"without bytes, and is stalled below 1 MiB per {d.stall_window:g}s"
+        f"a lookup gives up after {d.operation:g}s; a download is stalled below 1 MiB per "
+        f"{d.stall_window:g}s, and given up after {d.operation:g}s without 1 MiB"
     )
 
 

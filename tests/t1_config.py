@@ -721,8 +721,8 @@ def test_timeouts_unset_are_the_mount_defaults_and_say_so(tmp_path: Path) -> Non
     assert s3 == (
         "  deadlines: connect_timeout 10s (mount default; clearml.conf "
         "sdk.aws.boto3.connect_timeout unset), read_timeout 30s (mount default; clearml.conf "
-        "sdk.aws.boto3.read_timeout unset); a lookup gives up after 45s, a download after 45s "
-        "without bytes, and is stalled below 1 MiB per 40s"
+        "sdk.aws.boto3.read_timeout unset); a lookup gives up after 45s; a download is stalled "
+        "below 1 MiB per 40s, and given up after 45s without 1 MiB"
     )
     azure = next(line for line in lines if line.startswith("azure:"))
     assert lines[lines.index(azure) + 1].startswith(

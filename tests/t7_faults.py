@@ -479,13 +479,31 @@ def test_connection_reset_on_every_attempt_is_eio(
     key = unique_name("cut-forever") + ".bin"
     data = object_data(3 * PART)
     scene.put(key, data)
-    s3_proxy.cut(256 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
+    # 8 tries at 64 KiB each never make the MiB that would start the budget again
+    s3_proxy.cut(64 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
     scene.mount = mounted(fast_conf(s3_proxy, scene.server))
     outcome = read_now(scene.path(key), offset=2 * PART + 5)
     report("connection reset mid-body (every attempt)", outcome)
     assert outcome.errno == errno.EIO
     assert_cache_correct(scene.mount, scene.sources)
     s3_proxy.reset()
+    scene.check_after()
+
+
+def test_connection_reset_on_every_attempt_after_much_progress_completes(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("cut-often") + ".bin"
+    data = object_data(2 * PART)
+    scene.put(key, data)
+    # every GET brings 512 KiB before its connection is reset: each second try makes a MiB,
+    # which starts the resume budget again, so the download gets there
+    cut = s3_proxy.cut(512 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    outcome = read_now(scene.path(key))
+    report("connection reset mid-body after 512 KiB (every attempt)", outcome)
+    assert outcome.errno is None and sha256(outcome.data) == sha256(data)
+    assert cut.hits >= 2 * PART // (512 * 1024)
     scene.check_after()
 
 
