@@ -2,7 +2,8 @@
 
 Owns: finding the config files, HOCON parsing (the only pyhocon importer), `${VAR}` resolution
 against a given environment, merging, validation with one-line warnings that name file and
-key, the environment fallbacks, and `describe` (the masked view behind `clearmount config`).
+key, the environment fallbacks, each backend's `Deadlines` (clearml.conf's values, else the
+mount's own, and which is in force), and `describe` (the masked view behind `clearmount config`).
 Nothing downstream sees HOCON: everything leaves this module as the dataclasses below.
 The ClearML behaviour reproduced here is in shared/reference/clearml-storage.md, sections 1-2.
 
