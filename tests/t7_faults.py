@@ -1060,6 +1060,33 @@ def test_cloud_object_replaced_mid_fetch_gives_old_bytes_or_estale(
     scene.check_after(control)
 
 
+@pytest.mark.slow  # 45 s each: the default deadlines (Azure and GCS have no timeout keys)
+def test_cloud_default_deadlines_a_trickling_body_is_eio_within_a_minute(
+    mounted: MountFactory, cloud_scene: tuple[CloudScene, bytes]
+) -> None:
+    scene, control = cloud_scene
+    key = unique_name("trickle") + ".bin"
+    data = object_data(3 * MIB)
+    scene.put(key, data)
+    mount_cloud(mounted, scene)
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    trickle = scene.proxy.trickle(
+        64 * 1024, 1.0, count=None, method="GET", path=scene.data_path(key)
+    )
+    with scene.proxy.faulted(trickle):
+        outcome = read_now(path)
+    report(f"{scene.cloud.name}: trickling body (default deadlines)", outcome)
+    scene.proxy.release()
+    assert outcome.errno == errno.EIO
+    assert outcome.seconds <= MINUTE
+    assert data.startswith(outcome.data)
+    assert "stalled: less than 1 MiB received in 40s" in scene.mount.log_text()  # type: ignore[union-attr]
+    again = read_now(path)
+    assert again.errno is None and sha256(again.data) == sha256(data)
+    scene.check_after(control)
+
+
 @pytest.mark.slow  # about 25 s each: the SDKs' retry budgets (README "Guarantees")
 def test_cloud_server_gone_mid_fetch_is_eio_and_the_mount_recovers(
     mounted: MountFactory, cloud_scene: tuple[CloudScene, bytes], make_proxy: Callable[[str], Proxy]

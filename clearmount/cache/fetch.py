@@ -55,9 +55,10 @@ _TRIES = 8
 
 
 def _backoff(tries: int) -> float:
-    """Seconds to wait before resuming a part after its `tries`-th failure in a row: random,
-    up to 0.25 * 2**tries, at most 8 (the SDK has already retried each request)."""
-    return random.uniform(0, min(8.0, 0.25 * 2**tries))
+    """Seconds to wait before resuming a part after its `tries`-th failure in a row (from 1):
+    random, up to 0.25 * 2**(tries - 1), at most 8 (the SDK has already retried each
+    request)."""
+    return random.uniform(0, min(8.0, 0.25 * 2 ** (tries - 1)))
 
 
 # At most this long the other parts wait for the first part's first bytes.
