@@ -50,7 +50,7 @@ from clearmount.transfer import Progress, Transfer
 log = logging.getLogger(__name__)
 
 
-#: Attempts of one part in a row that bring no byte, before its readers get EIO.
+#: Attempts of one part in a row that bring no whole MiB, before its readers get EIO.
 _TRIES = 8
 
 
@@ -230,7 +230,7 @@ class Fetch:
 
     async def _download(self, transfer: Transfer, part: int) -> None:
         """Download one part, resuming it from the last byte received after a failure or a
-        stall, until it has gone `operation` seconds or `_TRIES` tries without a byte."""
+        stall, until it has gone `operation` seconds or `_TRIES` tries without a MiB."""
         deadlines = self.store.deadlines
         end = min((part + 1) * self.part_size, self.info.size)
         progress = Progress(deadlines.stall_window, deadlines.operation, self.url)
@@ -251,7 +251,11 @@ class Fetch:
                 return
             except Unavailable as exc:
                 if progress.stalled:
-                    self._digest = None  # the abandoned thread may still feed it
+                    # the abandoned thread may run on: its bytes (and its seal) no longer count
+                    self.attempts[part] += 1
+                    self._digest = None
+                    if self.fronts[part] >= end:
+                        return  # it had every byte: given up just as it ended
                 if progress.last_step > started:
                     tries = 0  # it brought a whole step: the budget starts again
                 tries += 1
