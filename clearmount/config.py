@@ -2,7 +2,8 @@
 
 Owns: finding the config files, HOCON parsing (the only pyhocon importer), `${VAR}` resolution
 against a given environment, merging, validation with one-line warnings that name file and
-key, the environment fallbacks, and `describe` (the masked view behind `clearmount config`).
+key, the environment fallbacks, each backend's `Deadlines` (clearml.conf's values, else the
+mount's own, and which is in force), and `describe` (the masked view behind `clearmount config`).
 Nothing downstream sees HOCON: everything leaves this module as the dataclasses below.
 The ClearML behaviour reproduced here is in shared/reference/clearml-storage.md, sections 1-2.
 
@@ -78,20 +79,77 @@ class S3Credentials:
         return ("https://" if self.secure else "http://") + self.host
 
 
+#: Request deadlines made for a mount, in force where clearml.conf sets none (ClearML's own
+#: are 60 s each): seconds to open a connection, and to wait for the first byte of an answer
+#: and between bytes.
+MOUNT_CONNECT_TIMEOUT = 10.0
+MOUNT_READ_TIMEOUT = 30.0
+#: A lookup, or a download that receives nothing, gives up after this long at least.
+MIN_OPERATION_SECONDS = 45.0
+#: A download that receives less than STALL_BYTES in this long at least is stalled.
+MIN_STALL_WINDOW = 30.0
+STALL_BYTES = MIB
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long one backend's requests may take, and where each value came from. Every
+    backend takes one (README "Guarantees"); `clearmount.transfer` enforces the last two.
+
+    - `connect`, `read`: the SDK's own per-request deadlines (the read deadline bounds the
+      wait for the first byte and every pause between bytes);
+    - `operation`: a lookup (HEAD, one listing page) gets EIO after this long, retries
+      included, and a download that receives nothing for this long fails;
+    - `stall_window`: a download that receives less than 1 MiB in this long is stalled and
+      resumed from its last byte (a server trickling bytes never trips `read`).
+    """
+
+    connect: float = MOUNT_CONNECT_TIMEOUT
+    read: float = MOUNT_READ_TIMEOUT
+    #: the clearml.conf keys that set them ("" where clearml.conf has no such key)
+    connect_key: str = ""
+    read_key: str = ""
+    #: whether clearml.conf set them; else the mount defaults are in force
+    connect_set: bool = False
+    read_set: bool = False
+
+    @property
+    def operation(self) -> float:
+        return max(MIN_OPERATION_SECONDS, self.connect + self.read)
+
+    @property
+    def stall_window(self) -> float:
+        return max(MIN_STALL_WINDOW, self.connect + self.read)
+
+
 @dataclass(frozen=True)
 class Boto3Settings:
-    """`sdk.aws.boto3`, with ClearML's defaults."""
+    """`sdk.aws.boto3`, with ClearML's defaults (the mount's own for the two timeouts)."""
 
     #: ClearML never uses fewer than 512, and neither do we
     pool_connections: int = 512
     max_multipart_concurrency: int = 16
     multipart_threshold: int = 8 * MIB
     multipart_chunksize: int = 8 * MIB
-    connect_timeout: float = 60
-    read_timeout: float = 60
+    connect_timeout: float = MOUNT_CONNECT_TIMEOUT
+    read_timeout: float = MOUNT_READ_TIMEOUT
     signature_version: str | None = None
     #: `sdk.aws.boto3.s3.addressing_style`: "path", "virtual", "auto" or None (botocore default)
     addressing_style: str | None = None
+    #: whether clearml.conf set connect_timeout / read_timeout (else the mount defaults)
+    connect_timeout_set: bool = False
+    read_timeout_set: bool = False
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines(
+            self.connect_timeout,
+            self.read_timeout,
+            "sdk.aws.boto3.connect_timeout",
+            "sdk.aws.boto3.read_timeout",
+            self.connect_timeout_set,
+            self.read_timeout_set,
+        )
 
 
 @dataclass(frozen=True)
@@ -127,6 +185,10 @@ class AzureSettings:
     containers: tuple[AzureContainer, ...]
     max_connections: int = 0
 
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines()  # clearml.conf has no timeout keys for Azure
+
 
 @dataclass(frozen=True)
 class GcsCredentials:
@@ -144,6 +206,10 @@ class GcsSettings:
     #: top-level project/credentials_json (GOOGLE_APPLICATION_CREDENTIALS as a fallback)
     defaults: GcsCredentials
     credentials: tuple[GcsCredentials, ...]
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines()  # clearml.conf has no timeout keys for Google Cloud Storage
 
 
 @dataclass(frozen=True)
@@ -210,10 +276,25 @@ class HttpSettings:
     auth_hosts: tuple[HttpHost, ...] = ()
     #: sdk.storage.http.hosts (clearmount's own key): hosts read with no credentials
     plain_hosts: tuple[HttpHost, ...] = ()
-    #: sdk.http.timeout.connection / .total (seconds) and sdk.http.download.max_retries
-    connect_timeout: float = 30.0
-    read_timeout: float = 30.0
+    #: sdk.http.timeout.connection / .total (seconds; the mount's own defaults when
+    #: clearml.conf sets neither) and sdk.http.download.max_retries
+    connect_timeout: float = MOUNT_CONNECT_TIMEOUT
+    read_timeout: float = MOUNT_READ_TIMEOUT
     max_retries: int = 15
+    #: whether clearml.conf set the two timeouts
+    connect_timeout_set: bool = False
+    read_timeout_set: bool = False
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return Deadlines(
+            self.connect_timeout,
+            self.read_timeout,
+            "sdk.http.timeout.connection",
+            "sdk.http.timeout.total",
+            self.connect_timeout_set,
+            self.read_timeout_set,
+        )
 
     def auth_for(self, url: str) -> HttpHost | None:
         """The files-server entry whose URL starts `url` (whole segments), if any."""
@@ -881,6 +962,10 @@ def _read_boto3(r: _Reader, boto3: dict[str, Any], at: Key) -> Boto3Settings:
             f"expected one of {', '.join(_ADDRESSING_STYLES)}, got {_shown(style)}; ignored",
         )
         style = None
+    connect_timeout, connect_set = _read_timeout(
+        r, boto3, at, "connect_timeout", defaults.connect_timeout
+    )
+    read_timeout, read_set = _read_timeout(r, boto3, at, "read_timeout", defaults.read_timeout)
     return Boto3Settings(
         pool_connections=max(
             defaults.pool_connections,
@@ -895,11 +980,22 @@ def _read_boto3(r: _Reader, boto3: dict[str, Any], at: Key) -> Boto3Settings:
         multipart_chunksize=r.integer(
             boto3, at, "multipart_chunksize", defaults.multipart_chunksize, minimum=1, size=True
         ),
-        connect_timeout=r.number(boto3, at, "connect_timeout", defaults.connect_timeout, 0.001),
-        read_timeout=r.number(boto3, at, "read_timeout", defaults.read_timeout, 0.001),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         signature_version=r.string(boto3, at, "signature_version") or None,
         addressing_style=style,
+        connect_timeout_set=connect_set,
+        read_timeout_set=read_set,
     )
+
+
+def _read_timeout(
+    r: _Reader, obj: dict[str, Any], at: Key, name: str, default: float
+) -> tuple[float, bool]:
+    """A timeout in seconds, and whether clearml.conf set it (a value it rejects is unset)."""
+    warnings = len(r.warnings)
+    value = r.number(obj, at, name, default, 0.001)
+    return value, obj.get(name) is not None and len(r.warnings) == warnings
 
 
 def _read_azure(r: _Reader, sdk: dict[str, Any], environ: Mapping[str, str]) -> AzureSettings:
@@ -1199,15 +1295,21 @@ def _read_http(
     timeout = r.section(http, (*_SDK, "http"), "timeout")
     timeout_at: Key = (*_SDK, "http", "timeout")
     download = r.section(http, (*_SDK, "http"), "download")
+    connect_timeout, connect_set = _read_timeout(
+        r, timeout, timeout_at, "connection", MOUNT_CONNECT_TIMEOUT
+    )
+    read_timeout, read_set = _read_timeout(r, timeout, timeout_at, "total", MOUNT_READ_TIMEOUT)
     return HttpSettings(
         api_server=api_server,
         access_key=access_key,
         secret_key=secret_key,
         auth_hosts=tuple(auth),
         plain_hosts=tuple(plain),
-        connect_timeout=r.number(timeout, timeout_at, "connection", 30.0, minimum=0.001),
-        read_timeout=r.number(timeout, timeout_at, "total", 30.0, minimum=0.001),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         max_retries=r.integer(download, (*_SDK, "http", "download"), "max_retries", 15),
+        connect_timeout_set=connect_set,
+        read_timeout_set=read_set,
     )
 
 
@@ -1348,6 +1450,26 @@ def _describe_endpoint(endpoint: str) -> str:
     return base + ("?****" if query else "")
 
 
+def _describe_timeout(name: str, seconds: float, key: str, is_set: bool) -> str:
+    if is_set:
+        where = f"clearml.conf {key}"
+    elif key:
+        where = f"mount default; clearml.conf {key} unset"
+    else:
+        where = "mount default; no clearml.conf key"
+    return f"{name} {seconds:g}s ({where})"
+
+
+def describe_deadlines(d: Deadlines) -> str:
+    """One backend's deadlines and where each came from, for `clearmount config`."""
+    return (
+        f"{_describe_timeout('connect_timeout', d.connect, d.connect_key, d.connect_set)}, "
+        f"{_describe_timeout('read_timeout', d.read, d.read_key, d.read_set)}; "
+        f"a lookup gives up after {d.operation:g}s; a download is stalled below 1 MiB per "
+        f"{d.stall_window:g}s, and given up after {d.operation:g}s without 1 MiB"
+    )
+
+
 def describe(config: Config) -> str:
     """The effective configuration for humans (`clearmount config`), every secret masked."""
     lines = ["files (merge order, later wins):"]
@@ -1366,12 +1488,13 @@ def describe(config: Config) -> str:
         f"max_multipart_concurrency {b.max_multipart_concurrency}, "
         f"multipart_threshold {b.multipart_threshold}, "
         f"multipart_chunksize {b.multipart_chunksize}, "
-        f"connect_timeout {b.connect_timeout:g}s, read_timeout {b.read_timeout:g}s, "
         f"signature_version {b.signature_version or 'default'}, "
         f"addressing_style {b.addressing_style or 'default'}"
     )
+    lines.append(f"  deadlines: {describe_deadlines(b.deadlines)}")
 
     lines.append(f"azure: max_connections {config.azure.max_connections or 'default'}")
+    lines.append(f"  deadlines: {describe_deadlines(config.azure.deadlines)}")
     lines += [
         f"  {c.source}: account {c.account_name}, container {c.container_name or '(any)'}, "
         f"key {_mask(c.account_key)}, endpoint {_describe_endpoint(c.endpoint)}"
@@ -1380,6 +1503,7 @@ def describe(config: Config) -> str:
 
     gcs = config.gcs
     lines.append("gcs:")
+    lines.append(f"  deadlines: {describe_deadlines(gcs.deadlines)}")
     lines.append(
         f"  defaults ({gcs.defaults.source}): project {_or_dash(gcs.defaults.project)}, "
         f"credentials_json {_describe_gcs_json(gcs.defaults.credentials_json)}"
@@ -1403,9 +1527,9 @@ def describe(config: Config) -> str:
     http = config.http
     lines.append(
         f"http: api_server {http.api_server}, access_key {_mask(http.access_key)}, "
-        f"secret_key {_mask(http.secret_key)}, timeout connection {http.connect_timeout:g}s, "
-        f"total {http.read_timeout:g}s, max_retries {http.max_retries}"
+        f"secret_key {_mask(http.secret_key)}, max_retries {http.max_retries}"
     )
+    lines.append(f"  {describe_deadlines(http.deadlines)}")
     lines.append("  files-server hosts (ClearML's Bearer token from auth.login):")
     lines += [f"    {host.url} ({host.source})" for host in http.auth_hosts] or ["    (none)"]
     lines.append("  other hosts (no credentials):")

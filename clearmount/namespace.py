@@ -451,7 +451,9 @@ class Namespace:
 
         async def head() -> None:
             try:
-                found["file"] = await self.transfer.metadata(store.head, key)
+                found["file"] = await self.transfer.metadata(
+                    store.head, key, deadline=store.deadlines.operation, url=store.base_url
+                )
             except NotFound:
                 pass
             except StoreError as exc:
@@ -459,7 +461,14 @@ class Namespace:
 
         async def children() -> None:
             try:
-                page = await self.transfer.metadata(store.list_page, key + "/", None, 1)
+                page = await self.transfer.metadata(
+                    store.list_page,
+                    key + "/",
+                    None,
+                    1,
+                    deadline=store.deadlines.operation,
+                    url=store.base_url,
+                )
             except StoreError as exc:
                 failures["list"] = exc
             else:
@@ -511,7 +520,9 @@ class Namespace:
                 return _Known(Kind.VIRTUAL, None, now)
             return _Known(None, None, now)
         store, _ = self.store_for(parts)
-        exists = await self.transfer.metadata(store.exists)
+        exists = await self.transfer.metadata(
+            store.exists, deadline=store.deadlines.operation, url=store.base_url
+        )
         return _Known(Kind.DIR if exists else None, None, now)
 
     async def revalidate(self, node: Node) -> None:
@@ -525,7 +536,9 @@ class Namespace:
         parts = node.parts
         store, key = self.store_for(parts)
         try:
-            info = await self.transfer.metadata(store.head, key)
+            info = await self.transfer.metadata(
+                store.head, key, deadline=store.deadlines.operation, url=store.base_url
+            )
         except NotFound:
             self._remember(node.path, _Known(None, None, time.monotonic()))
             raise
@@ -701,7 +714,13 @@ class Namespace:
         if not self.may_contact(url.scheme, url.host):
             return []  # a host only a direct-access rule names: it shows that rule's places
         try:
-            return await self.transfer.metadata(backends.list_containers, url, self.config)
+            return await self.transfer.metadata(
+                backends.list_containers,
+                url,
+                self.config,
+                deadline=backends.deadlines(url, self.config).operation,
+                url=f"{url.scheme}://{url.host}",
+            )
         except StoreError as exc:
             log.warning("cannot list buckets under %s: %s", "/".join(parts), exc)
             return []
@@ -721,7 +740,13 @@ class Namespace:
             if max_pages is not None and pages == max_pages:
                 break
             pages += 1
-            page = await self.transfer.metadata(store.list_page, prefix, token)
+            page = await self.transfer.metadata(
+                store.list_page,
+                prefix,
+                token,
+                deadline=store.deadlines.operation,
+                url=store.base_url,
+            )
             for info in page.objects:
                 name = info.key[len(prefix) :]
                 if name == "":

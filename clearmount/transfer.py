@@ -1,32 +1,94 @@
 """The one bridge from the trio loop to blocking SDK calls.
 
-Owns: the thread limiters. Every backend call enters a worker thread here, under an explicit
-`CapacityLimiter`: metadata calls (HEAD, LIST) and data transfers (ranged GETs) have separate
-budgets, so a few large downloads can never starve `ls`. Retries and timeouts are the SDKs'
-own (configured in each adapter); this module only bounds concurrency.
+Owns: the thread limiters, and the deadlines of whole operations. Every backend call enters a
+worker thread here, under an explicit `CapacityLimiter`: metadata calls (HEAD, LIST) and data
+transfers (ranged GETs) have separate budgets, so a few large downloads can never starve `ls`.
+Retries and per-request timeouts are the SDKs' own (configured in each adapter from the
+store's `Deadlines`); this module bounds what they cannot:
 
-Data slots are held by the trio task, not by its thread: a transfer cancelled to make room
-for a reader gives its slot back at once, while its abandoned thread winds down on its own
+- a metadata call given a `deadline` that has not returned by then raises `Unavailable`
+  (however many retries the SDK still had in mind);
+- a data transfer given a `Progress` is watched: less than 1 MiB within the stall window,
+  and it raises `Unavailable` (a server that trickles bytes never trips the SDK's read
+  timeout, nor does one that answers the first bytes of every attempt and then stalls).
+
+Slots are held by the trio task, not by its thread: a call given up, or cancelled to make room
+for a reader, gives its slot back at once, while its abandoned thread winds down on its own
 (at its next progress report, or at the SDK's read timeout when the server has stalled).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import trio
 
+from clearmount.config import STALL_BYTES
+from clearmount.errors import Unavailable
+
 T = TypeVar("T")
 
-# Threads given up by their transfers that may still be winding down. Against a server that
-# stalls, each keeps its socket until the read timeout; past this many, a new transfer waits.
+# Threads given up by their calls that may still be winding down. Against a server that
+# stalls, each keeps its socket until the read timeout; past this many, a new call waits.
 _ABANDONED_MAX = 256
+
+
+class Progress:
+    """A data transfer's heartbeat for the stall watchdog, kept across the attempts (resumes)
+    of one download. The worker thread calls `add(n)` for the bytes it receives (plain
+    attribute writes: no trio call). Each attempt must bring every `STALL_BYTES` within
+    `window` seconds, however the SDK cuts them into chunks; and the download is given up
+    once `patience` seconds have passed without a whole `STALL_BYTES` step."""
+
+    def __init__(self, window: float, patience: float = math.inf, url: str = "") -> None:
+        self.window = window
+        self.patience = patience
+        self.url = url
+        #: when the last `STALL_BYTES` step was complete, or the download started
+        self.last_step = time.monotonic()
+        #: when the last step was complete, or this attempt started: the window's origin
+        self.last = self.last_step
+        #: why the watchdog gave the attempt up ("" while it has not)
+        self.stalled = ""
+        self._step = 0
+
+    def add(self, size: int) -> None:
+        self._step += size
+        if self._step >= STALL_BYTES:
+            self._step = 0
+            self.last = self.last_step = time.monotonic()
+
+    def restart(self) -> None:
+        """A new attempt begins: its window starts now (bytes of a step carry over)."""
+        self.last = time.monotonic()
+        self.stalled = ""
+
+    def left(self) -> float:
+        """Seconds until the download is given up, unless a step completes."""
+        return self.last_step + self.patience - time.monotonic()
+
+
+async def _watch(progress: Progress, scope: trio.CancelScope) -> None:
+    while True:
+        now = time.monotonic()
+        if progress.left() <= 0:
+            progress.stalled = f"less than 1 MiB received in {progress.patience:g}s"
+        elif now >= progress.last + progress.window:
+            progress.stalled = f"stalled: less than 1 MiB received in {progress.window:g}s"
+        if progress.stalled:
+            scope.cancel()
+            return
+        await trio.sleep(min(progress.last + progress.window - now, progress.left()))
 
 
 class Transfer:
     def __init__(self, metadata_concurrency: int, fetch_concurrency: int) -> None:
         self.metadata_limiter = trio.CapacityLimiter(metadata_concurrency)
+        self._metadata_threads = trio.CapacityLimiter(metadata_concurrency + _ABANDONED_MAX)
         self.data_limiter = trio.CapacityLimiter(fetch_concurrency)
         self._data_threads = trio.CapacityLimiter(fetch_concurrency + _ABANDONED_MAX)
         #: called when a transfer somebody reads must wait for a slot; the fetcher sets it to
@@ -34,19 +96,36 @@ class Transfer:
         self.on_reader_waiting: Callable[[], None] = lambda: None
         self.readers_waiting = 0
 
-    async def metadata(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a short blocking call (HEAD, LIST, bucket checks) in a worker thread."""
-        return await trio.to_thread.run_sync(
-            fn, *args, limiter=self.metadata_limiter, abandon_on_cancel=True
-        )
+    async def metadata(
+        self, fn: Callable[..., T], *args: object, deadline: float | None = None, url: str = ""
+    ) -> T:
+        """Run a short blocking call (HEAD, LIST, bucket checks) in a worker thread; given up
+        with `Unavailable` (naming `url`) after `deadline` seconds, retries included."""
+        async with self.metadata_limiter:
+            with trio.move_on_after(math.inf if deadline is None else deadline):
+                return await trio.to_thread.run_sync(
+                    fn, *args, limiter=self._metadata_threads, abandon_on_cancel=True
+                )
+        raise Unavailable(f"no answer within {deadline:g}s", url)
 
-    async def data(self, fn: Callable[..., T], *args: object, for_reader: bool = True) -> T:
-        """Run a long transfer in a worker thread, in one of the data slots.
+    async def data(
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        for_reader: bool = True,
+        progress: Progress | None = None,
+    ) -> T:
+        """Run a long transfer in a worker thread, in one of the data slots (see `data_slot`
+        and `in_thread`)."""
+        async with self.data_slot(for_reader):
+            return await self.in_thread(fn, *args, progress=progress)
+
+    @contextlib.asynccontextmanager
+    async def data_slot(self, for_reader: bool = True) -> AsyncIterator[None]:
+        """Hold one of the data slots.
 
         `for_reader`: somebody waits for these bytes. Such a transfer finding every slot busy
-        asks for the slots of transfers nobody waits for. On cancellation the thread is
-        abandoned: it notices at its next progress report, which fails once its fetch has
-        been stopped, and ends.
+        asks for the slots of transfers nobody waits for.
         """
         if for_reader and self.data_limiter.available_tokens < 1:
             self.readers_waiting += 1
@@ -58,8 +137,39 @@ class Transfer:
         else:
             await self.data_limiter.acquire()
         try:
+            yield
+        finally:
+            self.data_limiter.release()
+
+    async def in_thread(
+        self, fn: Callable[..., T], *args: object, progress: Progress | None = None
+    ) -> T:
+        """Run a transfer that holds a data slot in a worker thread.
+
+        On cancellation the thread is abandoned: it notices at its next progress report, which
+        fails once its fetch has been stopped, and ends. With `progress`, a transfer that
+        stalls (see `Progress`) is abandoned so and raises `Unavailable`.
+        """
+        if progress is None:
             return await trio.to_thread.run_sync(
                 fn, *args, limiter=self._data_threads, abandon_on_cancel=True
             )
-        finally:
-            self.data_limiter.release()
+        results: list[T] = []
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            progress.restart()
+            nursery.start_soon(_watch, progress, nursery.cancel_scope)
+            try:
+                results.append(
+                    await trio.to_thread.run_sync(
+                        fn, *args, limiter=self._data_threads, abandon_on_cancel=True
+                    )
+                )
+            except Exception as exc:  # raised below: out of a nursery it would be a group
+                error = exc
+            nursery.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if not results:
+            raise Unavailable(progress.stalled, progress.url)
+        return results[0]

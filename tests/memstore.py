@@ -37,7 +37,7 @@ from clearmount.direct import DirectAccess
 from clearmount.errors import NotFound, Stale
 from clearmount.namespace import Namespace
 from clearmount.options import MountOptions
-from clearmount.transfer import Transfer
+from clearmount.transfer import Progress, Transfer
 from clearmount.urls import StorageURL
 
 T = TypeVar("T")
@@ -165,8 +165,10 @@ class HeldTransfer(Transfer):
         self.go = trio.Event()
         self.returned = trio.Event()
 
-    async def data(self, fn: Callable[..., T], *args: object, for_reader: bool = True) -> T:
-        result = await super().data(fn, *args, for_reader=for_reader)
+    async def in_thread(
+        self, fn: Callable[..., T], *args: object, progress: Progress | None = None
+    ) -> T:
+        result = await super().in_thread(fn, *args, progress=progress)
         self.returned.set()
         await self.go.wait()
         return result

@@ -11,7 +11,8 @@ Azurite, fake-gcs-server). The proxy
   asserts what the server was asked: ``proxy.count(method="GET", path="/bucket/key")``,
 - injects faults into the next N matching requests: `fail` (answer a status itself, by
   default an S3 ``503 SlowDown``), `delay` (wait before forwarding), `stall` (pause the
-  response body after some bytes), `cut` (close the connection after some body bytes).
+  response body after some bytes), `cut` (close the connection after some body bytes),
+  `trickle` (after some body bytes, send the rest one byte at a time, slowly).
 
 Each client connection gets its own upstream connection, so a cut or a stall never hits
 another request. ``reset()`` clears the record and the faults and releases open stalls.
@@ -34,7 +35,7 @@ from urllib.parse import unquote
 BUFSIZE = 256 * 1024
 MAX_HEAD = 64 * 1024
 
-FaultKind = Literal["fail", "delay", "stall", "cut"]
+FaultKind = Literal["fail", "delay", "stall", "cut", "trickle"]
 
 _REASONS = {
     400: "Bad Request",
@@ -193,18 +194,46 @@ def _wants_close(headers: dict[str, str], version: str) -> bool:
 
 
 class _BodySink:
-    """Sends response body bytes to the client, applying stall and cut faults."""
+    """Sends response body bytes to the client, applying stall, cut and trickle faults."""
 
     def __init__(
-        self, conn: _Connection, seen: Seen, stall: Fault | None, cut: Fault | None
+        self,
+        conn: _Connection,
+        seen: Seen,
+        stall: Fault | None,
+        cut: Fault | None,
+        trickle: Fault | None = None,
     ) -> None:
         self.conn = conn
         self.seen = seen
         self.stall = stall
         self.cut = cut
+        self.trickle = trickle
         self.stalled = False
 
+    def _trickle(self, data: bytes, fault: Fault) -> None:
+        """Send `data` one byte every `fault.seconds`; all at once after `release`."""
+        released = self.conn.proxy._release
+        for at in range(len(data)):
+            if self.conn.proxy._stopping.is_set():
+                raise _Closed("proxy stopping")
+            if released.is_set():
+                self.conn.client.sendall(data[at:])
+                self.seen.body_bytes += len(data) - at
+                return
+            released.wait(fault.seconds)
+            self.conn.client.sendall(data[at : at + 1])
+            self.seen.body_bytes += 1
+
     def send(self, data: bytes) -> None:
+        trickle = self.trickle
+        if trickle is not None and self.seen.body_bytes + len(data) > trickle.after_bytes:
+            head = data[: max(0, trickle.after_bytes - self.seen.body_bytes)]
+            if head:
+                self.conn.client.sendall(head)
+                self.seen.body_bytes += len(head)
+            self._trickle(data[len(head) :], trickle)
+            return
         while data:
             sent = self.seen.body_bytes
             if self.cut is not None and sent + len(data) >= self.cut.after_bytes:
@@ -416,7 +445,9 @@ class _Connection:
         upstream_closes = _wants_close(rheaders, rversion)
         if not no_body:
             framed = _is_chunked(rheaders) or "content-length" in rheaders
-            sink = _BodySink(self, seen, faults.get("stall"), faults.get("cut"))
+            sink = _BodySink(
+                self, seen, faults.get("stall"), faults.get("cut"), faults.get("trickle")
+            )
             self._pump_body(ureader, rheaders, sink, until_close=not framed)
             if not framed:
                 upstream_closes = True
@@ -644,6 +675,23 @@ class Proxy:
     ) -> Fault:
         """Close the connection after `after_bytes` bytes of a response body."""
         return self._add(Fault("cut", count, method, path, prefix, after_bytes=after_bytes))
+
+    def trickle(
+        self,
+        after_bytes: int,
+        seconds: float,
+        count: int | None = 1,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        prefix: str | None = None,
+    ) -> Fault:
+        """After the first `after_bytes` bytes of a response body, send the rest one byte
+        every `seconds` (a server that never stays silent long enough for a read timeout);
+        `release` sends the rest at once."""
+        return self._add(
+            Fault("trickle", count, method, path, prefix, seconds=seconds, after_bytes=after_bytes)
+        )
 
     @contextlib.contextmanager
     def faulted(self, fault: Fault) -> Iterator[Fault]:

@@ -344,8 +344,9 @@ def test_junk_values_warn_and_use_defaults(tmp_path: Path) -> None:
     assert (entry.token, entry.multipart, entry.use_credentials_chain) == ("", True, False)
     assert entry.secure is True
     assert cfg.s3.boto3.max_multipart_concurrency == 16
-    assert cfg.s3.boto3.read_timeout == 60
+    assert cfg.s3.boto3.read_timeout == config.MOUNT_READ_TIMEOUT  # rejected: the default
     assert cfg.s3.boto3.connect_timeout == 5
+    assert (cfg.s3.boto3.connect_timeout_set, cfg.s3.boto3.read_timeout_set) == (True, False)
     assert cfg.azure.max_connections == 0
     for key in (
         "credentials[0].token",
@@ -479,6 +480,8 @@ def test_boto3_settings(tmp_path: Path) -> None:
         read_timeout=30,
         signature_version="s3",
         addressing_style="virtual",
+        connect_timeout_set=True,
+        read_timeout_set=True,
     )
     assert cfg.warnings == ()
 
@@ -707,6 +710,37 @@ def test_describe_with_nothing_configured(tmp_path: Path) -> None:
     assert "file://*" in text
 
 
+def test_timeouts_unset_are_the_mount_defaults_and_say_so(tmp_path: Path) -> None:
+    cfg = config.load(None, {"HOME": str(tmp_path)})
+    for deadlines in (cfg.s3.boto3.deadlines, cfg.azure.deadlines, cfg.gcs.deadlines):
+        assert (deadlines.connect, deadlines.read) == (10, 30)
+        # a lookup within the minute, retries included; a download stalls below 1 MiB / 40 s
+        assert (deadlines.operation, deadlines.stall_window) == (45, 40)
+    lines = config.describe(cfg).splitlines()
+    s3 = lines[lines.index("s3:") + 3]  # after the defaults and boto3 lines
+    assert s3 == (
+        "  deadlines: connect_timeout 10s (mount default; clearml.conf "
+        "sdk.aws.boto3.connect_timeout unset), read_timeout 30s (mount default; clearml.conf "
+        "sdk.aws.boto3.read_timeout unset); a lookup gives up after 45s; a download is stalled "
+        "below 1 MiB per 40s, and given up after 45s without 1 MiB"
+    )
+    azure = next(line for line in lines if line.startswith("azure:"))
+    assert lines[lines.index(azure) + 1].startswith(
+        "  deadlines: connect_timeout 10s (mount default; no clearml.conf key)"
+    )
+
+
+def test_timeouts_set_in_clearml_conf_win_and_stretch_the_deadlines(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, "sdk.aws.boto3 { connect_timeout: 60, read_timeout: 60 }")
+    deadlines = cfg.s3.boto3.deadlines
+    assert (deadlines.connect, deadlines.read, deadlines.connect_set) == (60, 60, True)
+    assert (deadlines.operation, deadlines.stall_window) == (120, 120)  # connect + read
+    text = config.describe(cfg)
+    assert "connect_timeout 60s (clearml.conf sdk.aws.boto3.connect_timeout)" in text
+    assert "read_timeout 60s (clearml.conf sdk.aws.boto3.read_timeout)" in text
+    assert "a lookup gives up after 120s" in text
+
+
 # ------------------------------------------------------------------------------ fuzzing
 
 KEYS = (
@@ -892,7 +926,21 @@ def test_files_server_defaults_as_the_clearml_sdk(tmp_path: Path) -> None:
         "https://files.clear.ml",
         "https://files.community.clear.ml",
     ]
-    assert (cfg.http.connect_timeout, cfg.http.read_timeout, cfg.http.max_retries) == (30, 30, 15)
+    # unset: the mount's own deadlines, as for every backend (ClearML's are 30 s and 30 s)
+    assert (cfg.http.connect_timeout, cfg.http.read_timeout, cfg.http.max_retries) == (10, 30, 15)
+    assert not (cfg.http.connect_timeout_set or cfg.http.read_timeout_set)
+    assert "sdk.http.timeout.connection unset" in config.describe(cfg)
+
+
+def test_http_timeouts_set_in_clearml_conf_win(tmp_path: Path) -> None:
+    conf = tmp_path / "c.conf"
+    conf.write_text("sdk.http { timeout { connection: 5, total: 50 }, download.max_retries: 3 }")
+    cfg = config.load(conf, {"HOME": str(tmp_path)})
+    deadlines = cfg.http.deadlines
+    assert (deadlines.connect, deadlines.read, cfg.http.max_retries) == (5, 50, 3)
+    assert deadlines.connect_set and deadlines.read_set
+    assert deadlines.operation == 55  # one whole request fits
+    assert "read_timeout 50s (clearml.conf sdk.http.timeout.total)" in config.describe(cfg)
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,24 @@ def test_proxy_stall_and_delay_hold_the_answer(s3_server: S3Server, s3_proxy: Pr
     assert impatient.get_object(Bucket=bucket, Key="k")["Body"].read() == b"s" * 200_000
 
 
+def test_proxy_trickle_never_trips_a_read_timeout_and_release_ends_it(
+    s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(10_000)
+    s3_server.put(bucket, "k", data)
+    path = f"/{bucket}/k"
+    impatient = s3_server.client(endpoint=s3_proxy, max_attempts=1, timeout=0.5)
+    trickle = s3_proxy.trickle(after_bytes=1000, seconds=0.1, path=path)
+    body = impatient.get_object(Bucket=bucket, Key="k")["Body"]
+    started = time.monotonic()
+    assert body.read(1005) == data[:1005]  # a byte every 0.1 s: never 0.5 s of silence
+    assert time.monotonic() - started >= 0.4
+    s3_proxy.release()  # the rest at once
+    assert body.read() == data[1005:]
+    assert trickle.hits == 1 and s3_proxy.requests("GET", path)[-1].body_bytes == len(data)
+
+
 def test_proxy_does_not_buffer_big_bodies(
     s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
 ) -> None:

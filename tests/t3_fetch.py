@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from clearmount import config
 from clearmount.cache.events import FetchEvents
 from clearmount.cache.evict import CacheLimits
 from clearmount.cache.fetch import Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
-from clearmount.errors import CacheError, ClearmountError
+from clearmount.errors import CacheError, ClearmountError, Unavailable
 from memstore import GatedStore, HeldTransfer, MemoryStore, make_fetcher
 
 
@@ -81,6 +82,79 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
             await ended(reader.fetch)
             assert reader.fetch.complete
     assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
+
+
+class TricklingStore(MemoryStore):
+    """Its first `trickles` GETs send the bytes before `fast` at once, then one byte every
+    20 ms (a server that never trips a read timeout); later GETs are served whole."""
+
+    def __init__(self, data: bytes, fast: int, trickles: int) -> None:
+        super().__init__({"k": data})
+        self.fast = fast
+        self.trickles = trickles
+        # tiny SDK deadlines: the stall window and patience are the (patched) minimums
+        self.deadlines = config.Deadlines(0.1, 0.1)
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        if len(self.ranges) >= self.trickles:
+            yield from super().read_range(key, version, start, end, chunk_size)
+            return
+        self.ranges.append((start, end))
+        data = self.data(key)
+        if start < self.fast:
+            yield data[start : self.fast]
+            start = self.fast
+        for at in range(start, end):
+            time.sleep(0.02)
+            yield data[at : at + 1]
+
+
+@pytest.fixture
+def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stall window of 0.5 s and a patience of 2 s instead of 30 s and 45 s."""
+    monkeypatch.setattr(config, "MIN_STALL_WINDOW", 0.5)
+    monkeypatch.setattr(config, "MIN_OPERATION_SECONDS", 2.0)
+
+
+async def fetch_all(tmp_path: Path, store: MemoryStore) -> tuple[Fetch, float]:
+    """Fetch `store`'s object "k" to the end; the fetch and the seconds it took."""
+    fetcher = make_fetcher(tmp_path)
+    started = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        fetch = fetch_of(reader)
+        with trio.fail_after(30):
+            await fetch.ended.wait()
+        reader.close()
+    return fetch, time.monotonic() - started
+
+
+async def test_a_trickling_body_is_resumed_from_its_last_byte(
+    tmp_path: Path, short_deadlines: None
+) -> None:
+    data = os.urandom(512 << 10)
+    store = TricklingStore(data, fast=100 << 10, trickles=1)
+    fetch, _ = await fetch_all(tmp_path, store)
+    assert fetch.error is None
+    assert fetch.final.read_bytes() == data
+    assert len(store.ranges) == 2
+    assert store.ranges[1][0] > 100 << 10  # the trickled bytes were kept too
+
+
+async def test_a_body_trickling_on_every_attempt_fails_within_the_patience(
+    tmp_path: Path, short_deadlines: None
+) -> None:
+    data = os.urandom(512 << 10)
+    store = TricklingStore(data, fast=100 << 10, trickles=100)
+    fetch, seconds = await fetch_all(tmp_path, store)
+    assert isinstance(fetch.error, Unavailable)
+    assert "less than 1 MiB received" in str(fetch.error)
+    assert seconds < 2.0 + 1.0  # the patience, and a little for the loop
+    assert 2 <= len(store.ranges) <= 8  # resumed with backoff, then given up
+    assert not fetch.partial.exists() and not fetch.final.exists()
 
 
 async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(

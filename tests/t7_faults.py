@@ -11,9 +11,11 @@ checks the three promises of the README's "Guarantees":
    (sha256) and no partial file is left behind (`assert_cache_correct`);
 3. the daemon still serves another file afterwards.
 
-Backend deadlines are shortened for the tests (`sdk.aws.boto3 { connect_timeout: 2,
-read_timeout: 3 }`, AWS_MAX_ATTEMPTS where noted); the defaults are documented in README.md.
-Times are printed (pytest -s) for the fault matrix, never asserted.
+Backend deadlines are shortened for most tests (`sdk.aws.boto3 { connect_timeout: 2,
+read_timeout: 3 }`, AWS_MAX_ATTEMPTS where noted); the defaults are documented in README.md
+and the "default deadlines" tests run with them: there the one timing assertion is the
+documented bound (a minute), the only promise the README makes of them. Other times are
+printed (pytest -s) for the fault matrix, never asserted.
 """
 
 from __future__ import annotations
@@ -364,6 +366,98 @@ def test_no_answer_at_all_is_eio_for_reads(
     scene.check_after()
 
 
+# ----------------------------------------------------------------------------- default deadlines
+
+#: The README's promise with the default deadlines: a lookup (each listing page) and a reader
+#: waiting for its bytes get their errno within a minute, retries included.
+MINUTE = 60.0
+
+
+def default_conf(scene: Scene) -> str:
+    """clearml.conf that sets no timeout: the mount's default deadlines are in force."""
+    return s3_conf(
+        scene.endpoint, scene.server.admin, sdk_extra=f"aws.boto3.multipart_chunksize: {PART}"
+    )
+
+
+def test_default_deadlines_a_trickling_body_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("trickle") + ".bin"
+    data = object_data(3 * MIB)
+    scene.put(key, data)
+    scene.mount = mounted(default_conf(scene))
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    # one byte a second after the first 64 KiB of every GET: never 30 s of silence
+    trickle = s3_proxy.trickle(
+        64 * 1024, 1.0, count=None, method="GET", path=f"/{scene.bucket}/{key}"
+    )
+    with s3_proxy.faulted(trickle):
+        outcome = read_now(path)
+    report("trickling body (default deadlines)", outcome)
+    s3_proxy.release()
+    assert outcome.errno == errno.EIO
+    assert outcome.seconds <= MINUTE
+    assert data.startswith(outcome.data)  # whatever came before the error is right
+    assert trickle.hits >= 2  # given up as stalled, resumed, then failed
+    assert "stalled: less than 1 MiB received in 40s" in scene.mount.log_text()
+    assert_cache_correct(scene.mount, scene.sources)
+    again = read_now(path)
+    assert again.errno is None and sha256(again.data) == sha256(data)
+    scene.check_after()
+
+
+@pytest.mark.slow  # the whole lookup deadline: 45 s
+def test_default_deadlines_a_server_that_accepts_and_says_nothing_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("silent") + ".bin"
+    data = object_data(MIB)
+    scene.put(key, data)
+    scene.mount = mounted(default_conf(scene))
+    path = scene.path(key)
+    with s3_proxy.faulted(s3_proxy.delay(300, count=None)):
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            path.stat()
+        seconds = time.monotonic() - started
+        report("silent server (stat, default deadlines)", Outcome(b"", raised.value.errno, seconds))
+        assert raised.value.errno == errno.EIO
+        assert seconds <= MINUTE
+    s3_proxy.release()
+    assert "no answer within 45s" in scene.mount.log_text()
+    assert path.stat().st_size == len(data)
+    assert read_now(path).data == data
+    scene.check_after()
+
+
+@pytest.mark.slow  # the whole lookup deadline: 45 s
+def test_default_deadlines_a_server_dying_mid_listing_is_eio_within_a_minute(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    folder = unique_name("listing")
+    for name in ("a.bin", "b.bin", "c.bin"):
+        scene.put(f"{folder}/{name}", object_data(1000))
+    scene.mount = mounted(default_conf(scene))
+    directory = scene.path(f"{folder}/a.bin").parent
+    assert directory.is_dir()
+    # every listing stops after its first 200 bytes, its connection left open
+    with s3_proxy.faulted(
+        s3_proxy.stall(200, 300, count=None, method="GET", path=f"/{scene.bucket}")
+    ):
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            os.listdir(directory)
+        seconds = time.monotonic() - started
+        report("dies mid-listing (default deadlines)", Outcome(b"", raised.value.errno, seconds))
+        assert raised.value.errno == errno.EIO
+        assert seconds <= MINUTE
+    s3_proxy.release()
+    assert sorted(os.listdir(directory)) == ["a.bin", "b.bin", "c.bin"]
+    scene.check_after()
+
+
 # ----------------------------------------------------------------------------- cuts
 
 
@@ -390,13 +484,31 @@ def test_connection_reset_on_every_attempt_is_eio(
     key = unique_name("cut-forever") + ".bin"
     data = object_data(3 * PART)
     scene.put(key, data)
-    s3_proxy.cut(256 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
+    # 8 tries at 64 KiB each never make the MiB that would start the budget again
+    s3_proxy.cut(64 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
     scene.mount = mounted(fast_conf(s3_proxy, scene.server))
     outcome = read_now(scene.path(key), offset=2 * PART + 5)
     report("connection reset mid-body (every attempt)", outcome)
     assert outcome.errno == errno.EIO
     assert_cache_correct(scene.mount, scene.sources)
     s3_proxy.reset()
+    scene.check_after()
+
+
+def test_connection_reset_on_every_attempt_after_much_progress_completes(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("cut-often") + ".bin"
+    data = object_data(2 * PART)
+    scene.put(key, data)
+    # every GET brings 512 KiB before its connection is reset: each second try makes a MiB,
+    # which starts the resume budget again, so the download gets there
+    cut = s3_proxy.cut(512 * 1024, count=None, method="GET", path=f"/{scene.bucket}/{key}")
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    outcome = read_now(scene.path(key))
+    report("connection reset mid-body after 512 KiB (every attempt)", outcome)
+    assert outcome.errno is None and sha256(outcome.data) == sha256(data)
+    assert cut.hits >= 2 * PART // (512 * 1024)
     scene.check_after()
 
 
@@ -950,6 +1062,33 @@ def test_cloud_object_replaced_mid_fetch_gives_old_bytes_or_estale(
         assert old.startswith(outcome.data)
     assert_cache_correct(scene.mount, scene.sources)  # type: ignore[arg-type]
     poll_until(lambda: read_now(scene.path(key)).data == new, 30, "the new version")
+    scene.check_after(control)
+
+
+@pytest.mark.slow  # 45 s each: the default deadlines (Azure and GCS have no timeout keys)
+def test_cloud_default_deadlines_a_trickling_body_is_eio_within_a_minute(
+    mounted: MountFactory, cloud_scene: tuple[CloudScene, bytes]
+) -> None:
+    scene, control = cloud_scene
+    key = unique_name("trickle") + ".bin"
+    data = object_data(3 * MIB)
+    scene.put(key, data)
+    mount_cloud(mounted, scene)
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    trickle = scene.proxy.trickle(
+        64 * 1024, 1.0, count=None, method="GET", path=scene.data_path(key)
+    )
+    with scene.proxy.faulted(trickle):
+        outcome = read_now(path)
+    report(f"{scene.cloud.name}: trickling body (default deadlines)", outcome)
+    scene.proxy.release()
+    assert outcome.errno == errno.EIO
+    assert outcome.seconds <= MINUTE
+    assert data.startswith(outcome.data)
+    assert "stalled: less than 1 MiB received in 40s" in scene.mount.log_text()  # type: ignore[union-attr]
+    again = read_now(path)
+    assert again.errno is None and sha256(again.data) == sha256(data)
     scene.check_after(control)
 
 

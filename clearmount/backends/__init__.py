@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 
 from clearmount.backends.base import ObjectStore
-from clearmount.config import Config
-from clearmount.urls import StorageURL, match_s3
+from clearmount.config import Config, Deadlines
+from clearmount.urls import HTTP_SCHEMES, StorageURL, match_s3
 
 # Keyed by the config object itself (frozen, hashable), so a reloaded config never reuses a
 # store built with old credentials.
@@ -67,6 +67,19 @@ def warm_up(config: Config) -> None:
         from clearmount.backends import azure  # noqa: F401
     if config.gcs.credentials or config.gcs.defaults.project:
         from clearmount.backends import gcs  # noqa: F401
+
+
+def deadlines(url: StorageURL, config: Config) -> Deadlines:
+    """The deadlines of the stores that serve `url`'s scheme."""
+    if url.scheme == "s3":
+        return config.s3.boto3.deadlines
+    if url.scheme == "azure":
+        return config.azure.deadlines
+    if url.scheme == "gs":
+        return config.gcs.deadlines
+    if url.scheme in HTTP_SCHEMES:
+        return config.http.deadlines
+    return Deadlines()
 
 
 def list_containers(url: StorageURL, config: Config) -> list[str]:

@@ -33,21 +33,20 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ExponentialRetry
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
-from clearmount.config import AzureContainer, Config
+from clearmount.config import AzureContainer, Config, Deadlines
 from clearmount.errors import AccessDenied, NotFound, Stale, StoreError, Unavailable
 from clearmount.urls import StorageURL, match_azure
 
 # Bounded time. Every request has a connect deadline and a read deadline (the wait for the
-# first byte and every stall between bytes). The SDK's own retry policy retries timeouts,
-# connection errors, 408/500/502/503/504 `_RETRY_TOTAL` times; the n-th retry waits
-# _RETRY_BASE**n seconds +- _RETRY_JITTER (1.5, 2.25, 3.4: about 7 s in all), not the SDK's
-# default 15 s + 3**n, so an unreachable account surfaces as `Unavailable` (EIO) in seconds.
-# A download cut mid-body is resumed by the fetch from the last byte received.
+# first byte and every stall between bytes): the mount's (`Deadlines`). The SDK's own retry
+# policy retries timeouts, connection errors, 408/500/502/503/504 `_RETRY_TOTAL` times; the
+# n-th retry waits _RETRY_BASE**n seconds +- _RETRY_JITTER (1.5, 2.25, 3.4: about 7 s in all),
+# not the SDK's default 15 s + 3**n, so an unreachable account surfaces as `Unavailable` (EIO)
+# in seconds. A download cut mid-body is resumed by the fetch from the last byte received;
+# whole lookups and downloads are bounded by `clearmount.transfer`.
 _RETRY_TOTAL = 3
 _RETRY_BASE = 1.5
 _RETRY_JITTER = 1.0  # seconds either side of each backoff, so clients do not retry in step
-_CONNECTION_TIMEOUT = 10  # seconds
-_READ_TIMEOUT = 60  # seconds, before the first byte and between bytes of a response
 # Size of the first ranged GET and of every later one of a download. The SDK keeps one such
 # piece in memory per stream (its default first GET is 32 MiB), so this bounds a read: with 16
 # parts at once, 2 MiB streamed as fast as 4 MiB here and kept the daemon 40 MiB smaller.
@@ -55,7 +54,7 @@ _GET_SIZE = 2 << 20
 _MIN_POOL = 10  # requests' default pool size, raised to max_connections when that is larger
 
 # One service client per (endpoint, credentials, pool size): it holds the connection pool.
-_clients: dict[tuple[str, str, str, int], BlobServiceClient] = {}
+_clients: dict[tuple[str, str, str, int, Deadlines], BlobServiceClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -69,8 +68,10 @@ def account_url(url: StorageURL, entry: AzureContainer) -> str:
     return entry.endpoint.rstrip("/") if entry.endpoint else f"https://{url.host}"
 
 
-def _client(endpoint: str, entry: AzureContainer, max_connections: int) -> BlobServiceClient:
-    cache_key = (endpoint, entry.account_name, entry.account_key, max_connections)
+def _client(
+    endpoint: str, entry: AzureContainer, max_connections: int, deadlines: Deadlines
+) -> BlobServiceClient:
+    cache_key = (endpoint, entry.account_name, entry.account_key, max_connections, deadlines)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is not None:
@@ -82,8 +83,8 @@ def _client(endpoint: str, entry: AzureContainer, max_connections: int) -> BlobS
         transport = RequestsTransport(
             session=session,
             session_owner=False,
-            connection_timeout=_CONNECTION_TIMEOUT,
-            read_timeout=_READ_TIMEOUT,
+            connection_timeout=deadlines.connect,
+            read_timeout=deadlines.read,
         )
         client = BlobServiceClient(
             account_url=endpoint,
@@ -135,12 +136,19 @@ def _etag(value: str) -> str:
 class AzureStore(ObjectStore):
     """One container of one storage account."""
 
-    def __init__(self, url: StorageURL, entry: AzureContainer, max_connections: int) -> None:
+    def __init__(
+        self,
+        url: StorageURL,
+        entry: AzureContainer,
+        max_connections: int,
+        deadlines: Deadlines,
+    ) -> None:
         self.base_url = url.base_url
         self.entry = entry.source
+        self.deadlines = deadlines
         self.container = url.bucket
         self._max_concurrency = max(1, max_connections)
-        self._service = _client(account_url(url, entry), entry, max_connections)
+        self._service = _client(account_url(url, entry), entry, max_connections, deadlines)
         self._container: ContainerClient = self._service.get_container_client(url.bucket)
 
     def _url(self, key: str) -> str:
@@ -235,7 +243,7 @@ def open_store(url: StorageURL, config: Config) -> AzureStore:
     entry = match_azure(config.azure, url)
     if entry is None:
         raise _no_entry(url)
-    return AzureStore(url, entry, config.azure.max_connections)
+    return AzureStore(url, entry, config.azure.max_connections, config.azure.deadlines)
 
 
 def list_containers(url: StorageURL, config: Config) -> list[str]:
@@ -249,6 +257,8 @@ def list_containers(url: StorageURL, config: Config) -> list[str]:
         )
     if entry is None:
         raise _no_entry(url)
-    client = _client(account_url(url, entry), entry, config.azure.max_connections)
+    client = _client(
+        account_url(url, entry), entry, config.azure.max_connections, config.azure.deadlines
+    )
     with _translated(f"azure://{url.host}", entry.source):
         return [container.name for container in client.list_containers()]

@@ -6,6 +6,7 @@ Owns: the value types a backend returns (`ObjectInfo`, `ListPage`) and the abstr
 Contract, for every implementation:
 - methods are blocking and thread-safe; they are called from worker threads only
   (see `clearmount.transfer`), never from the trio loop;
+- each request is bounded by `deadlines` (connect, read) and the SDK's retries;
 - they raise only `clearmount.errors.StoreError` subclasses: `NotFound`, `AccessDenied`,
   `Unavailable` (after the SDK's own retries), `Stale` (a version precondition failed);
 - keys are the raw object keys (no URL decoding), relative to the bucket root;
@@ -28,6 +29,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from clearmount.config import Deadlines
 from clearmount.errors import StoreError
 
 
@@ -68,6 +70,9 @@ class ObjectStore(abc.ABC):
     #: an ETag of 32 hex digits is the object's MD5 (S3 single-part uploads) and downloads
     #: are checked against it; False for servers whose ETags are opaque
     md5_versions: bool = True
+    #: the SDK's connect/read deadlines this store was built with; `clearmount.transfer` and
+    #: the fetch bound whole lookups and downloads by them (README "Guarantees")
+    deadlines: Deadlines = Deadlines()
 
     @abc.abstractmethod
     def exists(self) -> bool:

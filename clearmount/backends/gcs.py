@@ -40,13 +40,13 @@ log = logging.getLogger(__name__)
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 # Bounded time. Every request has a connect deadline and a read deadline (the wait for the
-# first byte and every stall between bytes). The SDK's own retry policy retries 429/5xx,
-# connection errors and timeouts with jittered exponential backoff (a random wait up to 0.5,
-# 1, 2, 4, 4... s) for at most 8 s after the first failure, not the SDK's default 120 s, so an
-# unreachable server surfaces as `Unavailable` (EIO) quickly. A failed ranged GET is resumed
-# by the fetch from the last byte received.
+# first byte and every stall between bytes): the mount's (`Deadlines`). The SDK's own retry
+# policy retries 429/5xx, connection errors and timeouts with jittered exponential backoff (a
+# random wait up to 0.5, 1, 2, 4, 4... s) for at most 8 s after the first failure, not the
+# SDK's default 120 s, so an unreachable server surfaces as `Unavailable` (EIO) quickly. A
+# failed ranged GET is resumed by the fetch from the last byte received; whole lookups and
+# downloads are bounded by `clearmount.transfer`.
 _RETRY = DEFAULT_RETRY.with_delay(initial=0.5, multiplier=2.0, maximum=4.0).with_timeout(8.0)
-_TIMEOUT = (10.0, 60.0)  # seconds: connect, then before the first byte and between bytes
 # The smallest ranged GET of `read_range`: one request per caller chunk would pay a round
 # trip per MiB. Memory stays bounded by max(chunk_size, _MIN_GET) per stream (the library
 # holds a response twice): 1 MiB keeps a 16-part download near 100 MiB, 4 MiB took 220.
@@ -181,6 +181,9 @@ class GcsStore(ObjectStore):
         self.base_url = url.base_url
         self._name = url.bucket
         self._gcs = gcs
+        self.deadlines = gcs.deadlines
+        # seconds: connect, then before the first byte and between bytes
+        self._timeout = (self.deadlines.connect, self.deadlines.read)
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._bucket, self.entry = self._serving("")
@@ -201,12 +204,12 @@ class GcsStore(ObjectStore):
 
     def exists(self) -> bool:
         with _translated(self.base_url, self.entry):
-            return bool(self._bucket.exists(timeout=_TIMEOUT, retry=_RETRY))
+            return bool(self._bucket.exists(timeout=self._timeout, retry=_RETRY))
 
     def head(self, key: str) -> ObjectInfo:
         bucket, entry = self._serving(key)
         with _translated(self._url(key), entry):
-            blob = bucket.get_blob(key, timeout=_TIMEOUT, retry=_RETRY)
+            blob = bucket.get_blob(key, timeout=self._timeout, retry=_RETRY)
         if blob is None:
             raise NotFound("no such object", self._url(key), entry)
         return _info(blob)
@@ -222,7 +225,7 @@ class GcsStore(ObjectStore):
                 # a full page is the server's own size (1 000 on GCS), as the SDK asks by
                 # default; emulators that return everything at once then answer in one page
                 max_results=limit if limit < _FULL_PAGE else None,
-                timeout=_TIMEOUT,
+                timeout=self._timeout,
                 retry=_RETRY,
             )
             page = next(iterator.pages, None)
@@ -261,7 +264,7 @@ class GcsStore(ObjectStore):
                         raw_download=True,
                         checksum=None,
                         if_generation_match=generation,
-                        timeout=_TIMEOUT,
+                        timeout=self._timeout,
                         retry=_RETRY,
                     )
             except NotFound as error:

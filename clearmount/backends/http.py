@@ -204,6 +204,7 @@ class HttpStore(ObjectStore):
         named = settings.host_entry(url.scheme, url.host)
         self.entry = named.source if named is not None else _NO_CREDENTIALS
         self._timeout = _timeout(settings)
+        self.deadlines = settings.deadlines
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url

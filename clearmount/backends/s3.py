@@ -5,12 +5,13 @@ the table that turns botocore errors into clearmount's `StoreError`s. The only i
 boto3/botocore. Blocking and thread-safe (boto3 clients are), as `ObjectStore` requires.
 
 Bounded time: every request has botocore's `connect_timeout` and `read_timeout` from
-`sdk.aws.boto3` (ClearML's 60 s defaults); the read timeout bounds the wait for the first
-byte and every stall between bytes of a body. Failed requests (5xx, throttling, connection
-errors, timeouts) are retried by botocore's standard retry mode with jittered exponential
-backoff, `DEFAULT_MAX_ATTEMPTS` attempts in all unless `AWS_MAX_ATTEMPTS` (or `max_attempts`
-in the AWS profile) says otherwise. A body cut or stalled mid-stream raises `Unavailable`;
-the fetch resumes it from the last byte received.
+`sdk.aws.boto3` (when unset, the mount's 10 s and 30 s, not ClearML's 60 s: `Deadlines`); the
+read timeout bounds the wait for the first byte and every stall between bytes of a body.
+Failed requests (5xx, throttling, connection errors, timeouts) are retried by botocore's
+standard retry mode with jittered exponential backoff, `DEFAULT_MAX_ATTEMPTS` attempts in all
+unless `AWS_MAX_ATTEMPTS` (or `max_attempts` in the AWS profile) says otherwise. A body cut or
+stalled mid-stream raises `Unavailable`; the fetch resumes it from the last byte received.
+Whole lookups and downloads are bounded by `clearmount.transfer`, retries included.
 
 Data GETs skip most of botocore's per-request work: the client presigns them and they go out
 on its own connection pool, so credentials, region, addressing, proxies, TLS and timeouts are
@@ -222,6 +223,7 @@ class S3Store(ObjectStore):
         self.base_url = base_url
         self.bucket = bucket
         self.entry = entry.source
+        self.deadlines = settings.deadlines
         self._client = client_for(entry, settings)
         # The client's own connection pool (proxies, TLS settings, timeouts), for presigned
         # GETs; absent in a botocore that no longer has it, and then every GET is the SDK's.

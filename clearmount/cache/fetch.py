@@ -7,10 +7,17 @@ renames the file into place. A reader never waits for more than the bytes it ask
 `Fetcher.open` decides where an open file's bytes come from (a complete cache file, a fetch
 it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` that reads them.
 
-Threads: each part is downloaded in a worker thread (through `Transfer.data`) that opens its
+Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
 that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
 order, before the thread's own completion): the thread reads on while readers wake.
+
+Bounded time: each part is downloaded in attempts, each one watched (`Progress`): an attempt
+must receive every MiB within the store's stall window, or it is given up. A failed or
+stalled attempt is resumed from the last byte received, with jittered exponential backoff,
+until the part has gone `Deadlines.operation` seconds (or `_TRIES` tries in a row) without
+receiving 1 MiB; then its readers get EIO. The thread of an attempt given up may run on for a
+while: its bytes are dropped (`attempts`).
 
 Counting: each fetch reports its start, every chunk that lands and its one end (completed,
 failed or stopped) to the `FetchEvents` the composition root gave the `Fetcher`, where they
@@ -29,11 +36,12 @@ import fcntl
 import hashlib
 import logging
 import os
+import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import tenacity
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
@@ -44,21 +52,20 @@ from clearmount.cache.layout import CacheLayout
 from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
-from clearmount.transfer import Transfer
+from clearmount.transfer import Progress, Transfer
 
 log = logging.getLogger(__name__)
 
 
-def _resumes() -> tenacity.Retrying:
-    """A part cut mid-body, or a server that went away (restart, overload), is resumed from
-    the last byte received, with jittered exponential backoff, for about 30 s at most in all;
-    botocore has already retried each request. Then the reader gets EIO."""
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(Unavailable),
-        wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
-        stop=tenacity.stop_after_delay(30) | tenacity.stop_after_attempt(8),
-        reraise=True,
-    )
+#: Attempts of one part in a row that bring no whole MiB, before its readers get EIO.
+_TRIES = 8
+
+
+def _backoff(tries: int) -> float:
+    """Seconds to wait before resuming a part after its `tries`-th failure in a row (from 1):
+    random, up to 0.25 * 2**(tries - 1), at most 8 (the SDK has already retried each
+    request)."""
+    return random.uniform(0, min(8.0, 0.25 * 2 ** (tries - 1)))
 
 
 # At most this long the other parts wait for the first part's first bytes.
@@ -105,6 +112,9 @@ class Fetch:
         self.parallel = max(1, min(parallel, parts))
         # fronts[i]: the end of the bytes already on disk in part i (written from its start)
         self.fronts = [i * part_size for i in range(parts)]
+        # attempts[i]: the current attempt at part i; the thread of an earlier, abandoned one
+        # may still run, and its bytes are dropped
+        self.attempts = [0] * parts
         self._pending = collections.deque(range(parts))
         self._changed = trio.Event()
         self.error: ClearmountError | None = None
@@ -169,9 +179,9 @@ class Fetch:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _advance(self, part: int, front: int, received: int) -> None:
+    def _advance(self, part: int, front: int, attempt: int, received: int) -> None:
         # Runs as a trio system callback: must never raise.
-        if not self.aborted:
+        if not self.aborted and attempt == self.attempts[part]:
             self.fronts[part] = front
             self._wake()
         tell(self.events.fetch_received, self, received)
@@ -213,41 +223,75 @@ class Fetch:
         try:
             while self._pending and self.error is None:
                 part = self._pending.popleft()
-                await transfer.data(self._fetch_part, part, for_reader=self.readers > 0)
+                async with transfer.data_slot(for_reader=self.readers > 0):
+                    await self._download(transfer, part)
         except (ClearmountError, OSError, _Aborted) as exc:
             if self.error is None:
                 self._fail(exc)
             siblings.cancel()
 
-    def _fetch_part(self, part: int) -> None:
-        """Download one part into the partial file (runs in a worker thread)."""
-        position = part * self.part_size
-        end = min(position + self.part_size, self.info.size)
+    async def _download(self, transfer: Transfer, part: int) -> None:
+        """Download one part, resuming it from the last byte received after a failure or a
+        stall, until it has gone `operation` seconds or `_TRIES` tries without a MiB."""
+        deadlines = self.store.deadlines
+        end = min((part + 1) * self.part_size, self.info.size)
+        progress = Progress(deadlines.stall_window, deadlines.operation, self.url)
+        tries = 0
+        while self.fronts[part] < end:
+            start, started = self.fronts[part], time.monotonic()
+            self.attempts[part] += 1
+            try:
+                await transfer.in_thread(
+                    self._fetch_range,
+                    part,
+                    self.attempts[part],
+                    start,
+                    end,
+                    progress,
+                    progress=progress,
+                )
+                return
+            except Unavailable as exc:
+                if progress.stalled:
+                    # the abandoned thread may run on: its bytes (and its seal) no longer count
+                    self.attempts[part] += 1
+                    self._digest = None
+                    if self.fronts[part] >= end:
+                        return  # it had every byte: given up just as it ended
+                if progress.last_step > started:
+                    tries = 0  # it brought a whole step: the budget starts again
+                tries += 1
+                left = progress.left()
+                if tries >= _TRIES or left <= 0 or self.aborted:
+                    raise
+                log.warning("resuming %s at byte %d: %s", self.url, self.fronts[part], exc)
+                await trio.sleep(min(_backoff(tries), left))
+
+    def _fetch_range(
+        self, part: int, attempt: int, position: int, end: int, progress: Progress
+    ) -> None:
+        """One attempt at bytes [position, end) of a part, into the partial file (runs in a
+        worker thread)."""
         digest = self._digest
         fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            for attempt in _resumes():
-                with attempt:
-                    if self.aborted:
-                        raise _Aborted
-                    if attempt.retry_state.attempt_number > 1:
-                        log.warning("resuming %s at byte %d", self.url, position)
-                    chunks = self.store.read_range(
-                        self.info.key,
-                        self.info.version,
-                        position,
-                        end,
-                        _chunk_size(part, self.info.size),
-                    )
-                    for chunk in chunks:
-                        if self.aborted:
-                            raise _Aborted
-                        if digest is not None:
-                            digest.update(chunk)
-                        os.pwrite(fd, chunk, position)
-                        position += len(chunk)
-                        self._report(self._advance, part, position, len(chunk))
-            if len(self.fronts) == 1 and not self.aborted:
+            chunks = self.store.read_range(
+                self.info.key,
+                self.info.version,
+                position,
+                end,
+                _chunk_size(part, self.info.size),
+            )
+            for chunk in chunks:
+                if self.aborted or attempt != self.attempts[part]:
+                    raise _Aborted
+                if digest is not None:
+                    digest.update(chunk)
+                os.pwrite(fd, chunk, position)
+                position += len(chunk)
+                progress.add(len(chunk))
+                self._report(self._advance, part, position, attempt, len(chunk))
+            if len(self.fronts) == 1 and not self.aborted and attempt == self.attempts[part]:
                 # the whole object: seal it here, sparing the loop a thread hop and the stat
                 # and rename (an ext4 rename in a big folder is ~0.1 ms)
                 self._seal()
