@@ -129,7 +129,7 @@ http {{
 
 class ClearmlAuthStandIn:
     """A stand-in for the ClearML API server's ``auth.login`` (the real server cannot run
-    here), on 127.0.0.1 in a thread of the test process.
+    here), on 127.0.0.1 in a thread of the calling process (a test, or scripts/demo).
 
     ``GET /auth.login`` with HTTP basic auth of `access_key`:`secret_key` answers as ClearML
     does, ``{"meta": {...}, "data": {"token": JWT}}``, the JWT stating ``exp`` = now +
