@@ -1,11 +1,14 @@
 """The servers and sample artifacts of scripts/demo, until SIGTERM or Ctrl-C:
-``python -m devkit.demo --dir demo --mountpoint artifacts [--storages s3,azure,gcs]``.
+``python -m devkit.demo --dir demo --mountpoint artifacts [--storages s3,azure,gcs,files]``.
 
 It writes DIR/clearml.conf, DIR/env.sh (the daemon's environment for the emulators) and, once
 every server is up, DIR/servers.json. A demo storage is one ``demo_<name>(ctx, args)``
 function added to `DEMO_STORAGES`; every one must work again on the data a previous run left
-(``ensure_exists`` for its bucket or container). The processes of a run are written down in
-DIR/demo-pids.json, so that a later run ends what a killed one left (`stop_leftovers`).
+(``ensure_exists`` for its bucket or container). The ``files`` storage is a ClearML-style
+file server: nginx serving DIR/fileserver/files, every read checked against tokens from a
+stand-in for the API server's ``auth.login`` in a thread of this process. The processes of
+a run are written down in DIR/demo-pids.json, so that a later run ends what a killed one
+left (`stop_leftovers`).
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import HOST
 from .azurite import AzuriteServer
 from .confs import hocon, s3_section, sdk_block
 from .fake_gcs import FakeGcsServer
+from .fileserver import ClearmlAuthStandIn, NginxServer
 from .processes import ServerProcess, poll_until
 from .s3 import Identity, S3Server
 
@@ -63,6 +68,35 @@ def ensure_exists(make: Callable[[str], str], name: str) -> str:
         if not already_exists(exc):
             raise
         return name
+
+
+class DemoError(Exception):
+    """A demo that cannot start, said in one line (a port taken, ...)."""
+
+
+def ensure_port_free(port: int, variable: str) -> None:
+    """DemoError naming `variable` (the environment variable that picks another port) when
+    something already listens on 127.0.0.1:`port`."""
+    import socket
+
+    with socket.socket() as sock:
+        if sock.connect_ex((HOST, port)) == 0:
+            raise DemoError(
+                f"port {HOST}:{port} is in use by another program; "
+                f"run with {variable}=<a free port> to use another one"
+            )
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write `path` (atomically) unless it already holds `data`: a rerun keeps the file and
+    its version (ETag), so the mount's cache of an earlier run stays valid."""
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(data)
+    temp.rename(path)
 
 
 DEMO_PIDS = "demo-pids.json"
@@ -119,6 +153,8 @@ class DemoContext:
     mountpoint: Path
     servers: list[ServerProcess] = field(default_factory=list)
     conf_sdk: list[str] = field(default_factory=list)  # HOCON fragments inside sdk { }
+    conf_top: list[str] = field(default_factory=list)  # top-level HOCON fragments (api { })
+    closers: list[Callable[[], None]] = field(default_factory=list)  # in-process servers
     lines: list[str] = field(default_factory=list)  # what to try, printed before mounting
     env: dict[str, str] = field(default_factory=dict)  # the daemon's environment additions
 
@@ -127,6 +163,7 @@ class DemoContext:
 
 
 def demo_s3(ctx: DemoContext, port: int) -> None:
+    ensure_port_free(port, "DEMO_S3_PORT")
     admin = Identity("admin", "DEMOADMINKEY", "demo-admin-secret")
     second = Identity("second", "DEMOSECONDKEY", "demo-second-secret")
     server = S3Server(ctx.root / "seaweedfs", port=port, admin=admin, second=second)
@@ -192,10 +229,48 @@ def demo_gcs(ctx: DemoContext) -> None:
     ]
 
 
+def demo_files(ctx: DemoContext, port: int) -> None:
+    """A ClearML file server: nginx on 127.0.0.1:`port`, reads need a token from auth.login."""
+    ensure_port_free(port, "DEMO_FILES_PORT")
+    workdir = ctx.root / "fileserver"
+    workdir.mkdir(parents=True, exist_ok=True)
+    auth = ClearmlAuthStandIn("DEMOFILESACCESSKEY", "demo-files-secret")
+    ctx.closers.append(auth.stop)
+    server = NginxServer(
+        workdir,
+        port=port,
+        root=workdir / "files",
+        auth_endpoint=auth.endpoint,
+        auth_everywhere=True,
+    )
+    objects = demo_objects()
+    for key, data in objects.items():
+        write_if_changed(server.root / key, data)
+    server.start()
+    ctx.servers.append(server)
+    credentials = {"access_key": auth.access_key, "secret_key": auth.secret_key}
+    api = {"api_server": auth.url, "files_server": server.url, "credentials": credentials}
+    ctx.conf_top.append(f"api {hocon(api)}")
+    base = ctx.mountpoint / "http" / server.endpoint / "project" / "task.1" / "artifacts"
+    model = objects["project/task.1/artifacts/model/model.pt"]
+    ctx.lines += [
+        f"ClearML file server (nginx) at {server.url}, files in {server.root};"
+        f" log {server.log_path}",
+        f"  every read needs a token from auth.login (a stand-in for the API server at {auth.url})",
+        "  http has no listing: name the exact path (ls shows only the names looked up)",
+        f"  cat {base}/data/train.csv | head",
+        f"  md5sum {base}/model/model.pt     # expect {hashlib.md5(model).hexdigest()}",
+        f"  ls {base}/model     # now lists model.pt",
+        f"  curl -sI {server.url}/project/task.1/artifacts/model/model.pt | head -1"
+        "     # 401: no token",
+    ]
+
+
 DEMO_STORAGES: dict[str, Callable[[DemoContext, argparse.Namespace], None]] = {
     "s3": lambda ctx, args: demo_s3(ctx, args.s3_port),
     "azure": lambda ctx, args: demo_azure(ctx),
     "gcs": lambda ctx, args: demo_gcs(ctx),
+    "files": lambda ctx, args: demo_files(ctx, args.files_port),
 }
 
 
@@ -227,7 +302,8 @@ def run_demo(args: argparse.Namespace) -> int:
             DEMO_STORAGES[name](ctx, args)
             pids = [s.proc.pid for s in ctx.servers if s.proc is not None]
             record_demo_pids(root, [os.getpid(), *pids])
-        (root / "clearml.conf").write_text(sdk_block(ctx.conf_sdk))
+        top = "".join(f"{fragment}\n" for fragment in ctx.conf_top)
+        (root / "clearml.conf").write_text(top + sdk_block(ctx.conf_sdk))
         (root / "clearml.conf").chmod(0o600)
         (root / "env.sh").write_text(
             "".join(f"export {name}={shlex.quote(value)}\n" for name, value in ctx.env.items())
@@ -244,9 +320,14 @@ def run_demo(args: argparse.Namespace) -> int:
                     return 1
             time.sleep(0.5)
         return 0
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         for server in reversed(ctx.servers):
             server.stop()
+        for close in reversed(ctx.closers):
+            close()
         ready.unlink(missing_ok=True)
         (root / DEMO_PIDS).unlink(missing_ok=True)
 
@@ -262,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--storages", default="", help=f"any of {','.join(DEMO_STORAGES)} (default: all)"
     )
     parser.add_argument("--s3-port", type=int, default=int(os.environ.get("DEMO_S3_PORT", 8333)))
+    parser.add_argument(
+        "--files-port", type=int, default=int(os.environ.get("DEMO_FILES_PORT", 8081))
+    )
     return run_demo(parser.parse_args(argv))
 
 

@@ -32,8 +32,10 @@ class NginxServer(ServerProcess):
     ``Accept-Ranges``, a Range header is ignored). With `auth_endpoint` ("host:port"),
     ``/private/`` asks that server (``GET /check`` with the request's headers, nginx's
     ``auth_request``) and serves only what it answers 2xx for; without it ``/private/`` is
-    refused. Runs in the foreground (``daemon off``), its pid file, temp folders and logs in
-    WORKDIR; as root its workers run as root so they can read files in private test folders.
+    refused; with `auth_everywhere` as well every other path is behind that check (a ClearML
+    file server with authentication on, as scripts/demo runs it). Runs in the foreground
+    (``daemon off``), its pid file, temp folders and logs in WORKDIR; as root its workers run
+    as root so they can read files in private test folders.
     """
 
     name = "nginx"
@@ -45,12 +47,14 @@ class NginxServer(ServerProcess):
         port: int = 0,
         root: Path | None = None,
         auth_endpoint: str | None = None,
+        auth_everywhere: bool = False,
     ) -> None:
         super().__init__(workdir)
         self._fixed_port = bool(port)
         self.port = port or free_port()
         self.root = Path(root) if root is not None else self.workdir / "www"
         self.auth_endpoint = auth_endpoint
+        self.auth_everywhere = auth_everywhere and bool(auth_endpoint)
         self.conf_path = self.workdir / "nginx.conf"
         self.access_log = self.workdir / "access.log"
 
@@ -74,6 +78,8 @@ class NginxServer(ServerProcess):
             proxy_pass_request_body off;
             proxy_set_header Content-Length "";
         }}"""
+            if self.auth_everywhere:  # subrequests (the check itself) skip the access phase
+                private = "\n        auth_request /_auth;" + private
         else:
             private = "\n        location /private/ { return 403; }"
         return f"""{user}
@@ -123,7 +129,7 @@ http {{
 
 class ClearmlAuthStandIn:
     """A stand-in for the ClearML API server's ``auth.login`` (the real server cannot run
-    here), on 127.0.0.1 in a thread of the test process.
+    here), on 127.0.0.1 in a thread of the calling process (a test, or scripts/demo).
 
     ``GET /auth.login`` with HTTP basic auth of `access_key`:`secret_key` answers as ClearML
     does, ``{"meta": {...}, "data": {"token": JWT}}``, the JWT stating ``exp`` = now +

@@ -1,7 +1,8 @@
 """`scripts/demo` as a new user runs it: again and again, after Ctrl-C and after a kill.
 
-Each run starts the three demo servers and a real mount; the test reads the sample
-artifacts through it and stops the demo as a terminal would (SIGINT to its process group).
+Each run starts the demo servers (S3, Azure, GCS and the ClearML-style file server with its
+token check) and a real mount; the test reads the sample artifacts through it and stops the
+demo as a terminal would (SIGINT to its process group).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from devkit import REPO
 from devkit.demo import demo_objects, stop_leftovers
 from devkit.mounts import hermetic_env, mount_points, processes_mentioning
-from devkit.processes import free_port, poll_until, tail
+from devkit.processes import free_ports, http_status, poll_until, tail
 
 READY_TIMEOUT = 180.0
 
@@ -23,10 +24,11 @@ READY_TIMEOUT = 180.0
 class Demo:
     """One `scripts/demo` run in its own process group, its output in a log file."""
 
-    def __init__(self, tmp: Path, run: int, s3_port: int) -> None:
+    def __init__(self, tmp: Path, run: int, s3_port: int, files_port: int) -> None:
         self.folder = tmp / "demo"
         self.mnt = tmp / "artifacts"
         self.s3_port = s3_port
+        self.files_port = files_port
         self.log = tmp / f"demo-{run}.log"
         env = hermetic_env(
             tmp / "home",
@@ -34,6 +36,7 @@ class Demo:
                 "DEMO_DIR": str(self.folder),
                 "DEMO_MOUNTPOINT": str(self.mnt),
                 "DEMO_S3_PORT": str(s3_port),
+                "DEMO_FILES_PORT": str(files_port),
             },
         )
         (tmp / "home").mkdir(exist_ok=True)
@@ -67,10 +70,16 @@ class Demo:
             self.mnt / "s3" / f"127.0.0.1:{self.s3_port}" / "demo-models",
             self.mnt / "azure" / "devstoreaccount1.blob.core.windows.net" / "demo-models",
             self.mnt / "gs" / "demo-datasets",
+            self.mnt / "http" / f"127.0.0.1:{self.files_port}",
         ]
         for root in roots:
             for key, data in objects.items():
                 assert (root / key).read_bytes() == data, root / key
+        # the file server refuses a read without the token the mount got from auth.login
+        model = "project/task.1/artifacts/model/model.pt"
+        assert http_status(f"http://127.0.0.1:{self.files_port}/{model}") == 401
+        out = self.output()
+        assert f"md5sum {self.mnt}/http/127.0.0.1:{self.files_port}/{model}" in out, out
 
     def ctrl_c(self) -> int:
         os.killpg(self.proc.pid, signal.SIGINT)
@@ -88,35 +97,38 @@ def _nothing_left(demo: Demo) -> None:
 
 
 def test_demo_runs_again_after_ctrl_c_and_after_a_kill(tmp_path: Path) -> None:
-    s3_port = free_port()
+    s3_port, files_port = free_ports(2)
     demos: list[Demo] = []
     try:
         # first run, then Ctrl-C: everything stops, the data stays
-        demos.append(Demo(tmp_path, 1, s3_port))
+        demos.append(Demo(tmp_path, 1, s3_port, files_port))
         demos[-1].wait_ready()
         demos[-1].check_bytes()
         assert demos[-1].ctrl_c() == 130
         _nothing_left(demos[-1])
         assert (tmp_path / "demo" / "azurite" / "data").is_dir()
+        served = tmp_path / "demo" / "fileserver" / "files" / "project" / "README.txt"
+        version = served.stat().st_mtime_ns
 
         # second run on the same data: buckets and containers already exist
-        demos.append(Demo(tmp_path, 2, s3_port))
+        demos.append(Demo(tmp_path, 2, s3_port, files_port))
         demos[-1].wait_ready()
         demos[-1].check_bytes()
         out = demos[-1].output()
         assert "Traceback" not in out and "already exists" not in out, out
         assert f"config {tmp_path / 'demo' / 'clearml.conf'}" in out
         assert str(REPO / ".venv" / "bin" / "clearmount") in out
-        # killed with its terminal: a dead mount and three orphaned servers stay behind
+        assert served.stat().st_mtime_ns == version  # the file server's files are kept
+        # killed with its terminal: a dead mount and four orphaned servers stay behind
         demos[-1].kill()
         assert str(demos[-1].mnt) in mount_points()
 
         # third run cleans both up and works
-        demos.append(Demo(tmp_path, 3, s3_port))
+        demos.append(Demo(tmp_path, 3, s3_port, files_port))
         demos[-1].wait_ready()
         demos[-1].check_bytes()
         out = demos[-1].output()
-        assert out.count("stopped a process left by an earlier demo") == 3, out
+        assert out.count("stopped a process left by an earlier demo") == 4, out
         assert demos[-1].ctrl_c() == 130
         _nothing_left(demos[-1])
     finally:
