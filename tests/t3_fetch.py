@@ -114,8 +114,9 @@ class TricklingStore(MemoryStore):
 @pytest.fixture
 def short_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stall window of 0.5 s and a patience of 2 s instead of 30 s and 45 s."""
-    monkeypatch.setattr(config, "MIN_STALL_WINDOW", 0.5)
-    monkeypatch.setattr(config, "MIN_OPERATION_SECONDS", 2.0)
+    monkeypatch.setattr(config.schema, "MIN_STALL_WINDOW", 0.5)
+    monkeypatch.setattr(config.schema, "MIN_OPERATION_SECONDS", 2.0)
+    assert config.Deadlines(0.1, 0.1).stall_window == 0.5  # patched where it is read
 
 
 async def fetch_all(tmp_path: Path, store: MemoryStore) -> tuple[Fetch, float]:
