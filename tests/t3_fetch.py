@@ -76,7 +76,7 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
         if isinstance(reader, FetchReader):
             await reader.fetch.wait_for(0, size)
             await ended(reader.fetch)
@@ -124,7 +124,7 @@ async def fetch_all(tmp_path: Path, store: MemoryStore) -> tuple[Fetch, float]:
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
         fetch = fetch_of(reader)
         with trio.fail_after(30):
             await fetch.ended.wait()
@@ -168,11 +168,11 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
     fetcher = make_fetcher(tmp_path, transfer=transfer)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        first = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        first = await fetcher.open("s3://memory/k", store, store.head("k"))
         with trio.fail_after(10):
             await transfer.returned.wait()  # the thread is done, the loop not told yet
         assert fetch_of(first).sealed
-        second = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        second = await fetcher.open("s3://memory/k", store, store.head("k"))
         assert fetch_of(second) is fetch_of(first)
         transfer.go.set()
         with trio.fail_after(10):
@@ -312,14 +312,14 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
     with another_writer(fetcher.index.path, "BEGIN IMMEDIATE"):
         async with trio.open_nursery() as nursery:
             fetcher.start(nursery)
-            first = await fetcher.open(url, store, store.head("k"), parallel=True)
+            first = await fetcher.open(url, store, store.head("k"))
             fetch = fetch_of(first)
             with trio.fail_after(10):
                 while (url, fetch.info.version) in fetcher.in_flight:
                     await fetcher.changed.wait()
             assert fetch.complete  # installed, though its row could not be written
             first.close()
-            again = await fetcher.open(url, store, store.head("k"), parallel=True)
+            again = await fetcher.open(url, store, store.head("k"))
             assert again.outcome is Outcome.CACHED  # adopted by its MD5: no second download
             assert await again.read(0, len(data) + 1) == data
             again.close()
