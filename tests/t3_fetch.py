@@ -46,7 +46,7 @@ async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> 
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await ended(fetch)
     assert isinstance(fetch.error, CacheError)
     assert "MD5" in str(fetch.error)
@@ -60,7 +60,7 @@ async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
     fetcher.parallel = 1  # one part at a time, so the order is observable
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await fetch.wait_for(len(data) - 10, len(data))
         assert store.ranges[0] == (15 << 20, 16 << 20)  # before every part ahead of it
         await fetch.wait_for(0, len(data))
@@ -232,7 +232,7 @@ async def test_each_fetch_reports_its_start_its_bytes_and_one_end(tmp_path: Path
         fetcher.start(nursery)
         opened = {}
         for name, store in (("good", good), ("bad", bad), ("big", big), ("unread", unread)):
-            opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name), True)
+            opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name))
         assert isinstance(opened["big"], StreamReader)
         assert await opened["big"].read(0, 8 << 20) == big.data("big")
         # the unread fetch, closed while a reader waits for a transfer slot, is given up

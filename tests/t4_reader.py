@@ -92,8 +92,8 @@ async def test_a_changed_object_fails_the_waiting_reads_and_tells_each_opener(
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         info = store.head("k")
-        first = await fetcher.open(URL, store, info, True, on_stale=lambda: told.append("1st"))
-        second = await fetcher.open(URL, store, info, True, on_stale=lambda: told.append("2nd"))
+        first = await fetcher.open(URL, store, info, on_stale=lambda: told.append("1st"))
+        second = await fetcher.open(URL, store, info, on_stale=lambda: told.append("2nd"))
         with trio.fail_after(10):
             assert await first.read(0, 10) == data[:10]
         store.put("k", b"the next version")  # replaced while the fetch is under way
