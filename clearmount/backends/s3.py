@@ -198,8 +198,8 @@ def _error_code(exc: botocore.exceptions.ClientError) -> str:
 
 def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
     """The `StoreError` for a botocore exception, None for one that is not botocore's (the
-    table of this adapter's `sdk_border`). No message quotes a request's URL: a presigned one
-    is a credential."""
+    table of this adapter's `sdk_border`). No message quotes a presigned URL: it is a
+    credential."""
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _error_code(exc)
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
