@@ -31,6 +31,7 @@ from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
 from clearmount.errors import UserError
 from clearmount.mounts import clearmount_mounts, mount_containing
+from clearmount.units import format_bytes, progress_bar
 
 _CACHED = "user.clearmount.cached"
 _URL = "user.clearmount.url"
@@ -49,14 +50,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the cache (default: CLEARML_CACHE_DIR, sdk.storage.cache.default_base_dir, "
         "~/.clearml/cache, as for the mount)",
     )
-
-
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def _cache_root(args: argparse.Namespace) -> Path:
@@ -165,7 +158,9 @@ def _ls(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
         flags = ("pinned " if row.pinned else "") + ("" if row.complete else "partial")
         shown = row.url or f"(ClearML SDK) {row.name}"
         version = _short_version(row.version) or "-"
-        print(f"{_human(row.size):>10}  {when}  {version:{_VERSION_WIDTH}}  {flags:14} {shown}")
+        print(
+            f"{format_bytes(row.size):>10}  {when}  {version:{_VERSION_WIDTH}}  {flags:14} {shown}"
+        )
     return 0
 
 
@@ -173,13 +168,13 @@ def _du(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
     usage = scan(layout)
     partial = sum(f.size for f in usage.files if f.partial)
     limits = _limits(args, layout)
-    limit = "no limit" if limits.max_bytes is None else _human(limits.max_bytes)
+    limit = "no limit" if limits.max_bytes is None else format_bytes(limits.max_bytes)
     print(f"{layout.global_dir}")
     print(
-        f"  {len(usage.files)} files, {_human(usage.used_bytes)} "
-        f"({_human(partial)} being downloaded), {len(index.pinned_names())} pinned"
+        f"  {len(usage.files)} files, {format_bytes(usage.used_bytes)} "
+        f"({format_bytes(partial)} being downloaded), {len(index.pinned_names())} pinned"
     )
-    keep, free = _human(limits.min_free_bytes), _human(usage.free_bytes)
+    keep, free = format_bytes(limits.min_free_bytes), format_bytes(usage.free_bytes)
     print(f"  limit {limit}; keep {keep} free; {free} free now")
     return 0
 
@@ -205,9 +200,10 @@ def _prune(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> 
     if target is None:
         raise UserError("no cache size limit is configured: pass --to SIZE", 2)
     result = evict(layout, index, CacheLimits(target, 0), target_bytes=target)
+    freed = sum(f.size for f in result.removed)
     print(
-        f"removed {len(result.removed)} files ({_human(sum(f.size for f in result.removed))}); "
-        f"cache now {_human(result.used_bytes)}"
+        f"removed {len(result.removed)} files ({format_bytes(freed)}); "
+        f"cache now {format_bytes(result.used_bytes)}"
     )
     if result.used_bytes > target:
         print(f"kept {len(result.kept_busy)} open or pinned files above the target")
@@ -216,7 +212,9 @@ def _prune(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> 
 
 def _clear(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int:
     result = evict(layout, index, CacheLimits(0, 0), target_bytes=0)
-    print(f"removed {len(result.removed)} files ({_human(sum(f.size for f in result.removed))})")
+    print(
+        f"removed {len(result.removed)} files ({format_bytes(sum(f.size for f in result.removed))})"
+    )
     if result.kept_busy:
         print(f"kept {len(result.kept_busy)} files that are open or pinned")
     return 0
@@ -457,7 +455,7 @@ def _fetch_all(files: list[Path], mountpoint: Path, failed: dict[str, str]) -> i
     reporter.join()
     seconds = time.monotonic() - started
     good = len(files) - sum(1 for path in files if _shown(path, mountpoint) in failed)
-    summary = f"prefetched {good} of {len(files)} files ({_human(total)}) in {seconds:.1f} s"
+    summary = f"prefetched {good} of {len(files)} files ({format_bytes(total)}) in {seconds:.1f} s"
     print(summary + (f"; {len(failed)} failed" if failed else ""), flush=True)
     for what, reason in failed.items():
         print(f"FAILED {what}: {reason}", file=sys.stderr)
@@ -474,15 +472,11 @@ def _report(
         elapsed = time.monotonic() - started
         rate = present / elapsed if elapsed else 0.0
         eta = (total - present) / rate if rate else float("inf")
-        line = (
-            f"{_human(present)} / {_human(total)}  {_human(rate)}/s  ETA {eta:.0f} s"
-            if eta != float("inf")
-            else f"{_human(present)} / {_human(total)}"
-        )
+        line = f"{format_bytes(present)} / {format_bytes(total)}"
+        if eta != float("inf"):
+            line += f"  {format_bytes(rate)}/s  ETA {eta:.0f} s"
         if tty:
-            width = 30
-            filled = int(width * present / total) if total else width
-            print(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}   ", end="", flush=True)
+            print(f"\r{progress_bar(present, total)}  {line}   ", end="", flush=True)
         else:
             print(line, flush=True)
     if tty:

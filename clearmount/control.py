@@ -14,8 +14,13 @@ Protocol: line-delimited JSON over a stream socket. Each request is one line
 `{"op": NAME, ...}`; each reply is one line, `{"ok": true, ...}` or
 `{"ok": false, "error": "one line"}`. A connection may carry any number of requests. New
 operations are added with `ControlServer.register(name, handler)`; a handler is an async
-function from the request dict to the reply dict, and a `UserError` it raises becomes the
-error reply. Handlers run on the trio loop: they must not block it.
+function from the request dict to the reply dict. Handlers run on the trio loop: they must not
+block it.
+
+Errors: `dispatch` is the border of the control protocol, as `fuse_ops._errors` is the FUSE
+one, but it renders errors as reply text rather than errno: a `ClearmountError` a handler
+raises (`UserError`, `StoreError`, ...) becomes `{"ok": false, "error": str(exc)}`, its one
+line; anything else is a bug, logged with its traceback and answered "internal error: TYPE".
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from typing import Any
 
 import trio
 
-from clearmount.errors import UserError
-from clearmount.monitor import human_bytes
+from clearmount.errors import ClearmountError, UserError
+from clearmount.units import format_bytes, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,6 @@ FSTYPE = "fuse.clearmount"
 _MAX_LINE = 1 << 20
 # A client that connects and says nothing is dropped after this long.
 _IDLE_SECONDS = 60.0
-_BAR_WIDTH = 30
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -192,7 +196,7 @@ class ControlServer:
             return {"ok": False, "error": f"unknown op {request['op']!r} (known: {known})"}
         try:
             reply = await handler(request)
-        except UserError as exc:
+        except ClearmountError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
             log.exception("control request %s failed", request["op"])
@@ -337,12 +341,6 @@ def _clock(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
-def progress_bar(done: int, total: int, width: int = _BAR_WIDTH) -> str:
-    fraction = min(1.0, done / total) if total > 0 else 1.0
-    filled = int(fraction * width)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
-
-
 def render_status(status: dict[str, Any]) -> str:
     """A status reply as an operator reads it."""
     lines = [
@@ -357,20 +355,20 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"          {outcome} at {_clock(reload['time'])}{detail}")
     cache = status["cache"]
     limit = (
-        f"limit {human_bytes(cache['max_bytes'])}"
+        f"limit {format_bytes(cache['max_bytes'])}"
         if cache.get("max_bytes") is not None
         else "no size limit"
     )
     if cache["scanned_at"]:
-        use = f"{_count(cache['files'], 'file')}, {human_bytes(cache['bytes'])}"
+        use = f"{_count(cache['files'], 'file')}, {format_bytes(cache['bytes'])}"
         if cache["partial_files"]:
-            use += f" (+{cache['partial_files']} partial, {human_bytes(cache['partial_bytes'])})"
+            use += f" (+{cache['partial_files']} partial, {format_bytes(cache['partial_bytes'])})"
     else:
         use = "not measured yet"
     lines.append(f"cache:    {status['cache_dir']}")
     lines.append(
-        f"          {use}; {limit}; {human_bytes(cache['free_bytes'])} free on disk "
-        f"(keeping {human_bytes(cache.get('min_free_bytes') or 0)})"
+        f"          {use}; {limit}; {format_bytes(cache['free_bytes'])} free on disk "
+        f"(keeping {format_bytes(cache.get('min_free_bytes') or 0)})"
     )
     fetches = status["fetches"]
     lines.append(f"fetches:  {len(fetches)} in flight" if fetches else "fetches:  none in flight")
@@ -378,13 +376,13 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  {fetch['url']}")
         lines.append(
             f"  {progress_bar(fetch['bytes_done'], fetch['size'])}  "
-            f"{human_bytes(fetch['bytes_done'])} / {human_bytes(fetch['size'])}  "
-            f"{human_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
+            f"{format_bytes(fetch['bytes_done'])} / {format_bytes(fetch['size'])}  "
+            f"{format_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
         )
     counters = status["counters"]
     opens = ", ".join(f"{n} {kind}" for kind, n in sorted(counters["opens"].items())) or "none"
     lines.append(
-        f"served:   {counters['reads']} reads ({human_bytes(counters['read_bytes'])}); "
+        f"served:   {counters['reads']} reads ({format_bytes(counters['read_bytes'])}); "
         f"opens: {opens}"
     )
     failed = sum(counters["fetches_failed"].values())
@@ -392,9 +390,9 @@ def render_status(status: dict[str, Any]) -> str:
         f"          {_count(counters['fetches_started'], 'fetch', 'es')} started, "
         f"{counters['fetches_completed']} completed, {failed} failed, "
         f"{counters.get('fetches_stopped', 0)} stopped unread, "
-        f"{human_bytes(counters['fetched_bytes'])} downloaded, "
+        f"{format_bytes(counters['fetched_bytes'])} downloaded, "
         f"{_count(counters.get('evictions', 0), 'file')} evicted "
-        f"({human_bytes(counters.get('evicted_bytes', 0))})"
+        f"({format_bytes(counters.get('evicted_bytes', 0))})"
     )
     errors = status["errors"]
     if errors["total"]:

@@ -41,9 +41,7 @@ def matches(pattern: str, url: str) -> bool:
 
 
 def _file_path(url: str) -> str:
-    path = url[len(FILE_PREFIX) :]
-    if path.startswith("localhost/"):
-        path = path[len("localhost") :]
+    path = urls.without_localhost(url[len(FILE_PREFIX) :])
     return "/" + path.lstrip("/")
 
 

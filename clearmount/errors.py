@@ -1,8 +1,21 @@
 """The one error vocabulary of clearmount, and the one table that turns it into errno.
 
-Owns: every exception type that crosses a module border, and `errno_for`. Backends translate
-SDK errors into `StoreError` subclasses; the FUSE adapter turns any `ClearmountError` into
-`FUSEError(errno_for(exc))`. Nothing else maps errors.
+Owns: every exception type that crosses a module border, and `errno_for`. Errors change kind
+at exactly two borders, and are rendered as text at a third:
+
+- SDK → clearmount, in each adapter (`backends/s3.py`, `azure.py`, `gcs.py`, `http.py`):
+  every SDK call runs inside `backends.base.sdk_border` with the adapter's `translate` table,
+  so only `StoreError`s leave an adapter. An exception no table names is a bug: logged there
+  once, at ERROR with its traceback, and raised as `Unexpected`.
+- clearmount → errno, in `fuse_ops._errors`: a `ClearmountError` or `OSError` becomes
+  `FUSEError(errno_for(exc))`, logged once; anything else is logged with its traceback and
+  becomes EIO. Only `FUSEError` leaves a pyfuse3 handler.
+- clearmount → text: the CLI prints a `UserError` as one line and exits with its
+  `exit_code`; the control socket (`control.ControlServer.dispatch`) sends a
+  `ClearmountError` a handler raised as its one-line error reply.
+
+Nothing else maps errors: other modules raise these types (the cache raises `CacheError` for
+its own files) or let them pass.
 """
 
 from __future__ import annotations
@@ -78,6 +91,14 @@ class Stale(StoreError):
     """The object changed under a reader (version precondition failed)."""
 
     errno = errno.ESTALE
+
+
+class Unexpected(StoreError):
+    """A backend call raised what its adapter's table does not name: a bug in clearmount or
+    the SDK. Logged with its traceback where it was raised; not retried (asking again would
+    fail the same way)."""
+
+    errno = errno.EIO
 
 
 class CacheError(ClearmountError):

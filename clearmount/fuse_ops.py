@@ -251,7 +251,7 @@ class Operations(pyfuse3.Operations):
         url = str(self.namespace.url_of(parts))
         # a changed object seen by a read: the next open must ask the server again
         on_stale = functools.partial(self.namespace.invalidate, node)
-        reader = await self.fetcher.open(url, store, node.info, parallel=True, on_stale=on_stale)
+        reader = await self.fetcher.open(url, store, node.info, on_stale=on_stale)
         self.counters.opens[reader.outcome.value] += 1
         self.counters.open_seconds.observe(time.monotonic() - started)
         handle = next(self._handles)

@@ -35,6 +35,7 @@ from clearmount.config import Config
 from clearmount.errors import ClearmountError
 from clearmount.log import recent_errors
 from clearmount.options import MountOptions
+from clearmount.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -292,12 +293,12 @@ class Monitor(FetchEvents):
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= (shown by `systemctl status`)."""
-        parts = [f"{self.cache.files} files cached ({human_bytes(self.cache.bytes)})"]
+        parts = [f"{self.cache.files} files cached ({format_bytes(self.cache.bytes)})"]
         if self._tracked:
             rate = sum(t.rate() for t in self._tracked.values())
             count = len(self._tracked)
             plural = "es" if count != 1 else ""
-            parts.append(f"{count} fetch{plural} in flight ({human_bytes(rate)}/s)")
+            parts.append(f"{count} fetch{plural} in flight ({format_bytes(rate)}/s)")
         else:
             parts.append("no fetches in flight")
         if recent_errors.total:
@@ -342,13 +343,3 @@ class Monitor(FetchEvents):
             "errors": {"total": recent_errors.total, "recent": recent_errors.snapshot()},
             "reload": dataclasses.asdict(reload) if reload is not None else None,
         }
-
-
-def human_bytes(count: float) -> str:
-    """1536 -> "1.5 KiB"."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"

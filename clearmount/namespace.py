@@ -299,9 +299,7 @@ class Namespace:
         return 2
 
     def _is_s3_host(self, name: str) -> bool:
-        if ":" in name:
-            return True
-        return any(entry.host.lower() == name.lower() for entry in self.config.s3.credentials)
+        return urls.is_s3_host(name, self.config.s3)
 
     def url_of(self, parts: tuple[str, ...]) -> urls.StorageURL:
         return urls.parse_url(urls.path_to_url("/".join(parts)), self.config.s3)
@@ -710,7 +708,7 @@ class Namespace:
         )
 
     async def _containers(self, parts: tuple[str, ...]) -> list[str]:
-        url = urls.parse_url(urls.path_to_url("/".join(parts) + "/x"), self.config.s3)
+        url = self.url_of(parts)  # a host or account: its bucket/container is ""
         if not self.may_contact(url.scheme, url.host):
             return []  # a host only a direct-access rule names: it shows that rule's places
         try:

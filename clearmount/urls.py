@@ -1,6 +1,7 @@
 """Storage URLs: parsing, the URL <-> mount path mapping, and which config entry serves a URL.
 
-Owns: `StorageURL` and `parse_url`; `url_to_path`/`path_to_url` (a mount path is the URL with
+Owns: `StorageURL` and `parse_url` (with `is_s3_host`, whether an s3 netloc is an endpoint,
+and `without_localhost` for file URLs); `url_to_path`/`path_to_url` (a mount path is the URL with
 "://" replaced by "/"); `match_s3`/`match_azure`/`match_gcs`; the names each scheme directory
 lists (`s3_roots`, `azure_roots`, `gcs_roots`, `http_roots`, ...); `endpoint_listed`, whether
 clearml.conf names the server a URL would be sent to (for http(s): `http_host_allowed`); and
@@ -69,19 +70,31 @@ def _has_port(netloc: str) -> bool:
     return bool(colon and name and port.isdigit())
 
 
+def is_s3_host(name: str, s3: S3Settings | None = None) -> bool:
+    """Whether `name`, the netloc of an s3:// URL (the first component under `s3/`), is an
+    endpoint host followed by a bucket, rather than an AWS bucket: it has a numeric port, or
+    it is, case-insensitively, the host of a credentials entry of `s3`. ClearML's rule: an
+    endpoint that no entry names needs its port in the URL."""
+    return _has_port(name) or name.lower() in _configured_hosts(s3)
+
+
 def _configured_hosts(s3: S3Settings | None) -> set[str]:
     if s3 is None:
         return set()
     return {entry.host.lower() for entry in s3.credentials if entry.host}
 
 
+def without_localhost(rest: str) -> str:
+    """What follows "file://", with a "localhost" authority dropped: "localhost/x" -> "/x"
+    (RFC 8089: file://localhost/x is file:///x)."""
+    return rest[len("localhost") :] if rest.startswith("localhost/") else rest
+
+
 def parse_url(url: str, s3: S3Settings | None = None) -> StorageURL:
     """Split a storage URL; ValueError for other schemes or a URL without a bucket/host.
 
-    For s3, the netloc is an endpoint host (and the bucket the first path segment) when it has
-    a port, or when it equals, case-insensitively, the host of a configured entry in `s3`;
-    otherwise it is an AWS bucket. That is ClearML's rule: an unconfigured endpoint needs its
-    port in the URL.
+    For s3, the netloc is an endpoint host (and the bucket the first path segment) when
+    `is_s3_host` says so; otherwise it is an AWS bucket.
     """
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
@@ -91,8 +104,7 @@ def parse_url(url: str, s3: S3Settings | None = None) -> StorageURL:
             "or file:///path"
         )
     if scheme == "file":
-        if rest.startswith("localhost/"):
-            rest = rest[len("localhost") :]
+        rest = without_localhost(rest)
         if not rest.startswith("/"):
             raise ValueError(f"unsupported URL {url!r}: a file URL is file:///absolute/path")
         return StorageURL("file", "", "", rest.lstrip("/"))
@@ -106,7 +118,7 @@ def parse_url(url: str, s3: S3Settings | None = None) -> StorageURL:
     if scheme in HTTP_SCHEMES:
         # a plain HTTP server: the host is the store, the path (raw, query included) the key
         return StorageURL(scheme, netloc, "", path)
-    if scheme == "s3" and not (_has_port(netloc) or netloc.lower() in _configured_hosts(s3)):
+    if scheme == "s3" and not is_s3_host(netloc, s3):
         return StorageURL("s3", "", netloc, path)
     # an s3 endpoint or an azure account: the bucket/container is the first path segment
     bucket, _, key = path.partition("/")

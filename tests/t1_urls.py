@@ -27,6 +27,7 @@ from clearmount.urls import (
     gcs_roots,
     http_host_allowed,
     http_roots,
+    is_s3_host,
     match_azure,
     match_gcs,
     match_s3,
@@ -35,6 +36,7 @@ from clearmount.urls import (
     s3_host_buckets,
     s3_roots,
     url_to_path,
+    without_localhost,
 )
 
 
@@ -497,3 +499,41 @@ def test_http_hosts_allowed_and_listed(tmp_path: Path) -> None:
     assert http_roots(cfg, "https") == ("public.example",)  # built-in defaults are not listed
     assert cfg.http.auth_for("http://files-host:8081/p/x") is not None
     assert cfg.http.auth_for("https://public.example/p/x") is None
+
+
+# ------------------------------------------------------------------------------ the s3 host rule
+
+
+@pytest.mark.parametrize(
+    ("name", "host"),
+    [
+        ("bucket", False),
+        ("my.bucket-1", False),
+        ("minio:9000", True),
+        ("10.0.0.1:9000", True),
+        ("minio:abc", False),  # a port is a number: otherwise a bucket (S3 then refuses it)
+        (":9000", False),
+        ("minio:", False),
+        ("minio-host", True),  # named by a host entry (its port in the config only)
+        ("MINIO-HOST", True),  # case-insensitively
+        ("other-host", False),
+    ],
+)
+def test_an_s3_name_is_a_host_when_it_has_a_port_or_an_entry_names_it(
+    name: str, host: bool
+) -> None:
+    s3 = s3_settings(entry("sdk.aws.s3.credentials[0]", host="minio-host", bucket="b"))
+    assert is_s3_host(name, s3) is host
+    # parse_url follows the same rule: a host is followed by the bucket
+    parsed = parse_url(f"s3://{name}/first/key", s3)
+    assert (parsed.host, parsed.bucket) == ((name, "first") if host else ("", name))
+
+
+@pytest.mark.parametrize(
+    ("rest", "path"),
+    [("localhost/data/x", "/data/x"), ("/data/x", "/data/x"), ("localhostx/y", "localhostx/y")],
+)
+def test_file_localhost_is_the_local_host(rest: str, path: str) -> None:
+    assert without_localhost(rest) == path
+    if path.startswith("/"):
+        assert parse_url(f"file://{rest}") == StorageURL("file", "", "", path.lstrip("/"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import importlib
 import logging
 import random
 import subprocess
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import botocore.parsers
 import hypothesis
 import hypothesis.strategies as st
@@ -29,7 +31,7 @@ from clearmount import backends, config, urls
 from clearmount.backends import s3
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
-from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable
+from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable, Unexpected
 from devkit.azurite import AzuriteServer
 from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
@@ -634,3 +636,43 @@ def test_warm_up_imports_only_the_sdks_the_config_uses(tmp_path: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.stdout.split() == ["False", "True"], done.stderr
+
+
+@pytest.mark.parametrize("adapter", ["s3", "azure", "gcs", "http"])
+def test_an_exception_no_table_names_is_a_logged_bug_not_a_retry(
+    adapter: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # every adapter's border is the shared one: what its table does not name is logged once
+    # with its traceback (for the person on call) and fails at once, naming the URL
+    module = importlib.import_module(f"clearmount.backends.{adapter}")
+    caplog.set_level(logging.ERROR, logger="clearmount")
+
+    def buggy() -> None:
+        raise KeyError("Body")
+
+    border = module._border("s3://bucket/the/key", "sdk.aws.s3.credentials[0]")
+    with pytest.raises(Unexpected) as raised, border:
+        buggy()
+    error = raised.value
+    assert not isinstance(error, Unavailable)  # the fetch does not resume it
+    assert str(error) == (
+        "unexpected KeyError; the traceback is in the log "
+        "(s3://bucket/the/key, credentials sdk.aws.s3.credentials[0])"
+    )
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and "s3://bucket/the/key" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    with pytest.raises(NotFound), module._border("s3://bucket/k", ""):  # passes as it is
+        raise NotFound("gone", "s3://bucket/k")
+
+
+def test_an_s3_timeout_never_quotes_the_request_url() -> None:
+    # botocore's message quotes the request's URL, which is a credential when presigned
+    presigned = "https://h/b/k?X-Amz-Signature=deadbeef"
+    for exc in (
+        botocore.exceptions.ReadTimeoutError(endpoint_url=presigned),
+        botocore.exceptions.ConnectionClosedError(endpoint_url=presigned),
+    ):
+        with pytest.raises(Unavailable) as raised, s3._border("s3://b/k", "sdk.aws.s3"):
+            raise exc
+        assert "Signature" not in str(raised.value) and "s3://b/k" in str(raised.value)

@@ -46,7 +46,7 @@ async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> 
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await ended(fetch)
     assert isinstance(fetch.error, CacheError)
     assert "MD5" in str(fetch.error)
@@ -60,7 +60,7 @@ async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
     fetcher.parallel = 1  # one part at a time, so the order is observable
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k"), True))
+        fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await fetch.wait_for(len(data) - 10, len(data))
         assert store.ranges[0] == (15 << 20, 16 << 20)  # before every part ahead of it
         await fetch.wait_for(0, len(data))
@@ -76,7 +76,7 @@ async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
     fetcher = make_fetcher(tmp_path)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
         if isinstance(reader, FetchReader):
             await reader.fetch.wait_for(0, size)
             await ended(reader.fetch)
@@ -125,7 +125,7 @@ async def fetch_all(tmp_path: Path, store: MemoryStore) -> tuple[Fetch, float]:
     started = time.monotonic()
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        reader = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
         fetch = fetch_of(reader)
         with trio.fail_after(30):
             await fetch.ended.wait()
@@ -169,11 +169,11 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
     fetcher = make_fetcher(tmp_path, transfer=transfer)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        first = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        first = await fetcher.open("s3://memory/k", store, store.head("k"))
         with trio.fail_after(10):
             await transfer.returned.wait()  # the thread is done, the loop not told yet
         assert fetch_of(first).sealed
-        second = await fetcher.open("s3://memory/k", store, store.head("k"), parallel=True)
+        second = await fetcher.open("s3://memory/k", store, store.head("k"))
         assert fetch_of(second) is fetch_of(first)
         transfer.go.set()
         with trio.fail_after(10):
@@ -233,7 +233,7 @@ async def test_each_fetch_reports_its_start_its_bytes_and_one_end(tmp_path: Path
         fetcher.start(nursery)
         opened = {}
         for name, store in (("good", good), ("bad", bad), ("big", big), ("unread", unread)):
-            opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name), True)
+            opened[name] = await fetcher.open(f"s3://m/{name}", store, store.head(name))
         assert isinstance(opened["big"], StreamReader)
         assert await opened["big"].read(0, 8 << 20) == big.data("big")
         # the unread fetch, closed while a reader waits for a transfer slot, is given up
@@ -313,14 +313,14 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
     with another_writer(fetcher.index.path, "BEGIN IMMEDIATE"):
         async with trio.open_nursery() as nursery:
             fetcher.start(nursery)
-            first = await fetcher.open(url, store, store.head("k"), parallel=True)
+            first = await fetcher.open(url, store, store.head("k"))
             fetch = fetch_of(first)
             with trio.fail_after(10):
                 while (url, fetch.info.version) in fetcher.in_flight:
                     await fetcher.changed.wait()
             assert fetch.complete  # installed, though its row could not be written
             first.close()
-            again = await fetcher.open(url, store, store.head("k"), parallel=True)
+            again = await fetcher.open(url, store, store.head("k"))
             assert again.outcome is Outcome.CACHED  # adopted by its MD5: no second download
             assert await again.read(0, len(data) + 1) == data
             again.close()

@@ -68,13 +68,13 @@ async def test_a_file_open_through_the_cache_is_never_evicted(tmp_path: Path) ->
     name = fetcher.layout.final_path(url).name
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        fetched = await fetcher.open(url, store, store.head("k"), parallel=True)
+        fetched = await fetcher.open(url, store, store.head("k"))
         with trio.fail_after(10):
             assert await fetched.read(0, len(data)) == data
             while fetcher.in_flight:
                 await fetcher.changed.wait()
         fetched.close()
-        reader = await fetcher.open(url, store, store.head("k"), parallel=True)
+        reader = await fetcher.open(url, store, store.head("k"))
         assert reader.outcome is Outcome.CACHED
         result = evict(fetcher.layout, fetcher.index, CacheLimits(max_bytes=0))
         assert result.removed == [] and result.kept_busy == [name]

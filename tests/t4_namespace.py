@@ -185,3 +185,15 @@ async def test_an_endpoint_the_config_does_not_name_is_never_contacted(
     s3 = await must_walk(namespace, "s3")
     assert await namespace.lookup(s3, "10.0.0.5:9000") is None
     assert "s3/10.0.0.5:9000: endpoint not in clearml.conf, not contacted" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["bucket", "minio:9000", "minio:abc", "Minio:9000"])
+def test_the_namespace_and_the_urls_agree_on_which_s3_names_are_hosts(
+    tmp_path: Path, name: str
+) -> None:
+    # one rule (urls.is_s3_host): the bucket root the namespace finds in a path is the store
+    # its URL names, so "s3/minio:abc/k" is bucket "minio:abc", not a host with bucket "k"
+    namespace = make_namespace(tmp_path, bucket())
+    parts = ("s3", name, "first", "key")
+    depth = namespace.container_depth(parts)
+    assert str(namespace.url_of(parts[:depth])) == namespace.url_of(parts).base_url

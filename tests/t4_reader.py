@@ -33,8 +33,8 @@ async def test_an_open_says_how_it_found_the_bytes(tmp_path: Path) -> None:
     fetcher.limits = CacheLimits(max_bytes=4 << 20)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        first = await fetcher.open(URL, store, store.head("k"), parallel=True)
-        second = await fetcher.open(URL, store, store.head("k"), parallel=True)
+        first = await fetcher.open(URL, store, store.head("k"))
+        second = await fetcher.open(URL, store, store.head("k"))
         assert (first.outcome, second.outcome) == (Outcome.FETCHED, Outcome.JOINED)
         fetch = fetch_of(first)
         assert fetch_of(second) is fetch and fetch.readers == 2
@@ -42,10 +42,10 @@ async def test_an_open_says_how_it_found_the_bytes(tmp_path: Path) -> None:
         with trio.fail_after(10):
             assert await second.read(0, len(data)) == data
             await fetch.ended.wait()
-        third = await fetcher.open(URL, store, store.head("k"), parallel=True)
+        third = await fetcher.open(URL, store, store.head("k"))
         assert third.outcome is Outcome.CACHED
         assert await third.read(len(data) - 10, 100) == data[-10:]
-        streamed = await fetcher.open("s3://memory/big", big, big.head("big"), parallel=True)
+        streamed = await fetcher.open("s3://memory/big", big, big.head("big"))
         assert streamed.outcome is Outcome.STREAMED
         assert await streamed.read(1 << 20, 10) == big.data("big")[1 << 20 : (1 << 20) + 10]
         for reader in (first, second):
@@ -64,7 +64,7 @@ async def test_a_read_waits_only_for_its_own_bytes(tmp_path: Path) -> None:
     fetcher = make_fetcher(tmp_path, part_size=4 << 20)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
-        reader = await fetcher.open(URL, store, store.head("k"), parallel=True)
+        reader = await fetcher.open(URL, store, store.head("k"))
         with trio.fail_after(10):
             assert await reader.read(0, 4096) == data[:4096]  # the gate is still closed
         far: list[bytes] = []
@@ -92,8 +92,8 @@ async def test_a_changed_object_fails_the_waiting_reads_and_tells_each_opener(
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         info = store.head("k")
-        first = await fetcher.open(URL, store, info, True, on_stale=lambda: told.append("1st"))
-        second = await fetcher.open(URL, store, info, True, on_stale=lambda: told.append("2nd"))
+        first = await fetcher.open(URL, store, info, on_stale=lambda: told.append("1st"))
+        second = await fetcher.open(URL, store, info, on_stale=lambda: told.append("2nd"))
         with trio.fail_after(10):
             assert await first.read(0, 10) == data[:10]
         store.put("k", b"the next version")  # replaced while the fetch is under way

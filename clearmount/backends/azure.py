@@ -1,7 +1,8 @@
 """The Azure Blob adapter: storage accounts and Azurite through azure-storage-blob.
 
 Owns: building `BlobServiceClient`s from a matched `AzureContainer` entry, and the table that
-turns azure-core errors into clearmount's `StoreError`s. The only importer of azure.*.
+turns azure-core errors into clearmount's `StoreError`s (`translate`; every SDK call runs
+inside `_border`, the shared `sdk_border` with that table). The only importer of azure.*.
 Blocking and thread-safe (the SDK's clients are), as `ObjectStore` requires.
 
 A URL `azure://<account>.blob.core.windows.net/<container>/<blob>` is served from
@@ -103,8 +104,11 @@ def _client(
         return client
 
 
-def translate(exc: Exception, url: str, entry: str) -> StoreError:
-    """The `StoreError` for an azure-core exception (the SDK → clearmount border)."""
+def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
+    """The `StoreError` for an azure-core exception, None for one that is not the SDK's (the
+    table of this adapter's `sdk_border`)."""
+    if not isinstance(exc, AzureError):
+        return None
     status = getattr(exc, "status_code", None)
     code = getattr(exc, "error_code", None) or ""
     code = str(getattr(code, "value", code))  # a StorageErrorCode member, or the raw string
@@ -118,12 +122,10 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError:
         return Unavailable(f"cannot reach the blob endpoint: {type(exc).__name__}", url, entry)
     if isinstance(exc, HttpResponseError):
         return Unavailable(f"server error {code or status}", url, entry)
-    if isinstance(exc, AzureError):
-        return Unavailable(f"{type(exc).__name__}: {exc.message}", url, entry)
-    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+    return Unavailable(f"{type(exc).__name__}: {exc.message}", url, entry)
 
 
-def _translated(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+def _border(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
     return sdk_border(translate, url, entry)
 
 
@@ -148,18 +150,19 @@ class AzureStore(ObjectStore):
         self.deadlines = deadlines
         self.container = url.bucket
         self._max_concurrency = max(1, max_connections)
-        self._service = _client(account_url(url, entry), entry, max_connections, deadlines)
-        self._container: ContainerClient = self._service.get_container_client(url.bucket)
+        with _border(self.base_url, self.entry):
+            self._service = _client(account_url(url, entry), entry, max_connections, deadlines)
+            self._container: ContainerClient = self._service.get_container_client(url.bucket)
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url
 
     def exists(self) -> bool:
-        with _translated(self.base_url, self.entry):
+        with _border(self.base_url, self.entry):
             return bool(self._container.exists())
 
     def head(self, key: str) -> ObjectInfo:
-        with _translated(self._url(key), self.entry):
+        with _border(self._url(key), self.entry):
             props = self._container.get_blob_client(key).get_blob_properties()
         return ObjectInfo(
             key=key,
@@ -171,7 +174,7 @@ class AzureStore(ObjectStore):
     def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
         objects: list[ObjectInfo] = []
         prefixes: list[str] = []
-        with _translated(self._url(prefix), self.entry):
+        with _border(self._url(prefix), self.entry):
             pages: Any = self._container.walk_blobs(
                 name_starts_with=prefix or None, delimiter="/", results_per_page=limit
             ).by_page(continuation_token=token or None)
@@ -198,7 +201,7 @@ class AzureStore(ObjectStore):
             return
         url = self._url(key)
         try:
-            with _translated(url, self.entry):
+            with _border(url, self.entry):
                 # The downloader pins every later GET of the stream to the ETag of the first
                 # one, and the first one to `version`: a blob replaced mid-stream raises Stale.
                 stream = self._container.get_blob_client(key).download_blob(
@@ -214,7 +217,7 @@ class AzureStore(ObjectStore):
             raise self._gone(key, error) from None
         remaining = end - start
         while remaining > 0:
-            with _translated(url, self.entry):
+            with _border(url, self.entry):
                 chunk = stream.read(min(chunk_size, remaining))
             if not chunk:
                 raise Unavailable(f"download ended with {remaining} bytes missing", url, self.entry)
@@ -257,8 +260,8 @@ def list_containers(url: StorageURL, config: Config) -> list[str]:
         )
     if entry is None:
         raise _no_entry(url)
-    client = _client(
-        account_url(url, entry), entry, config.azure.max_connections, config.azure.deadlines
-    )
-    with _translated(f"azure://{url.host}", entry.source):
+    with _border(f"azure://{url.host}", entry.source):
+        client = _client(
+            account_url(url, entry), entry, config.azure.max_connections, config.azure.deadlines
+        )
         return [container.name for container in client.list_containers()]

@@ -1,14 +1,17 @@
 """The `ObjectStore` contract every cloud adapter satisfies.
 
-Owns: the value types a backend returns (`ObjectInfo`, `ListPage`) and the abstract
-`ObjectStore`. One store is one bucket / container, reached with one credentials entry.
+Owns: the value types a backend returns (`ObjectInfo`, `ListPage`), the abstract
+`ObjectStore`, and `sdk_border`, the one SDK → clearmount error border every adapter uses.
+One store is one bucket / container, reached with one credentials entry.
 
 Contract, for every implementation:
 - methods are blocking and thread-safe; they are called from worker threads only
   (see `clearmount.transfer`), never from the trio loop;
 - each request is bounded by `deadlines` (connect, read) and the SDK's retries;
 - they raise only `clearmount.errors.StoreError` subclasses: `NotFound`, `AccessDenied`,
-  `Unavailable` (after the SDK's own retries), `Stale` (a version precondition failed);
+  `Unavailable` (after the SDK's own retries), `Stale` (a version precondition failed),
+  `ProtocolError` (an answer other than the one asked for), `Unexpected` (a bug); every SDK
+  call runs inside `sdk_border` with the adapter's `translate` table, which ensures it;
 - keys are the raw object keys (no URL decoding), relative to the bucket root;
 - `read_range` is pinned to `version` (S3/Azure ETag, GCS generation, HTTP ETag or
   Last-Modified): if the object no longer has that version it raises `Stale`, so bytes of two
@@ -26,11 +29,14 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from clearmount.config import Deadlines
-from clearmount.errors import StoreError
+from clearmount.errors import StoreError, Unexpected
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +102,36 @@ class ObjectStore(abc.ABC):
         """
 
 
+#: An adapter's error table: the `StoreError` for an exception its SDK raised, or None when
+#: the exception is none of the SDK's (then `sdk_border` treats it as a bug).
+Translate = Callable[[Exception, str, str], StoreError | None]
+
+
 @contextlib.contextmanager
-def sdk_border(
-    translate: Callable[[Exception, str, str], StoreError], url: str, entry: str
-) -> Iterator[None]:
-    """Turn whatever an SDK raises inside the block into the `StoreError` `translate` names
-    for it (each adapter's table), so nothing else leaves an adapter."""
+def sdk_border(translate: Translate, url: str, entry: str) -> Iterator[None]:
+    """The SDK → clearmount border of an adapter: every SDK call of the adapter runs inside it.
+
+    A `StoreError` passes; an exception `translate` (the adapter's table) names becomes that
+    `StoreError`; anything else is a bug in clearmount or the SDK: it is logged once here, at
+    ERROR with its traceback (for the person on call), and becomes `Unexpected` (not retried:
+    asking again would fail the same way), which the caller's border turns into EIO. So nothing
+    but a `StoreError` leaves an adapter, and each names `url` and the credentials `entry`.
+    """
     try:
         yield
     except StoreError:
         raise
-    except Exception as exc:  # the SDK border: nothing but a StoreError may leave
-        raise translate(exc, url, entry) from None
+    except Exception as exc:
+        raise translated(translate, exc, url, entry) from None
+
+
+def translated(translate: Translate, exc: Exception, url: str, entry: str) -> StoreError:
+    """The `StoreError` `sdk_border` raises for `exc` (for the few places that must decide
+    on it before raising, such as a retry loop)."""
+    if isinstance(exc, StoreError):
+        return exc
+    error = translate(exc, url, entry)
+    if error is not None:
+        return error
+    log.error("%s: unexpected %s (a bug)", url, type(exc).__name__, exc_info=exc)
+    return Unexpected(f"unexpected {type(exc).__name__}; the traceback is in the log", url, entry)

@@ -1,7 +1,8 @@
 """The Google Cloud Storage adapter: GCS and fake-gcs-server through google-cloud-storage.
 
 Owns: building `storage.Client`s from a matched `GcsCredentials` entry, and the table that
-turns google-api-core / google-auth errors into clearmount's `StoreError`s. The only
+turns google-api-core / google-auth errors into clearmount's `StoreError`s (`translate`;
+every SDK call runs inside `_border`, the shared `sdk_border` with that table). The only
 importer of google.*. Blocking and thread-safe, as `ObjectStore` requires.
 
 Credentials, in order: the entry's `credentials_json` (a file path or the JSON itself, any
@@ -119,9 +120,10 @@ def _client(entry: GcsCredentials) -> storage.Client:
         return client
 
 
-def translate(exc: BaseException, url: str, entry: str) -> StoreError:
-    """The `StoreError` for a google-api-core/google-auth/requests exception."""
-    if isinstance(exc, api_exceptions.RetryError) and exc.cause is not None:
+def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
+    """The `StoreError` for a google-api-core/google-auth/requests exception, None for one
+    that is none of these (the table of this adapter's `sdk_border`)."""
+    if isinstance(exc, api_exceptions.RetryError) and isinstance(exc.cause, Exception):
         return translate(exc.cause, url, entry)
     if isinstance(exc, api_exceptions.NotFound):
         return NotFound("no such object or bucket", url, entry)
@@ -140,10 +142,12 @@ def translate(exc: BaseException, url: str, entry: str) -> StoreError:
         exc, (requests.exceptions.RequestException, google.auth.exceptions.TransportError)
     ):
         return Unavailable(f"cannot reach the server: {type(exc).__name__}", url, entry)
-    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+    if isinstance(exc, (api_exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError)):
+        return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+    return None
 
 
-def _translated(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+def _border(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
     return sdk_border(translate, url, entry)
 
 
@@ -194,7 +198,8 @@ class GcsStore(ObjectStore):
         with self._lock:
             handle = self._handles.get(entry.source)
         if handle is None:
-            handle = _client(entry).bucket(self._name)
+            with _border(self._url(key), entry.source):
+                handle = _client(entry).bucket(self._name)
             with self._lock:
                 handle = self._handles.setdefault(entry.source, handle)
         return handle, entry.source
@@ -203,12 +208,12 @@ class GcsStore(ObjectStore):
         return f"{self.base_url}/{key}" if key else self.base_url
 
     def exists(self) -> bool:
-        with _translated(self.base_url, self.entry):
+        with _border(self.base_url, self.entry):
             return bool(self._bucket.exists(timeout=self._timeout, retry=_RETRY))
 
     def head(self, key: str) -> ObjectInfo:
         bucket, entry = self._serving(key)
-        with _translated(self._url(key), entry):
+        with _border(self._url(key), entry):
             blob = bucket.get_blob(key, timeout=self._timeout, retry=_RETRY)
         if blob is None:
             raise NotFound("no such object", self._url(key), entry)
@@ -216,7 +221,7 @@ class GcsStore(ObjectStore):
 
     def list_page(self, prefix: str, token: str | None = None, limit: int = 1000) -> ListPage:
         bucket, entry = self._serving(prefix)
-        with _translated(self._url(prefix), entry):
+        with _border(self._url(prefix), entry):
             iterator = bucket.client.list_blobs(
                 bucket,
                 prefix=prefix or None,
@@ -255,7 +260,7 @@ class GcsStore(ObjectStore):
         while offset < end:
             stop = min(offset + get_size, end)
             try:
-                with _translated(url, entry):
+                with _border(url, entry):
                     # Every GET is pinned, so a replaced object raises Stale wherever the stream
                     # is. raw_download: the stored bytes, which `size` counts.
                     data = blob.download_as_bytes(

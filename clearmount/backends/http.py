@@ -2,8 +2,10 @@
 
 Owns: the requests to http(s) hosts (HEAD for a lookup, ranged or whole GETs for bytes), the
 ClearML login that gives the files-server hosts their `Authorization: Bearer` token, and the
-table that turns HTTP statuses and urllib3 errors into clearmount's `StoreError`s. The only
-module that talks HTTP to storage. Blocking and thread-safe, as `ObjectStore` requires.
+table that turns HTTP statuses and urllib3 errors into clearmount's `StoreError`s (`_failure`
+for answers, `translate` for exceptions: every request and body read runs inside `_border`,
+the shared `sdk_border` with that table). The only module that talks HTTP to storage.
+Blocking and thread-safe, as `ObjectStore` requires.
 
 As ClearML's `_HttpDriver`: only URLs under a files-server host (`HttpSettings.auth_for`) get
 the token; every other host gets no credentials. The token comes from the API server's
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import email.utils
 import json
 import logging
@@ -39,7 +42,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 import urllib3.exceptions
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
 from clearmount.config import Config, HttpSettings
 from clearmount.errors import (
     AccessDenied,
@@ -68,6 +71,23 @@ _DRAIN_AT_MOST = 64 << 10
 _pool = urllib3.PoolManager(num_pools=64, maxsize=32)
 _tokens: dict[tuple[str, str, str], _Tokens] = {}
 _tokens_lock = threading.Lock()
+
+
+def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
+    """The `StoreError` for a urllib3 or socket exception, None for another (the table of this
+    adapter's `sdk_border`; an answer with an unwanted status is `HttpStore._failure`'s)."""
+    # (before timeouts: urllib3's NewConnectionError, a refused connection, is a timeout too)
+    if isinstance(exc, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ProxyError)):
+        return Unavailable(f"cannot reach the server: {type(exc).__name__}", url, entry)
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return Unavailable(f"{type(exc).__name__}: no answer within the timeout", url, entry)
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+        return Unavailable(f"connection failed: {type(exc).__name__}", url, entry)
+    return None
+
+
+def _border(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_border(translate, url, entry)
 
 
 def _sleep_before_retry(attempt: int) -> None:
@@ -123,15 +143,12 @@ class _Tokens:
         attempt = 0
         while True:
             try:
-                reply = _pool.request(
-                    "GET", url, headers=headers, timeout=_timeout(self._settings), retries=False
-                )
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                error: StoreError = Unavailable(
-                    f"cannot reach the ClearML API server for auth.login: {type(exc).__name__}",
-                    url,
-                    "api.credentials",
-                )
+                with _border(url, "api.credentials"):
+                    reply = _pool.request(
+                        "GET", url, headers=headers, timeout=_timeout(self._settings), retries=False
+                    )
+            except Unavailable as exc:
+                error: StoreError = exc
             else:
                 if reply.status in (401, 403):
                     raise AccessDenied(
@@ -228,19 +245,18 @@ class HttpStore(ObjectStore):
             if token is not None:
                 sent["Authorization"] = f"Bearer {token}"
             try:
-                reply = _pool.request(
-                    method,
-                    self._wire_url(key),
-                    headers=sent,
-                    preload_content=False,
-                    redirect=False,
-                    retries=False,
-                    timeout=self._timeout,
-                )
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                error: StoreError = Unavailable(
-                    f"cannot reach the server: {type(exc).__name__}", url, entry
-                )
+                with _border(url, entry):
+                    reply = _pool.request(
+                        method,
+                        self._wire_url(key),
+                        headers=sent,
+                        preload_content=False,
+                        redirect=False,
+                        retries=False,
+                        timeout=self._timeout,
+                    )
+            except Unavailable as exc:
+                error: StoreError = exc
             else:
                 if reply.status in (401, 403) and token is not None and not refreshed:
                     _discard(reply)
@@ -327,35 +343,34 @@ class HttpStore(ObjectStore):
         headers = {"Range": f"bytes={start}-{end - 1}", **_pins(version)}
         reply = self._request("GET", key, headers)
         try:
-            if reply.status not in (200, 206):
-                raise self._failure(reply, key)
-            if not _same_version(reply, version):
-                raise Stale("object changed while being read", url, self.entry)
-            skip = 0
-            if reply.status == 206:
-                content_range = reply.headers.get("Content-Range", "")
-                first, _, _ = content_range.removeprefix("bytes ").partition("-")
-                if first.strip() != str(start):
-                    raise ProtocolError(f"asked for byte {start}, got {content_range!r}", url)
-            else:
-                skip = start  # the server ignored Range: the whole object, from byte 0
-            wanted = end - start
-            sent = 0
-            for chunk in reply.stream(max(chunk_size, 64 << 10), decode_content=False):
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk = chunk[dropped:]
-                    skip -= dropped
-                chunk = chunk[: wanted - sent]
-                if chunk:
-                    sent += len(chunk)
-                    yield chunk
-                if sent == wanted:
-                    break
-            if sent < wanted:
-                raise Unavailable(f"short read: {sent} of {wanted} bytes at {start}", url)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(f"transfer failed: {type(exc).__name__}", url, self.entry) from None
+            with _border(url, self.entry):
+                if reply.status not in (200, 206):
+                    raise self._failure(reply, key)
+                if not _same_version(reply, version):
+                    raise Stale("object changed while being read", url, self.entry)
+                skip = 0
+                if reply.status == 206:
+                    content_range = reply.headers.get("Content-Range", "")
+                    first, _, _ = content_range.removeprefix("bytes ").partition("-")
+                    if first.strip() != str(start):
+                        raise ProtocolError(f"asked for byte {start}, got {content_range!r}", url)
+                else:
+                    skip = start  # the server ignored Range: the whole object, from byte 0
+                wanted = end - start
+                sent = 0
+                for chunk in reply.stream(max(chunk_size, 64 << 10), decode_content=False):
+                    if skip:
+                        dropped = min(skip, len(chunk))
+                        chunk = chunk[dropped:]
+                        skip -= dropped
+                    chunk = chunk[: wanted - sent]
+                    if chunk:
+                        sent += len(chunk)
+                        yield chunk
+                    if sent == wanted:
+                        break
+                if sent < wanted:
+                    raise Unavailable(f"short read: {sent} of {wanted} bytes at {start}", url)
         finally:
             _discard(reply)
 

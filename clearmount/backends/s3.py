@@ -1,7 +1,8 @@
 """The S3 adapter: AWS S3 and S3-compatible hosts (MinIO, SeaweedFS, Ceph) through boto3.
 
 Owns: building boto3 clients from a matched `S3Credentials` entry and `Boto3Settings`, and
-the table that turns botocore errors into clearmount's `StoreError`s. The only importer of
+the table that turns botocore errors into clearmount's `StoreError`s (`translate`; every SDK
+call runs inside `_border`, the shared `sdk_border` with that table). The only importer of
 boto3/botocore. Blocking and thread-safe (boto3 clients are), as `ObjectStore` requires.
 
 Bounded time: every request has botocore's `connect_timeout` and `read_timeout` from
@@ -26,6 +27,7 @@ bytes of the wrong place or version into the cache.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
@@ -39,8 +41,9 @@ import botocore.config
 import botocore.exceptions
 import botocore.parsers
 import botocore.response
+import urllib3.exceptions
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
 from clearmount.config import Boto3Settings, S3Credentials
 from clearmount.errors import (
     AccessDenied,
@@ -193,8 +196,10 @@ def _error_code(exc: botocore.exceptions.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def translate(exc: Exception, url: str, entry: str) -> StoreError:
-    """The `StoreError` for a botocore exception (the SDK → clearmount border)."""
+def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
+    """The `StoreError` for a botocore exception, None for one that is not botocore's (the
+    table of this adapter's `sdk_border`). No message quotes a presigned URL: it is a
+    credential."""
     if isinstance(exc, botocore.exceptions.ClientError):
         code = _error_code(exc)
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -211,7 +216,19 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError:
         # botocore's message quotes the request's URL (a presigned one is a credential) or,
         # for a stalled body, "None"
         return Unavailable(f"{type(exc).__name__}: no answer within the timeout", url, entry)
-    return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+    if isinstance(exc, botocore.exceptions.HTTPClientError):
+        # a connection closed or reset, a body cut: botocore's message may quote the URL
+        return Unavailable(f"connection failed: {type(exc).__name__}", url, entry)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return Unavailable(f"{type(exc).__name__}: {exc}", url, entry)
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+        # a body read failing below botocore's own wrapping
+        return Unavailable(f"transfer failed: {type(exc).__name__}", url, entry)
+    return None
+
+
+def _border(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
+    return sdk_border(translate, url, entry)
 
 
 class S3Store(ObjectStore):
@@ -224,7 +241,8 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.entry = entry.source
         self.deadlines = settings.deadlines
-        self._client = client_for(entry, settings)
+        with _border(base_url, entry.source):  # a missing AWS profile, a bad region
+            self._client = client_for(entry, settings)
         # The client's own connection pool (proxies, TLS settings, timeouts), for presigned
         # GETs; absent in a botocore that no longer has it, and then every GET is the SDK's.
         endpoint = getattr(self._client, "_endpoint", None)
@@ -235,20 +253,16 @@ class S3Store(ObjectStore):
 
     def exists(self) -> bool:
         try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except Exception as exc:
-            error = translate(exc, self.base_url, self.entry)
-            if isinstance(error, NotFound):
-                return False
-            raise error from None
+            with _border(self.base_url, self.entry):
+                self._client.head_bucket(Bucket=self.bucket)
+        except NotFound:
+            return False
         return True
 
     def head(self, key: str) -> ObjectInfo:
         url = self._url(key)
-        try:
+        with _border(url, self.entry):
             reply = self._client.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:
-            raise translate(exc, url, self.entry) from None
         size = reply.get("ContentLength")
         if not isinstance(size, int) or size < 0:
             raise Unavailable(f"malformed HEAD answer: Content-Length {size!r}", url, self.entry)
@@ -264,10 +278,8 @@ class S3Store(ObjectStore):
         }
         if token:
             args["ContinuationToken"] = token
-        try:
+        with _border(url, self.entry):
             reply = self._client.list_objects_v2(**args)
-        except Exception as exc:
-            raise translate(exc, url, self.entry) from None
         objects = []
         for item in reply.get("Contents", ()):
             key, size = item.get("Key"), item.get("Size")
@@ -301,19 +313,15 @@ class S3Store(ObjectStore):
             args["IfMatch"] = version
         reply = self._presigned_get(args, url) if self._http is not None else None
         if reply is None:
-            try:
+            with _border(url, self.entry):
                 reply = self._client.get_object(**args)
-            except Exception as exc:
-                raise translate(exc, url, self.entry) from None
         body = reply["Body"]
         try:
             self._check_answer(reply, url, version, start, end)
             remaining = end - start
             while remaining > 0:
-                try:
+                with _border(url, self.entry):
                     chunk = body.read(min(chunk_size, remaining))
-                except Exception as exc:
-                    raise translate(exc, url, self.entry) from None
                 if not chunk:
                     raise Unavailable(
                         f"connection closed with {remaining} bytes missing", url, self.entry
@@ -330,28 +338,29 @@ class S3Store(ObjectStore):
         botocore's per-request pipeline (events, endpoint rules, header signing, response
         parsing) costs ~0.4 ms of CPU, the most of a small file's fetch. A presigned URL keeps
         what matters of it the SDK's: credentials and their refresh, region, addressing style.
-        Only a 200/206 answer is used: after any other the SDK asks again, and so retries,
-        follows redirects and names the error as it always did. A bucket that refuses or
-        redirects presigned GETs gets the SDK's from then on.
+        Only a 200/206 answer is used: after any other, and after a connection error, the SDK
+        asks again, and so retries, follows redirects and names the error as it always did. A
+        bucket that refuses or redirects presigned GETs gets the SDK's from then on. A timeout
+        is raised at once: the SDK would wait as long again, the fetch resumes it instead.
         """
-        try:
-            presigned = self._client.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": args["Bucket"], "Key": args["Key"]},
-                ExpiresIn=_PRESIGN_SECONDS,
-            )
-            headers = {"Range": args["Range"]}
-            if "IfMatch" in args:
-                headers["If-Match"] = args["IfMatch"]
-            request = botocore.awsrequest.AWSPreparedRequest(
-                "GET", presigned, cast(Any, headers), body=None, stream_output=True
-            )
-            response = self._http.send(request)
-        except _TIMEOUTS as exc:
-            # the SDK would wait as long again: the fetch resumes it, with backoff, instead
-            raise translate(exc, url, self.entry) from None
-        except Exception:
-            return None  # connection refused or reset, a stale pooled connection: the SDK's
+        with _border(url, self.entry):
+            try:
+                presigned = self._client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": args["Bucket"], "Key": args["Key"]},
+                    ExpiresIn=_PRESIGN_SECONDS,
+                )
+                headers = {"Range": args["Range"]}
+                if "IfMatch" in args:
+                    headers["If-Match"] = args["IfMatch"]
+                request = botocore.awsrequest.AWSPreparedRequest(
+                    "GET", presigned, cast(Any, headers), body=None, stream_output=True
+                )
+                response = self._http.send(request)
+            except _TIMEOUTS:
+                raise  # named by the border; the fetch resumes it
+            except botocore.exceptions.BotoCoreError:
+                return None  # connection refused or reset, a stale pooled connection: the SDK's
         status = response.status_code
         if status not in (200, 206):
             response.raw.close()
@@ -408,8 +417,6 @@ def _mtime(item: dict[str, Any]) -> float:
 
 def list_buckets(entry: S3Credentials, settings: Boto3Settings, host_url: str) -> list[str]:
     """The buckets these credentials can see at this host (the names under `s3/host:port/`)."""
-    try:
+    with _border(host_url, entry.source):
         reply = client_for(entry, settings).list_buckets()
-    except Exception as exc:
-        raise translate(exc, host_url, entry.source) from None
     return [bucket["Name"] for bucket in reply.get("Buckets", ())]

@@ -409,7 +409,6 @@ class Fetcher:
         url: str,
         store: ObjectStore,
         info: ObjectInfo,
-        parallel: bool,
         on_stale: Callable[[], None] = lambda: None,
     ) -> ObjectReader:
         """A reader of `url` at `info.version`: its cache file, a fetch in flight or a new
@@ -430,7 +429,7 @@ class Fetcher:
         if not self.fits(info.size):
             log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
             return StreamReader(Stream(store, info, self.transfer, url, self.events))
-        return self._start(url, store, info, final, parallel, on_stale)
+        return self._start(url, store, info, final, on_stale)
 
     def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader:
         # its partial file, or the final one: the thread of a one-part fetch renames it
@@ -519,7 +518,6 @@ class Fetcher:
         store: ObjectStore,
         info: ObjectInfo,
         final: Path,
-        parallel: bool,
         on_stale: Callable[[], None],
     ) -> FetchReader:
         if self._nursery is None:
@@ -536,7 +534,7 @@ class Fetcher:
             final,
             partial,
             self.part_size if info.ranged else max(info.size, 1),
-            self.parallel if parallel and info.ranged else 1,
+            self.parallel if info.ranged else 1,
             self.verify and store.md5_versions,
             self.events,
         )

@@ -7,6 +7,7 @@ four characters; secrets, tokens, inline JSON credentials and SAS queries show a
 from __future__ import annotations
 
 from clearmount.config.schema import Config, Deadlines, S3Credentials
+from clearmount.units import format_bytes
 
 
 def _mask(secret: str | None) -> str:
@@ -30,12 +31,7 @@ def _or_dash(value: str | None) -> str:
 
 
 def _human_bytes(size: int | None) -> str:
-    if size is None:
-        return "no limit"
-    for unit, factor in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= factor:
-            return f"{size / factor:.1f} {unit} ({size} bytes)"
-    return f"{size} bytes"
+    return "no limit" if size is None else f"{format_bytes(size)} ({size} bytes)"
 
 
 def _describe_s3(entry: S3Credentials) -> str:
