@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from clearmount.cache.evict import CacheLimits
 from clearmount.cache.fetch import Fetch
+from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome
 from clearmount.errors import Stale
 from memstore import GatedStore, MemoryStore, make_fetcher
