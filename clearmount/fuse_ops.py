@@ -247,7 +247,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.namespace.revalidate(node)
         parts = node.parts  # one walk up the path, for both
-        store, _ = self.namespace.store_for(parts)
+        store, _ = await self.namespace.store_for(parts)
         url = str(self.namespace.url_of(parts))
         # a changed object seen by a read: the next open must ask the server again
         on_stale = functools.partial(self.namespace.invalidate, node)
