@@ -10,7 +10,9 @@ it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` tha
 Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
 that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
-order, before the thread's own completion): the thread reads on while readers wake.
+order, before the thread's own completion): the thread reads on while readers wake. The
+local blocking work of an open (opening, locking and touching cache files, the index, the
+free space) runs in worker threads too, through `Transfer.local`.
 
 Bounded time: each part is downloaded in attempts, each one watched (`Progress`): an attempt
 must receive every MiB within the store's stall window, or it is given up. A failed or
