@@ -26,9 +26,10 @@ from pathlib import Path
 
 from clearmount import config as config_module
 from clearmount import urls
-from clearmount.cache.evict import CacheLimits, evict, scan
+from clearmount.cache.evict import evict, scan
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.limits import CacheLimits, resolve
 from clearmount.errors import UserError
 from clearmount.mounts import clearmount_mounts, mount_containing
 from clearmount.units import format_bytes, progress_bar
@@ -180,13 +181,11 @@ def _du(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
 
 
 def _limits(args: argparse.Namespace, layout: CacheLayout) -> CacheLimits:
-    from clearmount.cli import cache_limits
-
     try:
         config = config_module.load(args.config)
     except UserError:
         return CacheLimits()
-    return cache_limits(config, layout)
+    return resolve(config, layout.root)
 
 
 def _prune(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from clearmount import __version__, urls
 from clearmount import config as config_module
-from clearmount.cache.evict import CacheLimits
+from clearmount.cache import limits as cache_limits
 from clearmount.cache.layout import CacheLayout
 from clearmount.direct import DirectAccess
 from clearmount.errors import ConfigError, UserError
@@ -169,7 +169,7 @@ def _mount(argv: Sequence[str]) -> int:
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
     cache = CacheLayout(cache_root)
     cache.prepare()
-    limits = cache_limits(config, cache, args.cache_max_size, args.cache_min_free)
+    limits = cache_limits.resolve(config, cache.root, args.cache_max_size, args.cache_min_free)
     mountpoint = args.mountpoint.expanduser().absolute()
     daemon.prepare_mountpoint(mountpoint, options.nonempty)
     daemon.check_rules(config, mountpoint)
@@ -189,28 +189,6 @@ def _mount(argv: Sequence[str]) -> int:
         report(exc.exit_code, str(exc))
         return exc.exit_code
     return 0
-
-
-def cache_limits(
-    config: config_module.Config,
-    cache: CacheLayout,
-    max_size: str | None = None,
-    min_free: str | None = None,
-) -> CacheLimits:
-    """The cache limits: command-line sizes over clearml.conf over the defaults."""
-    max_bytes = config.cache.max_used_bytes
-    free_bytes = config.cache.min_free_bytes
-    try:
-        if max_size is not None:
-            max_bytes = config_module.parse_size(max_size)
-        if min_free is not None:
-            free_bytes = config_module.parse_size(min_free)
-    except ValueError as exc:
-        raise UserError(f"bad size: {exc}", 2) from None
-    if free_bytes is None:
-        vfs = os.statvfs(cache.root)
-        free_bytes = vfs.f_blocks * vfs.f_frsize // 20  # 5 %, as mountpoint-s3 keeps
-    return CacheLimits(max_bytes, free_bytes)
 
 
 def _daemonize() -> Callable[[int, str], None]:

@@ -30,7 +30,8 @@ import trio
 
 from clearmount import backends, control
 from clearmount import config as config_module
-from clearmount.cache.evict import CacheLimits, evict, reconcile
+from clearmount.cache import limits as cache_limits
+from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
@@ -56,10 +57,6 @@ _STALE_PARTIAL_SECONDS = 60.0
 # Handler tasks pyfuse3 keeps ready: enough that a slow fetch never blocks other requests.
 _MIN_TASKS = 16
 _MAX_TASKS = 512
-# Seconds between checks of the cache limits when no fetch starts or ends.
-_EVICTION_INTERVAL = 5.0
-# Seconds between full scans of the cache when the estimate says all is well.
-_RESCAN_INTERVAL = 30.0
 # After SIGTERM: readers waiting for fetches get this long to finish, then the fetches are
 # cancelled (the readers get EIO), then whatever still runs is cancelled. The sum stays well
 # under the units' TimeoutStopSec, so systemd never has to SIGKILL a mount.
@@ -77,7 +74,7 @@ class MountRequest:
     config: Config
     options: MountOptions
     cache: CacheLayout
-    limits: CacheLimits
+    limits: cache_limits.CacheLimits
     #: --config as given (None: the usual search), read again on SIGHUP
     config_arg: Path | None = None
 
@@ -278,24 +275,31 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
 
 async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
     """Evict in the background whenever a fetch starts or ends, and every few seconds (the
-    ClearML SDK adds files too). Reads never wait for it."""
+    ClearML SDK adds files too). Reads never wait for it. When to scan and evict is
+    `cache.limits`' policy; the `statvfs` and the scan run in worker threads."""
     layout = fetcher.layout
-    # its own connection: this one is used from a worker thread
+    limits = fetcher.limits
+    local = fetcher.transfer.local
+    # its own connection, for the eviction's long transactions
     index = CacheIndex(layout)
-    last_scan = -_RESCAN_INTERVAL
+    last_scan = -cache_limits.RESCAN_INTERVAL
     try:
         while True:
-            with trio.move_on_after(_EVICTION_INTERVAL):
+            with trio.move_on_after(cache_limits.EVICTION_INTERVAL):
                 await fetcher.changed.wait()
             # A scan stats every cache file: only when the running estimate says a limit may
             # be crossed, or now and then for what the ClearML SDK added behind our back.
-            rescan_due = trio.current_time() - last_scan >= _RESCAN_INTERVAL
-            if not rescan_due and not fetcher.may_exceed_limits():
+            free = (
+                await local(cache_limits.free_bytes, layout.root) if limits.min_free_bytes else None
+            )
+            since_scan = trio.current_time() - last_scan
+            reserved = fetcher.reserved_bytes()
+            if not cache_limits.eviction_due(
+                limits, since_scan, fetcher.usage_bytes, free, reserved
+            ):
                 continue
             try:
-                result = await trio.to_thread.run_sync(
-                    evict, layout, index, fetcher.limits, fetcher.reserved_bytes()
-                )
+                result = await local(evict, layout, index, limits, reserved)
             except (OSError, sqlite3.Error) as exc:
                 # a full or vanished cache disk must not end the mount: try again later
                 log.warning("cache eviction failed: %s", exc)

@@ -177,7 +177,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        cache = os.statvfs(self.fetcher.layout.root)
+        cache = await self.fetcher.transfer.local(os.statvfs, self.fetcher.layout.root)
         data = pyfuse3.StatvfsData()
         data.f_bsize = cache.f_bsize
         data.f_frsize = cache.f_frsize
@@ -247,7 +247,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         await self.namespace.revalidate(node)
         parts = node.parts  # one walk up the path, for both
-        store, _ = self.namespace.store_for(parts)
+        store, _ = await self.namespace.store_for(parts)
         url = str(self.namespace.url_of(parts))
         # a changed object seen by a read: the next open must ask the server again
         on_stale = functools.partial(self.namespace.invalidate, node)
@@ -272,7 +272,7 @@ class Operations(pyfuse3.Operations):
 
     # ----- extended attributes --------------------------------------------------------------
 
-    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+    async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node.kind is Kind.ROOT:
             # lets `clearmount prefetch` and `cache` find the daemon's cache from the mount
             return {_XATTR_CACHE_DIR: os.fsencode(self.fetcher.layout.root)}
@@ -280,7 +280,7 @@ class Operations(pyfuse3.Operations):
         values = {_XATTR_URL: url.encode()} if url else {}
         if node.info is not None:
             values[_XATTR_ETAG] = node.info.version.encode()
-            cached = self.fetcher.cached_bytes(url, node.info.version)
+            cached = await self.fetcher.cached_bytes(url, node.info.version)
             values[_XATTR_CACHED] = str(cached).encode()
         return values
 
@@ -290,14 +290,14 @@ class Operations(pyfuse3.Operations):
             # "not supported" (not "no such attribute"): `ls -l` then stops asking for
             # SELinux labels and ACLs on this filesystem instead of asking for every file
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        value = self._xattrs(self.namespace.get(inode)).get(name)
+        value = (await self._xattrs(self.namespace.get(inode))).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return list(self._xattrs(self.namespace.get(inode)))
+        return list(await self._xattrs(self.namespace.get(inode)))
 
     # ----- everything that would write: the mount is read-only ------------------------------
 

@@ -230,6 +230,8 @@ class Namespace:
         self._known.clear()
         self._listings.clear()
         self._looked_up.clear()
+        # the stores opened with this config, by base URL
+        self._stores: dict[str, ObjectStore] = {}
         self.root = Node(ROOT_INODE, ROOT_PATH, Kind.ROOT)
         self._nodes[ROOT_INODE] = self.root
 
@@ -308,10 +310,18 @@ class Namespace:
         """The URL ClearML records for this node (what the cache file name hashes)."""
         return str(self.url_of(node.parts)) if node.path.depth else ""
 
-    def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
+    async def store_for(self, parts: tuple[str, ...]) -> tuple[ObjectStore, str]:
         """The store holding `parts` and the key (or prefix) inside it."""
         depth = self.container_depth(parts)
-        store = self._open_store(self._contactable(self.url_of(parts[:depth])), self.config)
+        url = self._contactable(self.url_of(parts[:depth]))
+        stores = self._stores
+        store = stores.get(url.base_url)
+        if store is None:
+            # The first request of a bucket: its store may import an SDK (boto3: ~0.2 s,
+            # measured on the loop before this hop) and read credentials, so in a thread.
+            # Kept in the dict of the config it was opened with, even if a reload came.
+            opened = await self.transfer.local(self._open_store, url, self.config)
+            store = stores.setdefault(url.base_url, opened)
         return store, "/".join(parts[depth:])
 
     def may_contact(self, scheme: str, host: str) -> bool:
@@ -367,7 +377,7 @@ class Namespace:
             else:
                 # Listings answer for the names they saw, never for absent ones: an object
                 # uploaded a moment ago must be found by the job just handed its URL.
-                store, _ = self.store_for(parts)
+                store, _ = await self.store_for(parts)
                 known = await self._probe(parts)
                 if store.listable:
                     self._list_ahead(parent.path)
@@ -441,7 +451,7 @@ class Namespace:
         HEAD and a one-key listing run together: a key `a` beside keys `a/...` shows as the
         directory (as listings do), and neither answer waits for the other.
         """
-        store, key = self.store_for(parts)
+        store, key = await self.store_for(parts)
         if not store.listable:
             return await self._probe_unlisted(store, key)
         found: dict[str, object] = {}
@@ -517,7 +527,7 @@ class Namespace:
             if self._anchored(parts) or self.may_contact(url.scheme, url.host):
                 return _Known(Kind.VIRTUAL, None, now)
             return _Known(None, None, now)
-        store, _ = self.store_for(parts)
+        store, _ = await self.store_for(parts)
         exists = await self.transfer.metadata(
             store.exists, deadline=store.deadlines.operation, url=store.base_url
         )
@@ -532,7 +542,7 @@ class Namespace:
         if node.info is None or time.monotonic() - node.validated_at < self.options.attr_timeout:
             return
         parts = node.parts
-        store, key = self.store_for(parts)
+        store, key = await self.store_for(parts)
         try:
             info = await self.transfer.metadata(
                 store.head, key, deadline=store.deadlines.operation, url=store.base_url
@@ -578,7 +588,7 @@ class Namespace:
         if listing is None or not self._listing_fresh(listing):
             if node.kind in (Kind.ROOT, Kind.VIRTUAL):
                 listing = await self._list_virtual(node)
-            elif not self.store_for(node.parts)[0].listable:
+            elif not (await self.store_for(node.parts))[0].listable:
                 listing = self._list_looked_up(node.path)
             else:
                 listing = await self._list_prefix(node.parts)
@@ -724,7 +734,7 @@ class Namespace:
             return []
 
     async def _list_prefix(self, parts: tuple[str, ...], max_pages: int | None = None) -> _Listing:
-        store, key = self.store_for(parts)
+        store, key = await self.store_for(parts)
         prefix = key + "/" if key else ""
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()

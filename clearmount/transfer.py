@@ -3,6 +3,9 @@
 Owns: the thread limiters, and the deadlines of whole operations. Every backend call enters a
 worker thread here, under an explicit `CapacityLimiter`: metadata calls (HEAD, LIST) and data
 transfers (ranged GETs) have separate budgets, so a few large downloads can never starve `ls`.
+Local blocking work of the cache (opening, locking and touching cache files, the SQLite
+index, `statvfs`) has a budget of its own (`local`): a slow cache disk never takes a slot
+from the network, nor the network from it.
 Retries and per-request timeouts are the SDKs' own (configured in each adapter from the
 store's `Deadlines`); this module bounds what they cannot:
 
@@ -31,6 +34,10 @@ from clearmount.config import STALL_BYTES
 from clearmount.errors import Unavailable
 
 T = TypeVar("T")
+
+#: Worker threads for local blocking work (`Transfer.local`): cache-disk calls are short, so a
+#: few threads keep up with hundreds of opens, and a stuck disk holds no more than these.
+LOCAL_CONCURRENCY = 8
 
 # Threads given up by their calls that may still be winding down. Against a server that
 # stalls, each keeps its socket until the read timeout; past this many, a new call waits.
@@ -95,6 +102,14 @@ class Transfer:
         #: stop the downloads nobody reads any more
         self.on_reader_waiting: Callable[[], None] = lambda: None
         self.readers_waiting = 0
+        self.local_limiter = trio.CapacityLimiter(LOCAL_CONCURRENCY)
+
+    async def local(self, fn: Callable[..., T], *args: object) -> T:
+        """Run short local blocking work (cache-file opens, locks, the index, `statvfs`) in a
+        worker thread, so a slow disk stalls only its caller, never the loop. Not abandoned
+        on cancellation: the call always completes and returns, so what it opened is its
+        caller's to close."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.local_limiter)
 
     async def metadata(
         self, fn: Callable[..., T], *args: object, deadline: float | None = None, url: str = ""

@@ -29,10 +29,10 @@ import trio
 
 from clearmount import config
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
-from clearmount.cache.evict import CacheLimits
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.limits import CacheLimits
 from clearmount.direct import DirectAccess
 from clearmount.errors import NotFound, Stale
 from clearmount.namespace import Namespace

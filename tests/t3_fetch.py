@@ -20,10 +20,10 @@ import trio
 
 from clearmount import config
 from clearmount.cache.events import FetchEvents
-from clearmount.cache.evict import CacheLimits
 from clearmount.cache.fetch import Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from memstore import GatedStore, HeldTransfer, MemoryStore, make_fetcher

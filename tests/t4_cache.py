@@ -8,9 +8,10 @@ from pathlib import Path
 
 import trio
 
-from clearmount.cache.evict import CacheLimits, evict, reconcile
+from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import Outcome
 from memstore import MemoryStore, make_fetcher
 

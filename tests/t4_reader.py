@@ -5,14 +5,15 @@ and a changed object reported to the opener."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from clearmount.cache.evict import CacheLimits
 from clearmount.cache.fetch import Fetch
+from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome
 from clearmount.errors import Stale
 from memstore import GatedStore, MemoryStore, make_fetcher
@@ -111,3 +112,47 @@ async def test_a_changed_object_fails_the_waiting_reads_and_tells_each_opener(
         first.close()
         second.close()
     assert not fetcher.layout.final_path(URL).exists()
+
+
+async def test_a_cache_file_open_that_blocks_stalls_only_its_own_open(tmp_path: Path) -> None:
+    # A FIFO where the cache file should be: opening it for reading blocks until a writer
+    # comes, as a cache file on a stuck disk would. The loop must go on meanwhile.
+    data = os.urandom(1 << 20)
+    store = MemoryStore({"k": data})
+    fetcher = make_fetcher(tmp_path)
+    final = fetcher.layout.final_path(URL)
+    os.mkfifo(final)
+    loop_went_on = threading.Event()
+    released_late: list[bool] = []
+
+    def release() -> None:
+        # the writer comes once the loop has gone on, or after 5 s (the loop was stuck)
+        released_late.append(not loop_went_on.wait(5))
+        os.close(os.open(final, os.O_WRONLY))
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            fetcher.start(nursery)
+            opened: list[ObjectReader] = []
+            done = trio.Event()
+
+            async def open_it() -> None:
+                opened.append(await fetcher.open(URL, store, store.head("k"), parallel=True))
+                done.set()
+
+            nursery.start_soon(open_it)
+            # every task is blocked: the open waits in a worker thread, not on the loop
+            await trio.testing.wait_all_tasks_blocked()
+            loop_went_on.set()
+            with trio.fail_after(10):
+                await done.wait()
+            # the FIFO held no bytes of this version: a miss, and the object is fetched
+            assert opened[0].outcome is Outcome.FETCHED
+            assert await opened[0].read(0, len(data)) == data
+            opened[0].close()
+    finally:
+        loop_went_on.set()
+        releaser.join()
+    assert released_late == [False]

@@ -21,7 +21,11 @@ _lock = threading.Lock()
 
 
 def open_store(url: StorageURL, config: Config) -> ObjectStore:
-    """The store for the bucket or container of `url` (cached per config and base URL)."""
+    """The store for the bucket or container of `url` (cached per config and base URL).
+
+    Cheap, and called on the trio loop: a store builds its SDK client (credentials lookup,
+    botocore models, google.auth.default()) at its first request, in that request's worker
+    thread."""
     cache_key = (config, url.base_url)
     with _lock:
         store = _stores.get(cache_key)

@@ -150,9 +150,20 @@ class AzureStore(ObjectStore):
         self.deadlines = deadlines
         self.container = url.bucket
         self._max_concurrency = max(1, max_connections)
-        with _border(self.base_url, self.entry):
-            self._service = _client(account_url(url, entry), entry, max_connections, deadlines)
-            self._container: ContainerClient = self._service.get_container_client(url.bucket)
+        # built at the first request, in its worker thread: the store itself is made on the
+        # trio loop, and building a client takes milliseconds
+        self._client_args = (account_url(url, entry), entry, max_connections, deadlines)
+        self._built: ContainerClient | None = None
+
+    @property
+    def _container(self) -> ContainerClient:
+        """The container's client (blocking on first use: call it in a worker thread)."""
+        container = self._built
+        if container is None:
+            with _border(self.base_url, self.entry):
+                service = _client(*self._client_args)
+                container = self._built = service.get_container_client(self.container)
+        return container
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url

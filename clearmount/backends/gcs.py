@@ -190,7 +190,14 @@ class GcsStore(ObjectStore):
         self._timeout = (self.deadlines.connect, self.deadlines.read)
         self._handles: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self._bucket, self.entry = self._serving("")
+        # the client is built at the first request, in its worker thread: the store itself is
+        # made on the trio loop, and google.auth.default() may ask a metadata server
+        self.entry = match_gcs(gcs, StorageURL("gs", "", self._name, "")).source
+
+    @property
+    def _bucket(self) -> Any:
+        """The bucket handle of the bucket's own entry (blocking on first use)."""
+        return self._serving("")[0]
 
     def _serving(self, key: str) -> tuple[Any, str]:
         """The bucket handle (with its client) for `key`, and the entry it was built from."""

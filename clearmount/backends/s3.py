@@ -90,6 +90,8 @@ log = logging.getLogger(__name__)
 # costs milliseconds of botocore model loading.
 _clients: dict[tuple[Any, ...], Any] = {}
 _clients_lock = threading.Lock()
+# An `S3Store` whose client is not built yet.
+_UNBUILT = object()
 
 
 def retry_policy(session: boto3.session.Session) -> dict[str, Any]:
@@ -241,12 +243,34 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.entry = entry.source
         self.deadlines = settings.deadlines
-        with _border(base_url, entry.source):  # a missing AWS profile, a bad region
-            self._client = client_for(entry, settings)
-        # The client's own connection pool (proxies, TLS settings, timeouts), for presigned
-        # GETs; absent in a botocore that no longer has it, and then every GET is the SDK's.
-        endpoint = getattr(self._client, "_endpoint", None)
-        self._http: Any = getattr(endpoint, "http_session", None)
+        # Built at the first request, in its worker thread: the store itself is made on the
+        # trio loop (`Namespace.store_for`), and building a client takes ~10 ms of botocore
+        # model loading, or waits for the warm-up's (see `client_for`).
+        self._credentials = (entry, settings)
+        self._built: Any = None
+        self._pool: Any = _UNBUILT
+
+    @property
+    def _client(self) -> Any:
+        """The boto3 client (blocking on first use: call it in a worker thread)."""
+        client = self._built
+        if client is None:
+            with _border(self.base_url, self.entry):  # a missing AWS profile, a bad region
+                client = self._built = client_for(*self._credentials)
+        return client
+
+    @property
+    def _http(self) -> Any:
+        """The client's own connection pool (proxies, TLS settings, timeouts), for presigned
+        GETs; None in a botocore that no longer has it, and then every GET is the SDK's."""
+        if self._pool is _UNBUILT:
+            endpoint = getattr(self._client, "_endpoint", None)
+            self._pool = getattr(endpoint, "http_session", None)
+        return self._pool
+
+    @_http.setter
+    def _http(self, pool: Any) -> None:
+        self._pool = pool
 
     def _url(self, key: str) -> str:
         return f"{self.base_url}/{key}" if key else self.base_url

@@ -1,13 +1,12 @@
 """Keeping the cache within its limits: usage, least-recently-used eviction, protection.
 
-Owns: `CacheLimits` (a byte limit and a minimum free space on the cache's filesystem), the
-scan that measures what the cache holds, and `evict`, which removes complete files least
-recently used first until the limits hold. Never removes a pinned file, a file in flight
-(partial files are never candidates) or an open one: every open handle holds a shared
-`flock` on its file, and eviction takes the exclusive lock before unlinking, across every
-process sharing the cache. Recency is the file's mtime, which clearmount and the ClearML
-SDK both touch on every hit. Synchronous; the daemon runs it in a worker thread and the
-`clearmount cache` commands call it directly.
+Owns: the scan that measures what the cache holds, and `evict`, which removes complete files
+least recently used first until the limits hold (`cache.limits` says when they do). Never
+removes a pinned file, a file in flight (partial files are never candidates) or an open one:
+every open handle holds a shared `flock` on its file, and eviction takes the exclusive lock
+before unlinking, across every process sharing the cache. Recency is the file's mtime, which
+clearmount and the ClearML SDK both touch on every hit. Synchronous; the daemon runs it in a
+worker thread and the `clearmount cache` commands call it directly.
 """
 
 from __future__ import annotations
@@ -16,23 +15,14 @@ import fcntl
 import logging
 import os
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import PARTIAL_SUFFIX, CacheLayout
+from clearmount.cache.limits import CacheLimits, free_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CacheLimits:
-    max_bytes: int | None = None  # None: no byte limit
-    min_free_bytes: int = 0
-
-    def describe(self) -> str:
-        limit = "no limit" if self.max_bytes is None else f"{self.max_bytes} bytes"
-        return f"max {limit}, keep {self.min_free_bytes} bytes free"
 
 
 @dataclass(frozen=True)
@@ -66,15 +56,7 @@ def scan(layout: CacheLayout) -> Usage:
             continue  # removed meanwhile (the SDK's own clean-up)
         partial = entry.name.endswith(PARTIAL_SUFFIX)
         files.append(CachedFile(entry.name, Path(entry.path), stat.st_size, stat.st_mtime, partial))
-    return Usage(files, sum(f.size for f in files), _free_bytes(layout.root))
-
-
-def _free_bytes(root: Path) -> int:
-    try:
-        vfs = os.statvfs(root)
-    except OSError:
-        return 0
-    return vfs.f_bavail * vfs.f_frsize
+    return Usage(files, sum(f.size for f in files), free_bytes(layout.root) or 0)
 
 
 def remove_unless_open(path: Path) -> bool:
@@ -114,12 +96,11 @@ def evict(
     the limit) with room for `reserve` more bytes (downloads in flight) and the minimum free
     space left on the disk."""
     usage = scan(layout)
-    limit = limits.max_bytes if target_bytes is None else target_bytes
+    goal = limits if target_bytes is None else replace(limits, max_bytes=target_bytes)
     used, free = usage.used_bytes, usage.free_bytes
 
     def over() -> bool:
-        too_big = limit is not None and used + reserve > limit
-        return too_big or free - reserve < limits.min_free_bytes
+        return goal.exceeded(used, free, reserve)
 
     removed: list[CachedFile] = []
     kept: list[str] = []

@@ -10,7 +10,9 @@ it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` tha
 Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
 that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
-order, before the thread's own completion): the thread reads on while readers wake.
+order, before the thread's own completion): the thread reads on while readers wake. The
+local blocking work of an open (opening, locking and touching cache files, the index, the
+free space) runs in worker threads too, through `Transfer.local`.
 
 Bounded time: each part is downloaded in attempts, each one watched (`Progress`): an attempt
 must receive every MiB within the store's stall window, or it is given up. A failed or
@@ -46,9 +48,9 @@ import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.cache.events import FetchEvents, tell
-from clearmount.cache.evict import CacheLimits
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.limits import CacheLimits, free_bytes
 from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
@@ -201,7 +203,7 @@ class Fetch:
                 for _ in range(self.parallel - 1):
                     nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
             if self.error is None:
-                await self._install(index)
+                await self._install(transfer, index)
         except (ClearmountError, OSError) as exc:
             self._fail(exc)
         except Exception as exc:  # a bug must fail this fetch, never the whole mount
@@ -211,7 +213,7 @@ class Fetch:
             if self.error is None and self.has(0, self.info.size):
                 # every byte is on disk: keep the download rather than fetch it again
                 with trio.CancelScope(shield=True), contextlib.suppress(ClearmountError, OSError):
-                    await self._install(index)
+                    await self._install(transfer, index)
             if not self.complete:
                 self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
             raise
@@ -315,13 +317,15 @@ class Fetch:
         os.rename(self.partial, self.final)
         self.sealed = True
 
-    async def _install(self, index: CacheIndex) -> None:
+    async def _install(self, transfer: Transfer, index: CacheIndex) -> None:
         """Seal the file (unless its only part's thread already did) and record it."""
         if not self.sealed:
-            await trio.to_thread.run_sync(self._seal)
+            await transfer.local(self._seal)
         # never fails: a row the index cannot take now is skipped with a warning, and the
         # next open adopts the file by its MD5 or age
-        index.put(self.final.name, self.url, self.info.version, self.info.size)
+        await transfer.local(
+            index.put, self.final.name, self.url, self.info.version, self.info.size
+        )
         self.complete = True
         log.debug("fetched %s (%d bytes)", self.url, self.info.size)
 
@@ -345,8 +349,23 @@ class Fetch:
             pass
 
 
+class _Lookup:
+    """The opens looking for one object version's cache file in a worker thread right now."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: fetches of this version that ended meanwhile
+        self.ends = 0
+
+
 class Fetcher:
-    """Finds a cache file for an object version, or starts (or joins) the fetch filling it."""
+    """Finds a cache file for an object version, or starts (or joins) the fetch filling it.
+
+    Blocking calls (opening, locking and touching cache files, the index, `statvfs`) run in
+    worker threads (`Transfer.local`): each open makes one such hop to find a cache file, and
+    one more to create a partial file or open a fetch's. After each hop the single-flight
+    table is looked at again: a fetch of the version may have started or ended meanwhile.
+    """
 
     def __init__(
         self,
@@ -371,9 +390,10 @@ class Fetcher:
         self.verify = verify
         #: set whenever a fetch starts or ends: the evictor waits on it
         self.changed = trio.Event()
-        #: bytes the cache held at the last eviction pass (for `fits`)
+        #: bytes the cache held at the last eviction pass (for `CacheLimits.fits`)
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
+        self._lookups: dict[tuple[str, str], _Lookup] = {}
         transfer.on_reader_waiting = self._stop_unread
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -416,54 +436,43 @@ class Fetcher:
 
         Does not wait for data: each read waits for its own bytes.
         """
-        fetch = self.in_flight.get((url, info.version))
-        if fetch is not None:
-            return self._join(fetch, on_stale)
+        key = (url, info.version)
         final = self.layout.final_path(url)
-        cached = await self._cached_fd(final, url, info, self.verify and store.md5_versions)
-        if cached is not None:
-            return CachedReader(cached)
-        fetch = self.in_flight.get((url, info.version))  # started while we checked
-        if fetch is not None:
-            return self._join(fetch, on_stale)
-        if not self.fits(info.size):
-            log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
-            return StreamReader(Stream(store, info, self.transfer, url, self.events))
-        return self._start(url, store, info, final, on_stale)
-
-    def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader:
-        # its partial file, or the final one: the thread of a one-part fetch renames it
-        fd = self._open_read(fetch.partial, fetch.final)
-        fetch.readers += 1
-        return FetchReader(fd, fetch, False, self.release, on_stale)
-
-    def fits(self, size: int) -> bool:
-        """Whether an object of `size` bytes can be cached within the limits at all."""
-        limits = self.limits
-        if limits.max_bytes is not None and size > limits.max_bytes:
-            return False
-        if limits.min_free_bytes:
+        verify = self.verify and store.md5_versions
+        while True:
+            fetch = self.in_flight.get(key)
+            if fetch is not None:
+                return await self._join(fetch, on_stale)
+            lookup = self._lookups.setdefault(key, _Lookup())
+            lookup.count += 1
+            ends = lookup.ends
             try:
-                vfs = os.statvfs(self.layout.root)
-            except OSError:
-                return True
-            room = vfs.f_bavail * vfs.f_frsize - limits.min_free_bytes + self.usage_bytes
-            return size <= room - self.reserved_bytes()
-        return True
+                fd, free = await self.transfer.local(self._find_cached, final, url, info, verify)
+            finally:
+                lookup.count -= 1
+                if not lookup.count:
+                    del self._lookups[key]
+            if fd is not None:
+                return CachedReader(fd)
+            if key in self.in_flight or lookup.ends != ends:
+                continue  # a fetch of this version started or ended meanwhile: look again
+            if not self.limits.fits(info.size, free, self.usage_bytes, self.reserved_bytes()):
+                log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
+                return StreamReader(Stream(store, info, self.transfer, url, self.events))
+            reader = await self._start(url, store, info, final, on_stale)
+            if reader is not None:
+                return reader
 
-    def may_exceed_limits(self) -> bool:
-        """A cheap estimate: could the cache (with the fetches in flight) be over a limit?"""
-        reserve = self.reserved_bytes()
-        limits = self.limits
-        if limits.max_bytes is not None and self.usage_bytes + reserve > limits.max_bytes:
-            return True
-        if not limits.min_free_bytes:
-            return False
+    async def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader:
+        # counted before the wait: a fetch nobody reads may be stopped meanwhile
+        fetch.readers += 1
         try:
-            vfs = os.statvfs(self.layout.root)
-        except OSError:
-            return True
-        return vfs.f_bavail * vfs.f_frsize - reserve < limits.min_free_bytes
+            # its partial file, or the final one: the thread of a one-part fetch renames it
+            fd = await self.transfer.local(_open_read, fetch.partial, fetch.final)
+        except BaseException:
+            self.release(fetch)
+            raise
+        return FetchReader(fd, fetch, False, self.release, on_stale)
 
     def reserved_bytes(self) -> int:
         """Bytes still to come for the fetches in flight."""
@@ -473,28 +482,44 @@ class Fetcher:
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
-    async def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
+    def _find_cached(
+        self, final: Path, url: str, info: ObjectInfo, verify: bool
+    ) -> tuple[int | None, int | None]:
+        """A shared-locked read descriptor of the complete cache file of `info`'s version,
+        touched as a hit; else None, and the free space for `CacheLimits.fits` (None when no
+        minimum free space is set). Blocking: runs in a worker thread."""
+        fd = self._cached_fd(final, url, info, verify)
+        if fd is not None:
+            return fd, None
+        return None, free_bytes(self.layout.root) if self.limits.min_free_bytes else None
+
+    def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
         try:
             fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise CacheError(f"cannot open cache file {final}: {exc.strerror}") from None
-        if not _share_lock(fd):
-            os.close(fd)  # being evicted right now: a miss
-            return None
-        size = os.fstat(fd).st_size
-        entry = self.index.get(final.name)
-        if entry is None or not entry.version:
-            # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
-            # the version we see now, if it is that version's bytes.
-            if size != info.size or not await self._is_current(fd, info, verify):
+        try:
+            if not _share_lock(fd):
+                os.close(fd)  # being evicted right now: a miss
+                return None
+            size = os.fstat(fd).st_size
+            entry = self.index.get(final.name)
+            if entry is None or not entry.version:
+                # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
+                # the version we see now, if it is that version's bytes.
+                if size != info.size or not _is_current(fd, info, verify):
+                    os.close(fd)
+                    return None
+                self.index.put(final.name, url, info.version, info.size)
+            elif entry.version != info.version or size != info.size:
                 os.close(fd)
                 return None
-            self.index.put(final.name, url, info.version, info.size)
-        elif entry.version != info.version or size != info.size:
-            os.close(fd)
-            return None
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
         # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
         try:
             os.utime(final)
@@ -502,30 +527,24 @@ class Fetcher:
             pass
         return fd
 
-    async def _is_current(self, fd: int, info: ObjectInfo, verify: bool) -> bool:
-        """Whether a cache file nobody recorded holds `info`'s version: its MD5 when the ETag
-        states one, else it must be younger than the object (the SDK never revalidates, so
-        its copy may predate a replacement of the same size)."""
-        expected = _md5_of(info.version) if verify else None
-        if expected is not None:
-            actual = await trio.to_thread.run_sync(_fd_md5, os.dup(fd))
-            return actual == expected
-        return os.fstat(fd).st_mtime >= info.mtime
-
-    def _start(
+    async def _start(
         self,
         url: str,
         store: ObjectStore,
         info: ObjectInfo,
         final: Path,
         on_stale: Callable[[], None],
-    ) -> FetchReader:
+    ) -> FetchReader | None:
+        """Start a fetch and return its first reader; None if another open started one of
+        this version meanwhile (the caller joins it)."""
         if self._nursery is None:
             raise RuntimeError("Fetcher.start() was not called")
-        try:
-            partial, lock_fd = self.layout.create_partial(final)
-        except OSError as exc:
-            raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        partial, lock_fd, read_fd = await self.transfer.local(self._create_partial, final, url)
+        key = (url, info.version)
+        if key in self.in_flight:
+            # lost the race: ours is not the one fetch of this version
+            await self.transfer.local(_discard, partial, lock_fd, read_fd)
+            return None
         # A server without byte ranges is read by one GET: one part, the whole object.
         fetch = Fetch(
             url,
@@ -538,14 +557,26 @@ class Fetcher:
             self.verify and store.md5_versions,
             self.events,
         )
-        read_fd = self._open_read(partial)
         fetch.readers = 1
-        self.in_flight[(url, info.version)] = fetch
+        self.in_flight[key] = fetch
         self._nursery.start_soon(self._run, fetch, lock_fd)
         # told once the fetch is sure to run, and so to report its end
         tell(self.events.fetch_started, fetch)
         self._changed()
         return FetchReader(read_fd, fetch, True, self.release, on_stale)
+
+    def _create_partial(self, final: Path, url: str) -> tuple[Path, int, int]:
+        """A new locked partial file for `final`, its lock descriptor and a read descriptor
+        (blocking: runs in a worker thread)."""
+        try:
+            partial, lock_fd = self.layout.create_partial(final)
+        except OSError as exc:
+            raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        try:
+            return partial, lock_fd, _open_read(partial)
+        except BaseException:
+            _discard(partial, lock_fd)
+            raise
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
@@ -554,6 +585,10 @@ class Fetcher:
                 self.usage_bytes += fetch.info.size
         finally:
             self._forget(fetch)
+            lookup = self._lookups.get((fetch.url, fetch.info.version))
+            if lookup is not None:
+                lookup.ends += 1
+            # closing a descriptor nobody wrote through: no I/O (see cache.reader)
             os.close(lock_fd)
             self._report_end(fetch)
             self._changed()
@@ -569,26 +604,14 @@ class Fetcher:
             error = fetch.error or Unavailable("fetch ended unfinished", fetch.url)
             tell(events.fetch_failed, fetch, error)
 
-    @staticmethod
-    def _open_read(*paths: Path) -> int:
-        """A shared-locked read descriptor of the first of `paths` that exists."""
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as exc:
-                missing = exc
-                continue
-            except OSError as exc:
-                raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
-            _share_lock(fd)  # partial files are never evicted; this protects the renamed file
-            return fd
-        raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
-
-    def cached_bytes(self, url: str, version: str) -> int:
+    async def cached_bytes(self, url: str, version: str) -> int:
         """How many bytes of this version are on local disk (for `user.clearmount.cached`)."""
         fetch = self.in_flight.get((url, version))
         if fetch is not None:
             return fetch.bytes_done
+        return await self.transfer.local(self._cached_size, url, version)
+
+    def _cached_size(self, url: str, version: str) -> int:
         final = self.layout.final_path(url)
         entry = self.index.get(final.name)
         if entry is None or entry.version != version:
@@ -597,6 +620,39 @@ class Fetcher:
             return final.stat().st_size
         except OSError:
             return 0
+
+
+def _open_read(*paths: Path) -> int:
+    """A shared-locked read descriptor of the first of `paths` that exists (blocking)."""
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            missing = exc
+            continue
+        except OSError as exc:
+            raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
+        _share_lock(fd)  # partial files are never evicted; this protects the renamed file
+        return fd
+    raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
+
+
+def _discard(partial: Path, *fds: int) -> None:
+    """Close a partial file never used, and remove it (blocking)."""
+    for fd in fds:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        partial.unlink()
+
+
+def _is_current(fd: int, info: ObjectInfo, verify: bool) -> bool:
+    """Whether a cache file nobody recorded holds `info`'s version: its MD5 when the ETag
+    states one, else it must be younger than the object (the SDK never revalidates, so its
+    copy may predate a replacement of the same size). Blocking: hashes the whole file."""
+    expected = _md5_of(info.version) if verify else None
+    if expected is not None:
+        return _fd_md5(os.dup(fd)) == expected
+    return os.fstat(fd).st_mtime >= info.mtime
 
 
 def _share_lock(fd: int) -> bool:

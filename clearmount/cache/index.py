@@ -12,6 +12,9 @@ a running daemon (`rm -rf <cache>/clearmount`) is recreated at the next call, an
 `put` the database cannot answer (another process holds the write lock longer than the short
 busy timeout, a full disk, a damaged file) is skipped with a warning, as for a file with no
 row. The other calls raise `sqlite3.Error`: the eviction loop and the commands report it.
+
+Blocking (SQLite, with a busy timeout): the daemon calls it only from worker threads
+(`Transfer.local`), and it serializes the calls of those threads itself.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +32,9 @@ from clearmount.cache.layout import CacheLayout
 
 log = logging.getLogger(__name__)
 
-# How long a statement waits for another process's write lock. The daemon runs its index
-# calls on the trio loop, where every second waited stalls every FUSE request; the `cache`
-# commands may pass a longer one.
+# How long a statement waits for another process's write lock. The daemon makes its index
+# calls in worker threads (`Transfer.local`), so a wait stalls one open, not the loop; short
+# all the same, since an open waits for it. The `cache` commands may pass a longer one.
 DAEMON_BUSY_TIMEOUT = 1.0
 
 
@@ -52,6 +56,9 @@ class CacheIndex:
         self.layout = layout
         self.path = layout.state_dir / "index.sqlite3"
         self._busy_timeout = busy_timeout
+        # Calls come from several worker threads: one at a time, so that a reopen never
+        # closes the connection under another call.
+        self._lock = threading.RLock()
         self._db, self._identity = self._open()
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -127,52 +134,61 @@ class CacheIndex:
         """The row of cache file `name`; None also when the database cannot answer now (the
         caller then treats the file as unrecorded and checks it against the object)."""
         try:
-            row = (
-                self._current()
-                .execute(f"SELECT {_COLUMNS} FROM entries WHERE name = ?", (name,))
-                .fetchone()
-            )
+            with self._lock:
+                row = (
+                    self._current()
+                    .execute(f"SELECT {_COLUMNS} FROM entries WHERE name = ?", (name,))
+                    .fetchone()
+                )
         except sqlite3.DatabaseError as exc:
             log.warning("cache index unavailable, treating %s as unrecorded: %s", name, exc)
             return None
         return _entry(row) if row else None
 
     def all(self) -> list[IndexEntry]:
-        return [_entry(row) for row in self._current().execute(f"SELECT {_COLUMNS} FROM entries")]
+        with self._lock:
+            rows = self._current().execute(f"SELECT {_COLUMNS} FROM entries").fetchall()
+        return [_entry(row) for row in rows]
 
     def put(self, name: str, url: str, version: str, size: int) -> None:
         """Record a complete file; a pin survives re-fetches of the same URL. Skipped with a
         warning when the database cannot take the write now: the file is then adopted at its
         next open by its checksum or age, like a file the SDK downloaded."""
         try:
-            self._current().execute(
-                "INSERT INTO entries (name, url, version, size, fetched_at)"
-                " VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
-                " version = excluded.version, size = excluded.size,"
-                " fetched_at = excluded.fetched_at",
-                (name, url, version, size, time.time()),
-            )
+            with self._lock:
+                self._current().execute(
+                    "INSERT INTO entries (name, url, version, size, fetched_at)"
+                    " VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
+                    " version = excluded.version, size = excluded.size,"
+                    " fetched_at = excluded.fetched_at",
+                    (name, url, version, size, time.time()),
+                )
         except sqlite3.DatabaseError as exc:
             log.warning("cannot record %s in the cache index (skipped): %s", url, exc)
 
     def pin(self, name: str, url: str, pinned: bool = True) -> None:
         """Pin (or unpin) a file; a row is created for a file not fetched yet."""
-        self._current().execute(
-            "INSERT INTO entries (name, url, version, size, fetched_at, pinned)"
-            " VALUES (?, ?, '', -1, 0, ?)"
-            " ON CONFLICT(name) DO UPDATE SET pinned = excluded.pinned",
-            (name, url, int(pinned)),
-        )
+        with self._lock:
+            self._current().execute(
+                "INSERT INTO entries (name, url, version, size, fetched_at, pinned)"
+                " VALUES (?, ?, '', -1, 0, ?)"
+                " ON CONFLICT(name) DO UPDATE SET pinned = excluded.pinned",
+                (name, url, int(pinned)),
+            )
 
     def pinned_names(self) -> set[str]:
-        return {row[0] for row in self._current().execute("SELECT name FROM entries WHERE pinned")}
+        with self._lock:
+            rows = self._current().execute("SELECT name FROM entries WHERE pinned").fetchall()
+        return {row[0] for row in rows}
 
     def remove(self, name: str) -> None:
-        self._current().execute("DELETE FROM entries WHERE name = ?", (name,))
+        with self._lock:
+            self._current().execute("DELETE FROM entries WHERE name = ?", (name,))
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 def _entry(row: tuple[Any, ...]) -> IndexEntry:

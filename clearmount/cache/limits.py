@@ -1,0 +1,105 @@
+"""The cache's limits, and every decision made against them.
+
+Owns: `CacheLimits` (a byte limit and a minimum free space on the cache's filesystem), how
+they are resolved (command-line sizes over clearml.conf over the defaults: `resolve`), and
+the policy the rest of the cache applies:
+- `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
+- `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
+  flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
+- `EVICTION_INTERVAL` / `RESCAN_INTERVAL` and `eviction_due`: when the daemon's eviction
+  loop checks and scans.
+The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
+off the trio loop: `free_bytes` is a `statvfs`, which a busy or network disk can hold for
+milliseconds. Nothing here blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clearmount.config import Config, parse_size
+from clearmount.errors import UserError
+
+#: Seconds between checks of the cache limits when no fetch starts or ends.
+EVICTION_INTERVAL = 5.0
+#: Seconds between full scans of the cache while the estimate says all is well (the ClearML
+#: SDK adds files behind the daemon's back).
+RESCAN_INTERVAL = 30.0
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    max_bytes: int | None = None  # None: no byte limit
+    min_free_bytes: int = 0
+
+    def describe(self) -> str:
+        limit = "no limit" if self.max_bytes is None else f"{self.max_bytes} bytes"
+        return f"max {limit}, keep {self.min_free_bytes} bytes free"
+
+    def fits(self, size: int, free: int | None, used: int, reserved: int) -> bool:
+        """Whether an object of `size` bytes can be cached within the limits at all: evicting
+        every file (`used` bytes) would make room for it next to the `reserved` bytes still to
+        come for the downloads in flight. `free` is the filesystem's free space (None: it
+        could not be measured, and then only the byte limit counts)."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            return False
+        if not self.min_free_bytes or free is None:
+            return True
+        return size <= free - self.min_free_bytes + used - reserved
+
+    def exceeded(self, used: int, free: int | None, reserved: int) -> bool:
+        """Whether `used` bytes in the cache, plus `reserved` still to come, break a limit
+        (`free` None: the free space could not be measured, which counts as over)."""
+        if self.max_bytes is not None and used + reserved > self.max_bytes:
+            return True
+        if not self.min_free_bytes:
+            return False
+        return free is None or free - reserved < self.min_free_bytes
+
+
+def eviction_due(
+    limits: CacheLimits,
+    since_scan: float,
+    used: int,
+    free: int | None,
+    reserved: int,
+) -> bool:
+    """Whether the eviction loop should scan (and evict) now: the running estimate (`used` at
+    the last scan, `reserved` for the downloads in flight) may be over a limit, or the last
+    scan is `RESCAN_INTERVAL` old."""
+    return since_scan >= RESCAN_INTERVAL or limits.exceeded(used, free, reserved)
+
+
+def free_bytes(root: Path) -> int | None:
+    """Free space on `root`'s filesystem for unprivileged users (blocking: a `statvfs`); None
+    if it cannot be measured."""
+    try:
+        vfs = os.statvfs(root)
+    except OSError:
+        return None
+    return vfs.f_bavail * vfs.f_frsize
+
+
+def resolve(
+    config: Config,
+    root: Path,
+    max_size: str | None = None,
+    min_free: str | None = None,
+) -> CacheLimits:
+    """The cache limits: command-line sizes over clearml.conf over the defaults (the minimum
+    free space defaults to 5 % of the cache's filesystem, as mountpoint-s3 keeps)."""
+    max_bytes = config.cache.max_used_bytes
+    keep_free = config.cache.min_free_bytes
+    try:
+        if max_size is not None:
+            max_bytes = parse_size(max_size)
+        if min_free is not None:
+            keep_free = parse_size(min_free)
+    except ValueError as exc:
+        raise UserError(f"bad size: {exc}", 2) from None
+    if keep_free is None:
+        vfs = os.statvfs(root)
+        keep_free = vfs.f_blocks * vfs.f_frsize // 20
+    return CacheLimits(max_bytes, keep_free)
