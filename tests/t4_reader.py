@@ -139,7 +139,7 @@ async def test_a_cache_file_open_that_blocks_stalls_only_its_own_open(tmp_path: 
             done = trio.Event()
 
             async def open_it() -> None:
-                opened.append(await fetcher.open(URL, store, store.head("k"), parallel=True))
+                opened.append(await fetcher.open(URL, store, store.head("k")))
                 done.set()
 
             nursery.start_soon(open_it)
