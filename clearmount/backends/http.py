@@ -90,8 +90,23 @@ def _border(url: str, entry: str) -> contextlib.AbstractContextManager[None]:
     return sdk_border(translate, url, entry)
 
 
-def _sleep_before_retry(attempt: int) -> None:
-    time.sleep(random.uniform(0, min(_BACKOFF_MAX, 0.25 * 2**attempt)))
+class _Retries:
+    """One request's retry budget: `max_retries` more attempts, within `_RETRY_WINDOW`
+    seconds of the first failure, with jittered exponential backoff between them."""
+
+    def __init__(self, max_retries: int) -> None:
+        self._max_retries = max_retries
+        self._attempt = 0
+        self._first_failure: float | None = None
+
+    def after_failure(self, error: StoreError) -> None:
+        """Wait before the next attempt; raise `error` once the budget is spent."""
+        self._attempt += 1
+        now = time.monotonic()
+        self._first_failure = self._first_failure or now
+        if self._attempt > self._max_retries or now - self._first_failure > _RETRY_WINDOW:
+            raise error
+        time.sleep(random.uniform(0, min(_BACKOFF_MAX, 0.25 * 2**self._attempt)))
 
 
 def _token_expiry(token: str) -> float | None:
@@ -139,8 +154,7 @@ class _Tokens:
         url = f"{self._settings.api_server}/auth.login"
         pair = f"{self._settings.access_key}:{self._settings.secret_key}".encode()
         headers = {"Authorization": "Basic " + base64.b64encode(pair).decode()}
-        first_failure: float | None = None
-        attempt = 0
+        retries = _Retries(self._settings.max_retries)
         while True:
             try:
                 with _border(url, "api.credentials"):
@@ -174,14 +188,7 @@ class _Tokens:
                 error = Unavailable(f"auth.login answered {reply.status}", url, "api.credentials")
                 if reply.status not in _RETRY_STATUSES:
                     raise error
-            attempt += 1
-            first_failure = first_failure or time.monotonic()
-            if (
-                attempt > self._settings.max_retries
-                or time.monotonic() - first_failure > _RETRY_WINDOW
-            ):
-                raise error
-            _sleep_before_retry(attempt)
+            retries.after_failure(error)
 
 
 def _tokens_for(settings: HttpSettings) -> _Tokens | None:
@@ -237,8 +244,7 @@ class HttpStore(ObjectStore):
         tokens = _tokens_for(self._settings) if self._settings.auth_for(url) else None
         entry = "api.credentials" if tokens is not None else self.entry
         refreshed = False
-        first_failure: float | None = None
-        attempt = 0
+        retries = _Retries(self._settings.max_retries)
         while True:
             sent = dict(headers, **{"Accept-Encoding": "identity"})
             token = tokens.current() if tokens is not None else None
@@ -268,15 +274,8 @@ class HttpStore(ObjectStore):
                     return reply
                 _discard(reply)
                 error = Unavailable(f"server error {reply.status}", url, entry)
-            attempt += 1
-            first_failure = first_failure or time.monotonic()
-            if (
-                attempt > self._settings.max_retries
-                or time.monotonic() - first_failure > _RETRY_WINDOW
-            ):
-                raise error
-            log.debug("%s %s: %s; retrying", method, url, error)
-            _sleep_before_retry(attempt)
+            log.debug("%s %s: %s", method, url, error)
+            retries.after_failure(error)
 
     def _failure(self, reply: urllib3.BaseHTTPResponse, key: str) -> StoreError:
         """The `StoreError` for an answer that is not the one asked for."""
