@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import trio
 
@@ -52,6 +53,8 @@ _LIST_AHEAD_PAGES = 10
 _ENTRY_SWEEP_AT = 200_000
 # Unlisted endpoints refused with a WARNING line each; later ones are logged at DEBUG only.
 _REFUSED_LOGGED = 100
+
+T = TypeVar("T")
 
 
 class Kind(enum.Enum):
@@ -377,8 +380,8 @@ class Namespace:
             else:
                 # Listings answer for the names they saw, never for absent ones: an object
                 # uploaded a moment ago must be found by the job just handed its URL.
-                store, _ = await self.store_for(parts)
-                known = await self._probe(parts)
+                store, key = await self.store_for(parts)
+                known = await self._probe(store, key)
                 if store.listable:
                     self._list_ahead(parent.path)
                 else:
@@ -445,13 +448,19 @@ class Namespace:
             return _Known(None, None, now)
         return _Known(Kind.SYMLINK, None, now, target.path)
 
-    async def _probe(self, parts: tuple[str, ...]) -> _Known:
-        """Ask the server whether `parts` is a file, a directory, or nothing.
+    async def _ask(self, store: ObjectStore, call: Callable[..., T], *args: object) -> T:
+        """A metadata request to `store` (`call` is one of its methods), given up after the
+        store's deadline, retries included."""
+        return await self.transfer.metadata(
+            call, *args, deadline=store.deadlines.operation, url=store.base_url
+        )
+
+    async def _probe(self, store: ObjectStore, key: str) -> _Known:
+        """Ask the server whether `key` is a file, a directory, or nothing.
 
         HEAD and a one-key listing run together: a key `a` beside keys `a/...` shows as the
         directory (as listings do), and neither answer waits for the other.
         """
-        store, key = await self.store_for(parts)
         if not store.listable:
             return await self._probe_unlisted(store, key)
         found: dict[str, object] = {}
@@ -459,9 +468,7 @@ class Namespace:
 
         async def head() -> None:
             try:
-                found["file"] = await self.transfer.metadata(
-                    store.head, key, deadline=store.deadlines.operation, url=store.base_url
-                )
+                found["file"] = await self._ask(store, store.head, key)
             except NotFound:
                 pass
             except StoreError as exc:
@@ -469,14 +476,7 @@ class Namespace:
 
         async def children() -> None:
             try:
-                page = await self.transfer.metadata(
-                    store.list_page,
-                    key + "/",
-                    None,
-                    1,
-                    deadline=store.deadlines.operation,
-                    url=store.base_url,
-                )
+                page = await self._ask(store, store.list_page, key + "/", None, 1)
             except StoreError as exc:
                 failures["list"] = exc
             else:
@@ -503,7 +503,7 @@ class Namespace:
         an object there (HEAD), otherwise a directory; the walk to a deep file passes
         through names the server does not have."""
         try:
-            info = await self.transfer.metadata(store.head, key)
+            info = await self._ask(store, store.head, key)
         except NotFound:
             return _Known(Kind.DIR, None, time.monotonic())
         return _Known(Kind.FILE, info, time.monotonic())
@@ -528,9 +528,7 @@ class Namespace:
                 return _Known(Kind.VIRTUAL, None, now)
             return _Known(None, None, now)
         store, _ = await self.store_for(parts)
-        exists = await self.transfer.metadata(
-            store.exists, deadline=store.deadlines.operation, url=store.base_url
-        )
+        exists = await self._ask(store, store.exists)
         return _Known(Kind.DIR if exists else None, None, now)
 
     async def revalidate(self, node: Node) -> None:
@@ -544,9 +542,7 @@ class Namespace:
         parts = node.parts
         store, key = await self.store_for(parts)
         try:
-            info = await self.transfer.metadata(
-                store.head, key, deadline=store.deadlines.operation, url=store.base_url
-            )
+            info = await self._ask(store, store.head, key)
         except NotFound:
             self._remember(node.path, _Known(None, None, time.monotonic()))
             raise
@@ -748,13 +744,7 @@ class Namespace:
             if max_pages is not None and pages == max_pages:
                 break
             pages += 1
-            page = await self.transfer.metadata(
-                store.list_page,
-                prefix,
-                token,
-                deadline=store.deadlines.operation,
-                url=store.base_url,
-            )
+            page = await self._ask(store, store.list_page, prefix, token)
             for info in page.objects:
                 name = info.key[len(prefix) :]
                 if name == "":
