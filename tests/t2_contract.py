@@ -38,7 +38,7 @@ from devkit.fake_gcs import FakeGcsServer
 from devkit.mounts import hermetic_env
 from devkit.processes import free_port, unique_name
 from devkit.s3 import S3Server
-from proxy import Proxy
+from devkit.proxy import Proxy
 
 MIB = 1 << 20
 BIG = random.Random(20260101).randbytes(3 * MIB + 4567)

@@ -23,7 +23,7 @@ from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env, mount_points
 from devkit.processes import poll_until, unique_name
 from devkit.s3 import S3Server
-from proxy import Proxy
+from devkit.proxy import Proxy
 
 MIB = 1 << 20
 

@@ -19,7 +19,7 @@ from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env
 from devkit.s3 import S3Server
-from proxy import Proxy
+from devkit.proxy import Proxy
 
 MIB = 1 << 20
 

@@ -41,7 +41,7 @@ from devkit.fake_gcs import FakeGcsServer
 from devkit.mounts import hermetic_env
 from devkit.processes import poll_until, unique_name
 from devkit.s3 import S3Server
-from proxy import Proxy, Seen
+from devkit.proxy import Proxy, Seen
 from support import Mount, SecretGuard
 
 MIB = 1 << 20

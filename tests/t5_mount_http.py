@@ -22,7 +22,7 @@ from conftest import MountFactory
 from devkit.fileserver import ClearmlAuthStandIn, NginxServer
 from devkit.mounts import hermetic_env
 from devkit.processes import poll_until, unique_name
-from proxy import Proxy
+from devkit.proxy import Proxy
 from support import SecretGuard
 
 MiB = 1 << 20

@@ -27,7 +27,7 @@ from clearmount.errors import UserError
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.s3 import S3Server
-from proxy import Proxy
+from devkit.proxy import Proxy
 from support import Mount
 
 OPTION = "allow_unlisted_endpoints"

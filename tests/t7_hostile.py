@@ -47,7 +47,7 @@ from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.processes import poll_until, unique_name
 from devkit.s3 import Identity, S3Server
-from proxy import Proxy
+from devkit.proxy import Proxy
 from support import Mount, SecretGuard
 
 MIB = 1 << 20

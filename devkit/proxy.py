@@ -1,4 +1,4 @@
-"""A counting, fault-injecting HTTP/1.1 reverse proxy for tests (stdlib only).
+"""A counting, fault-injecting HTTP/1.1 reverse proxy for tests and scripts (stdlib only).
 
 The daemon under test talks to the proxy; the proxy talks to a real server (SeaweedFS,
 Azurite, fake-gcs-server). The proxy
