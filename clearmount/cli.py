@@ -19,7 +19,7 @@ from pathlib import Path
 from clearmount import __version__, urls
 from clearmount import config as config_module
 from clearmount.cache import limits as cache_limits
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import make_layout
 from clearmount.direct import DirectAccess
 from clearmount.errors import ConfigError, UserError
 from clearmount.mounts import clearmount_mounts, mount_containing
@@ -167,7 +167,7 @@ def _mount(argv: Sequence[str]) -> int:
             searched,
         )
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
-    cache = CacheLayout(cache_root)
+    cache = make_layout(cache_root, config.cache.disk_strategy)
     cache.prepare()
     limits = cache_limits.resolve(config, cache.root, args.cache_max_size, args.cache_min_free)
     mountpoint = args.mountpoint.expanduser().absolute()

@@ -365,7 +365,8 @@ def render_status(status: dict[str, Any]) -> str:
             use += f" (+{cache['partial_files']} partial, {format_bytes(cache['partial_bytes'])})"
     else:
         use = "not measured yet"
-    lines.append(f"cache:    {status['cache_dir']}")
+    layout = status.get("cache_layout", "storage_manager")
+    lines.append(f"cache:    {status['cache_dir']} (layout: {layout})")
     lines.append(
         f"          {use}; {limit}; {format_bytes(cache['free_bytes'])} free on disk "
         f"(keeping {format_bytes(cache.get('min_free_bytes') or 0)})"

@@ -437,6 +437,12 @@ async def reload(service: _Service) -> None:
             new.cache.base_dir,
             request.cache.root,
         )
+    if new.cache.layout_name != request.cache.kind:
+        log.warning(
+            "the cache layout changed to %s: it takes effect at the next start (still using %s)",
+            new.cache.layout_name,
+            request.cache.kind,
+        )
     direct = DirectAccess(new.direct_access, new.path_substitution, request.mountpoint)
     # Stores are cached per Config object (backends.open_store), so the new credentials
     # serve every request from now on; open files keep the store they opened with.

@@ -319,6 +319,7 @@ class Monitor(FetchEvents):
             "uptime": round(time.monotonic() - self._started, 3),
             "config_files": [str(path) for path in config.files],
             "cache_dir": str(self.fetcher.layout.root),
+            "cache_layout": self.fetcher.layout.kind,
             "options": dataclasses.asdict(self.options),
             "fetches": self.fetches(),
             "cache": {

@@ -50,7 +50,7 @@ import trio
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import CacheLayout, LayoutConflict
 from clearmount.cache.limits import CacheLimits, free_bytes
 from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
 from clearmount.cache.stream import Stream
@@ -102,8 +102,11 @@ class Fetch:
         parallel: int,
         verify: bool = True,
         events: FetchEvents | None = None,
+        name: str | None = None,
     ) -> None:
         self.url = url
+        #: the index name of the final file (`CacheLayout.name_of`)
+        self.name = final.name if name is None else name
         self.verify = verify
         self.events = events or FetchEvents()
         self.store = store
@@ -323,7 +326,7 @@ class Fetch:
         self.sealed = True
         # never fails: a row the index cannot take now is skipped with a warning, and the
         # next open adopts the file by its MD5 or age
-        self._index.put(self.final.name, self.url, self.info.version, self.info.size)
+        self._index.put(self.name, self.url, self.info.version, self.info.size)
 
     async def _install(self, transfer: Transfer) -> None:
         """Seal and record the file, unless its only part's thread already did."""
@@ -523,7 +526,11 @@ class Fetcher:
         free = free_bytes(self.layout.root) if self.limits.min_free_bytes else None
         if not self.limits.fits(info.size, free, used, reserved):
             return None
-        return self._create_partial(final, url)
+        try:
+            return self._create_partial(final, url)
+        except LayoutConflict as exc:
+            log.info("streaming %s: the cache layout cannot hold it (%s)", url, exc)
+            return None
 
     def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
         try:
@@ -537,14 +544,15 @@ class Fetcher:
                 os.close(fd)  # being evicted right now: a miss
                 return None
             size = os.fstat(fd).st_size
-            entry = self.index.get(final.name)
+            name = self.layout.name_of(final)
+            entry = self.index.get(name)
             if entry is None or not entry.version:
                 # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
                 # the version we see now, if it is that version's bytes.
                 if size != info.size or not _is_current(fd, info, verify):
                     os.close(fd)
                     return None
-                self.index.put(final.name, url, info.version, info.size)
+                self.index.put(name, url, info.version, info.size)
             elif entry.version != info.version or size != info.size:
                 os.close(fd)
                 return None
@@ -552,11 +560,7 @@ class Fetcher:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
-        try:
-            os.utime(final)
-        except OSError:
-            pass
+        self.layout.touch(final)  # a hit, as the SDK marks one (the layout's recency)
         return fd
 
     def _start(
@@ -584,6 +588,7 @@ class Fetcher:
             self.parallel if info.ranged else 1,
             self.verify and store.md5_versions,
             self.events,
+            self.layout.name_of(final),
         )
         fetch.readers = 1
         self.in_flight[key] = fetch
@@ -597,6 +602,8 @@ class Fetcher:
         """A new locked partial file for `final` (blocking: runs in a worker thread)."""
         try:
             path, lock_fd = self.layout.create_partial(final)
+        except LayoutConflict:
+            raise
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
         try:
@@ -640,7 +647,7 @@ class Fetcher:
 
     def _cached_size(self, url: str, version: str) -> int:
         final = self.layout.final_path(url)
-        entry = self.index.get(final.name)
+        entry = self.index.get(self.layout.name_of(final))
         if entry is None or entry.version != version:
             return 0
         try:
