@@ -380,6 +380,14 @@ def render_status(status: dict[str, Any]) -> str:
             f"{format_bytes(fetch['bytes_done'])} / {format_bytes(fetch['size'])}  "
             f"{format_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
         )
+    shared = status.get("shared")
+    if shared:
+        lines.append(
+            f"L2:       {shared['dir']} (node {shared['node']}): {shared['l1_hits']} L1 hits, "
+            f"{shared['hits']} L2 hits, {shared['publications']} published, "
+            f"{shared['lease_waits']} lease waits, {shared['takeovers']} takeovers, "
+            f"{format_bytes(max(shared['bytes_saved'], 0))} saved, {shared['faults']} faults"
+        )
     counters = status["counters"]
     opens = ", ".join(f"{n} {kind}" for kind, n in sorted(counters["opens"].items())) or "none"
     lines.append(

@@ -40,6 +40,7 @@ _XATTR_ETAG = b"user.clearmount.etag"
 _XATTR_CACHED = b"user.clearmount.cached"
 _XATTR_CACHE_DIR = b"user.clearmount.cache_dir"
 _XATTR_CACHE_LAYOUT = b"user.clearmount.cache_layout"
+_XATTR_SOURCE = b"user.clearmount.source"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 
 
@@ -286,6 +287,9 @@ class Operations(pyfuse3.Operations):
             values[_XATTR_ETAG] = node.info.version.encode()
             cached = await self.fetcher.cached_bytes(url, node.info.version)
             values[_XATTR_CACHED] = str(cached).encode()
+            source = self.fetcher.sources.get(url)
+            if source is not None:  # where the last fetch of this file found its bytes
+                values[_XATTR_SOURCE] = source.encode()
         return values
 
     @_errors

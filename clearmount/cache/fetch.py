@@ -53,6 +53,7 @@ from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, LayoutConflict
 from clearmount.cache.limits import CacheLimits, free_bytes
 from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
+from clearmount.cache.shared import SharedCache
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from clearmount.transfer import Progress, Transfer
@@ -397,8 +398,13 @@ class Fetcher:
         limits: CacheLimits,
         verify: bool = True,
         events: FetchEvents | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self.layout = layout
+        #: the shared L2 cache between this cache and the bucket (cache.shared), or None
+        self.shared = shared
+        #: where the last fetch of each URL found its bytes: "l1", "l2" or "bucket"
+        self.sources: dict[str, str] = {}
         self.index = index
         self.transfer = transfer
         self.part_size = part_size
@@ -484,6 +490,7 @@ class Fetcher:
                 if not lookup.count:
                     del self._lookups[key]
             if isinstance(found, int):
+                self.sources[url] = "l1"
                 return CachedReader(found)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
@@ -614,6 +621,12 @@ class Fetcher:
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
+            source = "bucket"
+            if self.shared is not None:
+                # the L2's file, else the bucket (under this node's lease, or after waiting
+                # for another node's fetch)
+                source = await self.shared.prepare(fetch)
+            self.sources[fetch.url] = source
             await fetch.run(self.transfer, self.index)
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
@@ -626,6 +639,8 @@ class Fetcher:
             os.close(lock_fd)
             self._report_end(fetch)
             self._changed()
+            if self.shared is not None and self._nursery is not None:
+                self._nursery.start_soon(self.shared.finish, fetch)
 
     def _report_end(self, fetch: Fetch) -> None:
         """Tell the observer how `fetch` ended (its one end event)."""
