@@ -216,3 +216,60 @@ def test_lease_holder_killed_mid_fetch_is_taken_over(
     took = time.monotonic() - started
     print(f"takeover and read in {took:.1f}s (lease 3s)")
     assert "took over the shared cache fetch" in waiter.log_text()
+
+
+@pytest.mark.parametrize("fault", ["removed", "read-only", "full"])
+def test_a_sick_l2_falls_back_to_the_bucket(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path, fault: str
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(3 * MIB)
+    s3_server.put(bucket, "obj.bin", data)
+    l2 = tmp_path / "l2"
+    l2.mkdir()
+    if fault != "removed":
+        # a read-only filesystem (root ignores permission bits), or a tiny one: the
+        # publication runs out of space
+        flags = "ro" if fault == "read-only" else "size=64k"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", flags, "tmpfs", str(l2)], check=True)
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
+    try:
+        mount = node(mounted, conf, tmp_path, "n")
+        if fault == "removed":
+            l2.rmdir()
+            (tmp_path / "l2").write_text("not a directory")  # cannot even be recreated
+        started = time.monotonic()
+        assert mount.path_of(url).read_bytes() == data
+        assert time.monotonic() - started < 30
+        poll_until(lambda: "unusable" in mount.log_text(), 10, "the warning")
+        assert mount.log_text().count("unusable") == 1
+    finally:
+        if fault != "removed":
+            subprocess.run(["umount", "-l", str(l2)], check=False)
+
+
+def test_a_hung_l2_never_hangs_a_read(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(2 * MIB)
+    s3_server.put(bucket, "obj.bin", data)
+    # the L2 is a FUSE mount (another clearmount) whose daemon is frozen: every stat, open
+    # or read on it hangs, as on a dead NFS server
+    frozen = mounted(s3_conf(s3_proxy, s3_server.admin), cache_dir=tmp_path / "frozen-cache")
+    l2 = frozen.path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
+    mount = node(mounted, conf, tmp_path, "n", "l2_timeout=1")
+    assert frozen.proc is not None
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert mount.path_of(url).read_bytes() == data
+        took = time.monotonic() - started
+        print(f"read with a hung L2 in {took:.1f}s (l2_timeout=1)")
+        assert took < 20
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    assert "unusable" in mount.log_text()
