@@ -35,7 +35,7 @@ from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, DiskSpaceLayout
-from clearmount.cache.shared import SharedCache
+from clearmount.cache.shared import L2Limits, SharedCache
 from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
@@ -153,8 +153,15 @@ def _shared_cache(
     secondary = config.cache.secondary
     if secondary is None or not isinstance(cache, DiskSpaceLayout):
         return None
+    limits = L2Limits(
+        secondary.max_used_bytes, secondary.min_free_bytes or 0, secondary.cleanup_margin
+    )
     shared = SharedCache(
-        secondary.base_dir, transfer, takeover=options.l2_takeover, timeout=options.l2_timeout
+        secondary.base_dir,
+        transfer,
+        takeover=options.l2_takeover,
+        timeout=options.l2_timeout,
+        limits=limits,
     )
     log.info("shared L2 cache %s, node %s", shared.describe(), shared.node)
     return shared
@@ -269,6 +276,7 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         service.fetcher.start(fetches)
         if service.fetcher.shared is not None:
             service.fetcher.shared.start(fetches)
+            nursery.start_soon(service.fetcher.shared.keep_within_limits)
         service.namespace.start(nursery)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)

@@ -273,3 +273,36 @@ def test_a_hung_l2_never_hangs_a_read(
     finally:
         os.kill(frozen.proc.pid, signal.SIGCONT)
     assert "unusable" in mount.log_text()
+
+
+def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) -> None:
+    from clearmount.cache.shared import L2Limits, SharedCache
+    from clearmount.transfer import Transfer
+
+    l2 = tmp_path / "l2"
+    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=60)
+    shared = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
+    other = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
+    folder = l2 / "storage/s3/bucket"
+    folder.mkdir(parents=True)
+    old = time.time() - 3600
+    paths = []
+    for i in range(10):
+        path = folder / f"f{i}.bin"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (old + i, old))  # atime orders, oldest first
+        paths.append(path)
+    fresh = folder / "fresh.bin"
+    fresh.write_bytes(b"y" * 1000)  # just published
+    # f0 is being fetched again under a live lease of another node
+    leased = other._acquire(other.leases_dir / hashlib.md5(b"s3/bucket/f0.bin").hexdigest())
+    assert leased is not None
+    # another node holds the evictor lease: this one does nothing
+    evictor = other._acquire(other.evictor_dir)
+    assert shared.evict_once() == 0
+    other._release(evictor)  # type: ignore[arg-type]
+    # 11 000 bytes over 5 000: down to 5 000 * 0.8 = 4 000, least recently used first
+    assert shared.evict_once() == 7
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["f0.bin", "f8.bin", "f9.bin", "fresh.bin"]
+    assert not list((l2 / "clearmount/evictor").glob("*"))

@@ -61,6 +61,9 @@ from clearmount.transfer import Progress, Transfer
 log = logging.getLogger(__name__)
 
 
+#: URLs whose last fetch's source (`Fetcher.sources`) is remembered.
+_SOURCES_KEPT = 100_000
+
 #: Attempts of one part in a row that bring no whole MiB, before its readers get EIO.
 _TRIES = 8
 
@@ -490,7 +493,7 @@ class Fetcher:
                 if not lookup.count:
                     del self._lookups[key]
             if isinstance(found, int):
-                self.sources[url] = "l1"
+                self._note_source(url, "l1")
                 return CachedReader(found)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
@@ -511,6 +514,12 @@ class Fetcher:
             self.release(fetch)
             raise
         return FetchReader(fd, fetch, False, self.release, on_stale)
+
+    def _note_source(self, url: str, source: str) -> None:
+        self.sources.pop(url, None)
+        self.sources[url] = source
+        if len(self.sources) > _SOURCES_KEPT:
+            del self.sources[next(iter(self.sources))]  # the oldest
 
     def reserved_bytes(self) -> int:
         """Bytes still to come for the fetches in flight."""
@@ -626,7 +635,7 @@ class Fetcher:
                 # the L2's file, else the bucket (under this node's lease, or after waiting
                 # for another node's fetch)
                 source = await self.shared.prepare(fetch)
-            self.sources[fetch.url] = source
+            self._note_source(fetch.url, source)
             await fetch.run(self.transfer, self.index)
             if fetch.complete:
                 self.usage_bytes += fetch.info.size

@@ -62,10 +62,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Seconds between a waiting node's looks at the L2 (publication, lease expiry).
-POLL_SECONDS = 0.2
+#: Seconds between a waiting node's looks at the L2 (publication, lease expiry): the first
+#: wait, growing by half at each look up to the last (file operations on the shared
+#: filesystem stay about one per second per waiting fetch).
+POLL_SECONDS = 0.1
+POLL_MAX_SECONDS = 2.0
 #: At most one WARNING about a sick L2 per this many seconds.
 WARN_EVERY = 60.0
+#: Seconds between the L2 evictor's rounds (each node tries; one holds the evictor lease).
+EVICT_EVERY = 60.0
 #: Bytes per L2 read.
 _CHUNK = 1 << 20
 
@@ -81,6 +86,17 @@ class SharedStats:
     takeovers: int = 0  # expired leases taken over
     bytes_saved: int = 0  # bucket bytes not downloaded thanks to the L2
     faults: int = 0  # L2 operations that failed or timed out (bucket used instead)
+
+
+@dataclass(frozen=True)
+class L2Limits:
+    """secondary.size: kept by one evictor at a time across the fleet."""
+
+    max_bytes: int | None = None
+    min_free_bytes: int = 0
+    margin: float = 0.05
+    #: a file published or used this recently is never evicted
+    recent_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,11 @@ class SharedCache:
         takeover: float = 30.0,
         timeout: float = 5.0,
         node: str | None = None,
+        limits: L2Limits | None = None,
     ) -> None:
         self.root = root
+        self.limits = limits or L2Limits()
+        self.evictor_dir = root / "clearmount" / "evictor"
         self.data_dir = root / "storage"
         self.leases_dir = root / "clearmount" / "leases"
         self.versions_dir = root / "clearmount" / "versions"
@@ -175,9 +194,18 @@ class SharedCache:
         another node's fetch of the same object."""
         rel = disk_space_relpath(fetch.url)
         waited = False
+        delay = POLL_SECONDS
         while fetch.error is None:
             try:
-                found = await self._io(self._look, rel, fetch.url, fetch.info, fetch.verify)
+                # adopting a file without a version record may hash it: 1 s more per 50 MB
+                found = await self._io(
+                    self._look,
+                    rel,
+                    fetch.url,
+                    fetch.info,
+                    fetch.verify,
+                    deadline=self.timeout + fetch.info.size / 50e6,
+                )
             except (OSError, ClearmountError) as exc:
                 self.fault("lookup", exc)
                 return "bucket"
@@ -197,7 +225,8 @@ class SharedCache:
                 waited = True
                 self.stats.lease_waits += 1
                 log.debug("waiting for %s, fetched by %s", fetch.url, found)
-            await trio.sleep(POLL_SECONDS)
+            await trio.sleep(delay)
+            delay = min(delay * 1.5, POLL_MAX_SECONDS)
         return "bucket"
 
     async def finish(self, fetch: Fetch) -> None:
@@ -242,7 +271,88 @@ class SharedCache:
                 log.info("lost the shared cache lease of %s to another node", fetch.url)
                 return
 
+    async def keep_within_limits(self, interval: float = EVICT_EVERY) -> None:
+        """Every `interval` seconds, evict the L2 down to its limits if this node gets the
+        evictor lease (one evictor at a time over the fleet)."""
+        if self.limits.max_bytes is None and not self.limits.min_free_bytes:
+            return
+        while True:
+            await trio.sleep(interval)
+            try:
+                removed = await self._io(self.evict_once, deadline=self.timeout + 60)
+            except (OSError, ClearmountError) as exc:
+                self.fault("eviction", exc)
+                continue
+            if removed:
+                log.info("evicted %d file(s) from the shared cache", removed)
+
     # ----- blocking operations (worker threads, with deadlines) ------------------------------
+
+    def evict_once(self) -> int:
+        """Under the evictor lease: remove least recently used L2 files (by atime, as the
+        SDK) until `limits` hold less the margin; never a file under a live fetch lease, one
+        published or used in the last `recent_seconds`, or a partial file younger than four
+        takeover times. Returns how many files were removed (0 without the lease)."""
+        lease = self._acquire(self.evictor_dir)
+        if not isinstance(lease, Lease):
+            return 0
+        try:
+            return self._evict_under_lease()
+        finally:
+            self._release(lease)
+
+    def _evict_under_lease(self) -> int:
+        limits = self.limits
+        files: list[tuple[float, Path, int, str]] = []
+        used = 0
+        now = time.time()
+        top = str(self.data_dir)
+        for folder, _dirs, names in os.walk(top):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if not statmod.S_ISREG(st.st_mode):
+                    continue
+                used += st.st_size
+                if name.endswith(PARTIAL_SUFFIX):
+                    if now - st.st_mtime > 4 * self.takeover:  # a dead writer's leftover
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
+                            used -= st.st_size
+                    continue
+                files.append((st.st_atime, Path(path), st.st_size, os.path.relpath(path, top)))
+        free = _free(self.root)
+
+        def over(margin: float) -> bool:
+            if limits.max_bytes is not None and used > limits.max_bytes * (1 - margin):
+                return True
+            return bool(limits.min_free_bytes) and free < limits.min_free_bytes * (1 + margin)
+
+        if not over(0.0):
+            return 0
+        removed = 0
+        for _atime, candidate, size, rel in sorted(files):
+            if not over(limits.margin):
+                break
+            try:
+                st = os.stat(candidate)
+            except OSError:
+                continue
+            if now - max(st.st_atime, st.st_mtime) < limits.recent_seconds:
+                continue  # just published or used
+            if os.path.isdir(self.leases_dir / _key(rel)):
+                continue  # a fetch of it is under way
+            with contextlib.suppress(OSError):
+                os.unlink(candidate)
+                removed += 1
+                used -= size
+                free += size
+                with contextlib.suppress(OSError):
+                    os.unlink(self._record_path(rel))
+        return removed
 
     def _look(self, rel: str, url: str, info: ObjectInfo, verify: bool) -> Path | Lease | Holder:
         """The L2 file of this version; else this node's new lease; else the live holder."""
@@ -266,7 +376,10 @@ class SharedCache:
             return False
         record = self._record(rel)
         if record is not None and record.get("identity") == _identity(stat):
-            return record.get("version") == info.version and record.get("url") == url
+            current = record.get("version") == info.version and record.get("url") == url
+            if current:
+                _touch(final, stat)
+            return current
         # no record for this file (the SDK placed it, or replaced ours): L1's adoption rule
         expected = _md5_of(info.version) if verify else None
         if expected is not None:
@@ -482,6 +595,18 @@ def _open_same(path: Path, size: int) -> int:
         os.close(fd)
         raise OSError(errno.ESTALE, "the shared cache file changed")
     return fd
+
+
+def _touch(path: Path, stat: os.stat_result) -> None:
+    """A hit, as the SDK marks one: atime now, mtime kept to the nanosecond (the version
+    record's identity includes it)."""
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(time.time_ns(), stat.st_mtime_ns))
+
+
+def _free(root: Path) -> int:
+    vfs = os.statvfs(root)
+    return vfs.f_bavail * vfs.f_frsize
 
 
 def _key(rel: str) -> str:
