@@ -6,6 +6,9 @@ ranged GETs, tells waiting readers when their bytes are on disk, then verifies t
 renames the file into place. A reader never waits for more than the bytes it asked for.
 `Fetcher.open` decides where an open file's bytes come from (a complete cache file, a fetch
 it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` that reads them.
+With a shared L2 cache (`cache.shared`), a fetch asks it where its bytes come from before it
+runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result after
+(`SharedCache.finish`: publication); nothing else here knows the L2.
 
 Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
 own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
