@@ -73,6 +73,10 @@ OPTIONS_HELP = """mount options (-o, comma separated):
                       that clearml.conf does not name (off: such paths do not exist)
   noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
                       buckets, whose ETags are not MD5s)
+  l2_takeover=S       seconds after which a dead node's lease on a shared (L2) cache
+                      fetch is taken over (30)
+  l2_timeout=S        seconds one shared (L2) cache operation may take before the
+                      bucket is read instead (5)
   log_file=PATH       log file (default: stderr with --foreground, else
                       CACHE/clearmount/clearmount.log)
   log_level=L         debug, info, warning or error (info; --debug means debug)
