@@ -92,7 +92,7 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
         got = r.samples.get(row.key, {})
         ref = statistics.median(got["reference"]) if got.get("reference") else None
         ref_cell = row.reference if ref is None else f"{fmt(ref, row.digits)} ({row.reference})"
-        if ref is None and row.key != "start":
+        if ref is None and row.measured_reference:
             ref_cell = f"error ({row.reference})"
         cells = [
             row.title,
