@@ -65,7 +65,6 @@ QUICK = Sizes(
     ckpt=256 * MIB,
     safetensors=128 * MIB,
     sample_count=500,
-    latency_file=16 * MIB,
 )
 ML_DATA = WORKDIR / "ml-data"
 
