@@ -25,13 +25,14 @@ cache, for instance:
 - C: start -> ready; drop the page cache; ``ls -l`` of the tiny objects twice; drop the page
   cache; read the small objects with 8 threads.
 - torch, mmap, safetensors, dataloader, latency (S3 only): one session each; torch and
-  safetensors run in a ``mlwork`` process (``mlrun`` drives it), the mmap and safetensors
-  sessions reach the server through a counting proxy (see each scenario's docstring).
+  safetensors run in a ``mlwork`` process (``mlrun`` drives it); mmap and safetensors each
+  add a second mount that reaches the server through a counting proxy, for the bucket bytes
+  (see each scenario's docstring).
 
 Every byte a contender returns is checked (sha256, tensor sums, CRC32s). Prints a markdown
-table of medians with each contender's ratio to the reference and writes it to ``--out``. Exit codes: 0 done,
-whatever the speeds; 1 a contender returned wrong bytes (or an I/O error instead of them);
-2 the benchmark itself could not run.
+table of medians with each contender's ratio to the reference and writes it to ``--out``.
+Exit codes: 0 done, whatever the speeds; 1 a contender returned wrong bytes (or an I/O error
+instead of them); 2 the benchmark itself could not run.
 
 Who owns what:
 

@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     for name in sorted(args.rows):
-        only = scenarios.selectable()[name].backends
+        only = {s.name: s for s in scenarios.load()}[name].backends
         if only and args.backend not in only:
             log(f"row {name} runs on {', '.join(only)} only: skipped")
     for name, cls in known.items():

@@ -5,6 +5,7 @@
 moment the timed call has returned (count the bucket's bytes), before the job checks what it
 got. A wrong tensor or sample raises ``WrongBytes``; a job that failed, ``RuntimeError``.
 Reads blocked on a mount are unblocked by the caller's watchdog killing the mount.
+``bucket_bytes_of_call`` runs a job on a proxied session and counts what the bucket sent.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import SCRIPTS
 from .measure import WrongBytes
 from .session import in_thread
+
+if TYPE_CHECKING:
+    from .runner import Visit
 
 
 def _env() -> dict[str, str]:
@@ -97,3 +101,17 @@ def run(
     if wrong:
         raise WrongBytes(f"{params['job']}: {wrong}")
     return seconds
+
+
+def bucket_bytes_of_call(v: Visit, job: dict[str, Any], key: str) -> int:
+    """Run `job` cold on a proxied session's mount; the bytes the bucket sent for `key` until
+    the call returned."""
+    sent: list[int] = []
+
+    def before() -> None:
+        v.page_cache.drop()
+        assert v.proxy is not None, "this session has no counting proxy"
+        v.proxy.reset()
+
+    run(job, before=before, after=lambda: sent.append(v.bucket_bytes(key)))
+    return sent[0]

@@ -83,7 +83,7 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
     measured = {
         row.key
         for scenario in load()
-        if scenario.name in selected or not scenario.selectable
+        if scenario.name in selected or not scenario.session  # "start": every session
         for row in scenario.rows(site, bench.data)
     }
     for row in rows_for(site, bench.data):

@@ -1,10 +1,12 @@
 """``torch.load(mmap=True)`` of the checkpoint and the sum of one tensor in its middle.
 
-Two rows: the time (the call and the sum, in torch's own process) and the bytes the bucket
-sent for the checkpoint until the call returned, counted by a proxy (``devkit.proxy``) that
-this session's mount reaches the server through (a download the mount goes on with after the
-call returned is not counted). The reference is the same call on a local copy (page cache
-dropped); its bytes row is the tensor's own size, the least any reader needs.
+Two rows, each from its own fresh mount: the time (the call and the sum, in torch's own
+process), and the bytes the bucket sent for the checkpoint until the call returned, counted
+by a proxy (``devkit.proxy``) that the second mount reaches the server through (the hidden
+scenario "mmap-bytes", implied by "mmap"): the Python proxy slows a large download several
+times over, so it never stands in the timed mount's path. A download the mount goes on with
+after the call returned is not counted. The reference is the same call on a local copy (page
+cache dropped); its bytes row is the tensor's own size, the least any reader needs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from .. import mlrun
 from ..common import CKPT_KEY, MIB
 from . import Row, Scenario, register
 
+SEEDS = ("checkpoint",)
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     from ..sites import Site
 
 
-def rows(site: Site, data: Dataset) -> list[Row]:
+def rows_time(site: Site, data: Dataset) -> list[Row]:
     s = data.sizes
     return [
         Row(
@@ -37,9 +41,14 @@ def rows(site: Site, data: Dataset) -> list[Row]:
             1,
             position=72,
         ),
+    ]
+
+
+def rows_bytes(site: Site, data: Dataset) -> list[Row]:
+    return [
         Row(
             "mmap_bytes",
-            "… bytes the bucket sent until that call returned (counting proxy)",
+            "… bytes the bucket sent until that call returned (counted by a proxy, another mount)",
             "MiB",
             False,
             "the tensor's own size",
@@ -61,42 +70,54 @@ def job(data: Dataset, path: Path) -> dict[str, Any]:
     }
 
 
-def reference(v: Visit) -> None:
+def reference_time(v: Visit) -> None:
     assert v.data.ckpt is not None
     with v.step("mmap_time"):
-        v.add("mmap_time", mlrun.run(job(v.data, v.data.ckpt), before=v.page_cache.drop) * 1e3)
-        v.add("mmap_bytes", v.data.ckpt_manifest["tensor_bytes"] / MIB)
+        seconds = mlrun.run(job(v.data, v.data.ckpt), before=v.page_cache.drop)
+        v.add("mmap_time", seconds * 1e3)
 
 
-def contender(v: Visit) -> None:
-    sent: list[int] = []
+def reference_bytes(v: Visit) -> None:
+    v.add("mmap_bytes", v.data.ckpt_manifest["tensor_bytes"] / MIB)
 
-    def before() -> None:
-        v.page_cache.drop()
-        assert v.proxy is not None
-        v.proxy.reset()
 
+def contender_time(v: Visit) -> None:
     with v.step("mmap_time"), v.watchdog(900, "torch.load(mmap=True)"):
         with v.profiler("mmap"):
-            seconds = mlrun.run(
-                job(v.data, v.root / CKPT_KEY),
-                before=before,
-                after=lambda: sent.append(v.bucket_bytes(CKPT_KEY)),
-            )
+            seconds = mlrun.run(job(v.data, v.root / CKPT_KEY), before=v.page_cache.drop)
         v.add("mmap_time", seconds * 1e3)
-        v.add("mmap_bytes", sent[0] / MIB)
+
+
+def contender_bytes(v: Visit) -> None:
+    with v.step("mmap_bytes"), v.watchdog(900, "torch.load(mmap=True) (proxied)"):
+        sent = mlrun.bucket_bytes_of_call(v, job(v.data, v.root / CKPT_KEY), CKPT_KEY)
+        v.add("mmap_bytes", sent / MIB)
 
 
 register(
     Scenario(
         "mmap",
         70,
-        rows,
+        rows_time,
         session="mmap",
-        reference=reference,
-        contender=contender,
-        seeds=("checkpoint",),
+        reference=reference_time,
+        contender=contender_time,
+        seeds=SEEDS,
+        backends=("s3",),
+        implies=("mmap-bytes",),
+    )
+)
+register(
+    Scenario(
+        "mmap-bytes",
+        71,
+        rows_bytes,
+        session="mmap-bytes",
+        reference=reference_bytes,
+        contender=contender_bytes,
+        seeds=SEEDS,
         proxied=True,
         backends=("s3",),
+        selectable=False,
     )
 )
