@@ -115,13 +115,22 @@ def reference(v: Visit) -> None:
         v.page_cache.drop()
         idle = reads(v.data.latency, expected, lambda: True)
         v.page_cache.drop()
-        fetch = threading.Thread(
-            target=download.run, args=(v.site, v.scratch / "checkpoint.pt", CKPT_KEY)
-        )
+        failed: list[BaseException] = []
+
+        def fetch_checkpoint() -> None:
+            assert v.scratch is not None
+            try:
+                download.run(v.site, v.scratch / "checkpoint.pt", CKPT_KEY)
+            except BaseException as exc:
+                failed.append(exc)
+
+        fetch = threading.Thread(target=fetch_checkpoint)
         fetch.start()
         time.sleep(0.05)  # let the download get going
         loaded = reads(v.data.latency, expected, fetch.is_alive)
         fetch.join()
+        if failed:
+            raise RuntimeError(f"the background download failed: {failed[0]}")
         record(v, idle, loaded)
 
 
