@@ -154,7 +154,10 @@ def _shared_cache(
     if secondary is None or not isinstance(cache, DiskSpaceLayout):
         return None
     limits = L2Limits(
-        secondary.max_used_bytes, secondary.min_free_bytes or 0, secondary.cleanup_margin
+        secondary.max_used_bytes,
+        secondary.min_free_bytes or 0,
+        secondary.cleanup_margin,
+        secondary.cleanup_seconds_threshold,
     )
     shared = SharedCache(
         secondary.base_dir,
