@@ -74,7 +74,8 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
                       buckets, whose ETags are not MD5s)
   l2_takeover=S       seconds after which a dead node's lease on a shared (L2) cache
-                      fetch is taken over (30)
+                      fetch is taken over (30); the L2 is clearml.conf's
+                      ...disk_space_file_size_strategy.secondary.default_base_dir
   l2_timeout=S        seconds one shared (L2) cache operation may take before the
                       bucket is read instead (5)
   log_file=PATH       log file (default: stderr with --foreground, else
