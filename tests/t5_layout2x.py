@@ -87,6 +87,10 @@ def test_strategy_settings_and_the_secondary_cache(tmp_path: Path) -> None:
     assert cache.secondary.base_dir == Path("/shared/l2")
     # the L2's own size, and the L1's for what it does not say (as the SDK falls back)
     assert (cache.secondary.max_used_bytes, cache.secondary.min_free_bytes) == (10**11, 10**9)
+    # the L2's "just used" window: its own threshold, else 60 s (not the L1's)
+    assert cache.secondary.cleanup_seconds_threshold == 60
+    own = text.replace("secondary {", "secondary { cleanup_seconds_threshold: 7,")
+    assert load(tmp_path, own).cache.secondary.cleanup_seconds_threshold == 7  # type: ignore[union-attr]
     env = load(tmp_path, text, CLEARML_SECONDARY_CACHE_DIR="/env/l2").cache
     assert env.secondary is not None and env.secondary.base_dir == Path("/env/l2")
     assert env.secondary.source == "CLEARML_SECONDARY_CACHE_DIR"
