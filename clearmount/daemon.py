@@ -274,8 +274,8 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
 
 
 async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
-    """Evict in the background whenever a fetch starts or ends, and every few seconds (the
-    ClearML SDK adds files too). Reads never wait for it. When to scan and evict is
+    """Evict in the background whenever fetches start or end (one check per `CHECK_GAP` at
+    most), and every few seconds (the ClearML SDK adds files too). Reads never wait for it. When to scan and evict is
     `cache.limits`' policy; the `statvfs` and the scan run in worker threads."""
     layout = fetcher.layout
     limits = fetcher.limits
@@ -283,10 +283,14 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
     # its own connection, for the eviction's long transactions
     index = CacheIndex(layout)
     last_scan = -cache_limits.RESCAN_INTERVAL
+    last_check = -cache_limits.CHECK_GAP
     try:
         while True:
             with trio.move_on_after(cache_limits.EVICTION_INTERVAL):
                 await fetcher.changed.wait()
+            # the other starts and ends of a burst of fetches join this check
+            await trio.sleep_until(last_check + cache_limits.CHECK_GAP)
+            last_check = trio.current_time()
             # A scan stats every cache file: only when the running estimate says a limit may
             # be crossed, or now and then for what the ClearML SDK added behind our back.
             free = (

@@ -6,7 +6,7 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
-- `EVICTION_INTERVAL` / `RESCAN_INTERVAL` and `eviction_due`: when the daemon's eviction
+- `EVICTION_INTERVAL` / `CHECK_GAP` / `RESCAN_INTERVAL` and `eviction_due`: when the daemon's eviction
   loop checks and scans.
 The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
 off the trio loop: `free_bytes` is a `statvfs`, which a busy or network disk can hold for
@@ -24,6 +24,9 @@ from clearmount.errors import UserError
 
 #: Seconds between checks of the cache limits when no fetch starts or ends.
 EVICTION_INTERVAL = 5.0
+#: Shortest gap between two checks: the fetch starts and ends of a burst of small files
+#: (hundreds a second) share one check, and so one `statvfs` thread hop, instead of two each.
+CHECK_GAP = 0.1
 #: Seconds between full scans of the cache while the estimate says all is well (the ClearML
 #: SDK adds files behind the daemon's back).
 RESCAN_INTERVAL = 30.0
