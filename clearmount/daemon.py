@@ -275,8 +275,9 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
 
 async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
     """Evict in the background whenever fetches start or end (one check per `CHECK_GAP` at
-    most), and every few seconds (the ClearML SDK adds files too). Reads never wait for it. When to scan and evict is
-    `cache.limits`' policy; the `statvfs` and the scan run in worker threads."""
+    most), and every few seconds (the ClearML SDK adds files too). Reads never wait for it.
+    When to scan and evict is `cache.limits`' policy; the `statvfs`, the scan and the batched
+    index rows (`_check`) are written in worker threads."""
     layout = fetcher.layout
     limits = fetcher.limits
     local = fetcher.transfer.local
@@ -293,8 +294,11 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             last_check = trio.current_time()
             # A scan stats every cache file: only when the running estimate says a limit may
             # be crossed, or now and then for what the ClearML SDK added behind our back.
+            want_free = limits.min_free_bytes > 0
             free = (
-                await local(cache_limits.free_bytes, layout.root) if limits.min_free_bytes else None
+                await local(_check, fetcher.index, layout.root, want_free)
+                if want_free or fetcher.index.pending
+                else None
             )
             since_scan = trio.current_time() - last_scan
             reserved = fetcher.reserved_bytes()
@@ -314,6 +318,14 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             counters.evicted_bytes += sum(f.size for f in result.removed)
     finally:
         index.close()
+
+
+def _check(index: CacheIndex, root: Path, want_free: bool) -> int | None:
+    """The eviction loop's one thread hop per check: write the index rows the fetches keep
+    for a batch (`CacheIndex.put_soon`), and measure the free space if a limit needs it."""
+    if index.pending:
+        index.flush()
+    return cache_limits.free_bytes(root) if want_free else None
 
 
 async def _stop_on_signal(

@@ -322,8 +322,9 @@ class Fetch:
         os.rename(self.partial, self.final)
         self.sealed = True
         # never fails: a row the index cannot take now is skipped with a warning, and the
-        # next open adopts the file by its MD5 or age
-        self._index.put(self.final.name, self.url, self.info.version, self.info.size)
+        # next open adopts the file by its MD5 or age; written with other fetches' rows in one
+        # transaction (one commit per small file cost about as much as its rename)
+        self._index.put_soon(self.final.name, self.url, self.info.version, self.info.size)
 
     async def _install(self, transfer: Transfer) -> None:
         """Seal and record the file, unless its only part's thread already did."""
@@ -544,7 +545,7 @@ class Fetcher:
                 if size != info.size or not _is_current(fd, info, verify):
                     os.close(fd)
                     return None
-                self.index.put(final.name, url, info.version, info.size)
+                self.index.put_soon(final.name, url, info.version, info.size)
             elif entry.version != info.version or size != info.size:
                 os.close(fd)
                 return None

@@ -6,8 +6,8 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
-- `EVICTION_INTERVAL` / `CHECK_GAP` / `RESCAN_INTERVAL` and `eviction_due`: when the daemon's eviction
-  loop checks and scans.
+- `EVICTION_INTERVAL` / `CHECK_GAP` / `RESCAN_INTERVAL` and `eviction_due`: when the
+  daemon's eviction loop checks and scans.
 The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
 off the trio loop: `free_bytes` is a `statvfs`, which a busy or network disk can hold for
 milliseconds. Nothing here blocks.
