@@ -506,6 +506,10 @@ class Fetcher:
                     del self._lookups[key]
             if isinstance(found, int):
                 self._note_source(url, "l1")
+                if self.index.pending:
+                    # an adopted file's row waits for a batch: the eviction loop writes it
+                    # within its check gap, not at its next periodic check
+                    self._changed()
                 return CachedReader(found)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
