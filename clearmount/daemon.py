@@ -316,24 +316,33 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
     index = CacheIndex(layout)
     last_scan = -cache_limits.RESCAN_INTERVAL
     last_check = -cache_limits.CHECK_GAP
+    want_free = limits.min_free_bytes > 0
+    seen = -1  # `fetcher.changes` at the last size check
+    checked = -1  # ... and at the last free-space check
     try:
         while True:
-            with trio.move_on_after(cache_limits.EVICTION_INTERVAL):
-                await fetcher.changed.wait()
-            # A scan stats every cache file: only when the running estimate says a limit may
-            # be crossed, or now and then for what the ClearML SDK added behind our back. The
-            # size limit is checked at once, on the loop; the free space (a `statvfs`) and the
-            # batched index rows need a thread hop: one per CHECK_GAP, which the other starts
-            # and ends of a burst of fetches join.
+            # The size limit is checked at every fetch start and end, on the loop; the free
+            # space (a `statvfs`) and the batched index rows need a thread hop (`_check`): at
+            # most one per CHECK_GAP, which the other starts and ends of a burst share. A
+            # scan stats every cache file: only when the running estimate says a limit may be
+            # crossed, or now and then for what the ClearML SDK added behind our back.
+            wake_at = trio.current_time() + cache_limits.EVICTION_INTERVAL
+            if (want_free and fetcher.changes != checked) or fetcher.index.pending:
+                wake_at = min(wake_at, last_check + cache_limits.CHECK_GAP)
+            # changes made while the last pass was in a thread are not waited for again
+            if fetcher.changes == seen:
+                with trio.move_on_at(wake_at):
+                    await fetcher.changed.wait()
+            seen = fetcher.changes
             reserved = fetcher.reserved_bytes()
             since_scan = trio.current_time() - last_scan
             due = cache_limits.eviction_due_by_size(
                 limits, since_scan, fetcher.usage_bytes, reserved
             )
-            want_free = limits.min_free_bytes > 0
-            if not due and (want_free or fetcher.index.pending):
-                await trio.sleep_until(last_check + cache_limits.CHECK_GAP)
+            gap_over = trio.current_time() >= last_check + cache_limits.CHECK_GAP
+            if not due and gap_over and (want_free or fetcher.index.pending):
                 last_check = trio.current_time()
+                checked = fetcher.changes
                 free = await local(_check, fetcher.index, layout.root, want_free)
                 reserved = fetcher.reserved_bytes()
                 since_scan = trio.current_time() - last_scan
@@ -342,13 +351,16 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
                 )
             if not due:
                 continue
+            estimate = fetcher.usage_bytes
             try:
                 result = await local(_evict, fetcher.index, layout, index, limits, reserved)
             except (OSError, sqlite3.Error) as exc:
                 # a full or vanished cache disk must not end the mount: try again later
                 log.warning("cache eviction failed: %s", exc)
                 continue
-            fetcher.usage_bytes = result.used_bytes
+            # Fetches that ended during the pass may be missing from its scan: count them on
+            # top (too high is corrected by the next pass's scan; too low overshoots the limit).
+            fetcher.usage_bytes = result.used_bytes + max(0, fetcher.usage_bytes - estimate)
             last_scan = trio.current_time()
             counters.evictions += len(result.removed)
             counters.evicted_bytes += sum(f.size for f in result.removed)

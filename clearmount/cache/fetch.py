@@ -431,6 +431,8 @@ class Fetcher:
         self.verify = verify
         #: set whenever a fetch starts or ends: the evictor waits on it
         self.changed = trio.Event()
+        #: how many times `changed` was set: a waiter busy elsewhere meanwhile sees it moved
+        self.changes = 0
         #: bytes the cache held at the last eviction pass (for `CacheLimits.fits`)
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
@@ -542,6 +544,7 @@ class Fetcher:
         return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
 
     def _changed(self) -> None:
+        self.changes += 1
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 
