@@ -35,6 +35,7 @@ from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout
+from clearmount.cache.upload import Uploads
 from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
@@ -86,6 +87,7 @@ class _Service:
     request: MountRequest
     namespace: Namespace
     fetcher: Fetcher
+    uploads: Uploads
     monitor: Monitor
     notifier: Notifier
     control: control.ControlServer | None
@@ -170,7 +172,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         limits=request.limits,
         verify=not options.noverify,
     )
-    operations = Operations(namespace, fetcher, options)
+    uploads = Uploads(cache, index, transfer)
+    operations = Operations(namespace, fetcher, options, uploads)
     monitor = Monitor(
         fetcher,
         operations.counters,
@@ -184,7 +187,14 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     # line, nothing mounted) instead of leaving a mount without what was asked for.
     metrics = _metrics_server(options.metrics, monitor) if options.metrics else None
     service = _Service(
-        request, namespace, fetcher, monitor, Notifier(), _control_server(request), metrics
+        request,
+        namespace,
+        fetcher,
+        uploads,
+        monitor,
+        Notifier(),
+        _control_server(request),
+        metrics,
     )
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
@@ -249,7 +259,11 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
+        # uploads' parts and aborts: cancelled with the fetches at a stop
+        service.uploads.start(fetches)
         service.namespace.start(nursery)
+        # what a killed daemon left unfinished on the servers
+        nursery.start_soon(service.uploads.recover, service.namespace.store_for)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)

@@ -1,0 +1,234 @@
+"""Writing through a real mount (`-o writable`): SeaweedFS on 127.0.0.1 behind the proxy.
+
+What a user relies on: a checkpoint written through the mount is on the server, whole,
+when close() returns, and reading it back costs nothing; atomic saves (x.tmp, then
+os.replace) work; many writers at once each get their object; what cannot be an upload
+(random writes, appends, overwrites and deletes not allowed) fails at once with the
+documented errno and leaves the object untouched; a mount without `writable` refuses every
+write with EROFS.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.processes import poll_until
+from devkit.proxy import Proxy
+from devkit.s3 import S3Server
+
+MIB = 1 << 20
+PART = 8 * MIB  # ClearML's default multipart_chunksize
+WRITABLE = ("writable",)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def server_bytes(s3_server: S3Server, bucket: str, key: str) -> bytes:
+    body: bytes = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
+def server_has(s3_server: S3Server, bucket: str, key: str) -> bool:
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=key)
+    return any(item["Key"] == key for item in listed.get("Contents", ()))
+
+
+def multipart_uploads(s3_server: S3Server, bucket: str) -> list[str]:
+    reply = s3_server.client().list_multipart_uploads(Bucket=bucket)
+    return [upload["Key"] for upload in reply.get("Uploads", ())]
+
+
+def write_file(path: Path, data: bytes, piece: int = MIB) -> None:
+    with open(path, "wb") as f:
+        for start in range(0, len(data), piece):
+            f.write(data[start : start + piece])
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    return s3_server.make_bucket()
+
+
+def test_checkpoint_is_streamed_in_parts_and_read_back_without_a_get(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    folder = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/run1")
+    os.makedirs(folder, exist_ok=True)
+    data = os.urandom(300 * MIB + 12345)
+    write_file(folder / "epoch3.pt", data)
+    # close() returned: the object is complete on the server
+    assert sha256(server_bytes(s3_server, bucket, "run1/epoch3.pt")) == sha256(data)
+    parts = s3_proxy.requests("PUT", f"/{bucket}/run1/epoch3.pt")
+    assert len(parts) == -(-len(data) // PART)
+    assert multipart_uploads(s3_server, bucket) == []
+    s3_proxy.reset()
+    # read back through the mount: from the cache, no GET
+    path = folder / "epoch3.pt"
+    assert path.stat().st_size == len(data)
+    assert sha256(path.read_bytes()) == sha256(data)
+    assert s3_proxy.count("GET", f"/{bucket}/run1/epoch3.pt") == 0
+    assert "epoch3.pt" in os.listdir(folder)
+
+
+def test_small_file_and_multipart_false_are_one_put(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    admin = s3_server.admin
+    entry = {"key": admin.key, "secret": admin.secret, "multipart": False}
+    mount = mounted(s3_conf(s3_proxy, entry), options=WRITABLE)
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    data = os.urandom(20 * MIB)
+    write_file(root / "single.bin", data)
+    assert server_bytes(s3_server, bucket, "single.bin") == data
+    puts = s3_proxy.requests("PUT", f"/{bucket}/single.bin")
+    assert len(puts) == 1
+    (root / "empty").touch()
+    (root / "small.txt").write_text("hello")
+    assert server_bytes(s3_server, bucket, "small.txt") == b"hello"
+    assert os.path.getsize(root / "small.txt") == 5
+
+    def empty_is_there() -> bool:
+        return server_has(s3_server, bucket, "empty")
+
+    poll_until(empty_is_there, 30, "the empty file to be uploaded")
+
+
+def test_makedirs_then_atomic_save(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    folder = root / "runs" / "a" / "b"
+    os.makedirs(folder, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
+    assert folder.is_dir()
+    assert "b" in os.listdir(root / "runs" / "a")
+    data = os.urandom(3 * MIB)
+    write_file(folder / "model.pt.tmp", data)
+    os.replace(folder / "model.pt.tmp", folder / "model.pt")
+    assert server_bytes(s3_server, bucket, "runs/a/b/model.pt") == data
+    assert not server_has(s3_server, bucket, "runs/a/b/model.pt.tmp")
+    assert sorted(os.listdir(folder)) == ["model.pt"]
+    s3_proxy.reset()
+    assert (folder / "model.pt").read_bytes() == data
+    assert s3_proxy.count("GET", f"/{bucket}/runs/a/b/model.pt") == 0
+    # renaming a directory is not an object operation
+    with pytest.raises(OSError) as caught:
+        os.rename(root / "runs" / "a", root / "runs" / "c")
+    assert caught.value.errno in (errno.ENOTSUP, errno.EXDEV)
+
+
+def test_eight_writers_write_200_files(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/many")
+    os.makedirs(root, exist_ok=True)
+    payloads = {f"w{i % 8}/f{i:03d}.bin": os.urandom(1000 + 997 * i) for i in range(200)}
+    for writer in range(8):
+        os.makedirs(root / f"w{writer}", exist_ok=True)
+
+    def write(name: str) -> None:
+        write_file(root / name, payloads[name], piece=4096)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, payloads))
+    for name, data in payloads.items():
+        assert server_bytes(s3_server, bucket, f"many/{name}") == data, name
+    assert sum(len(os.listdir(root / f"w{i}")) for i in range(8)) == 200
+
+
+def test_overwrite_and_delete_need_their_options(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    s3_server.put(bucket, "kept/model.pt", b"original")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/kept/model.pt")
+    with pytest.raises(PermissionError):
+        path.write_bytes(b"replaced")
+    with pytest.raises(PermissionError):
+        path.unlink()
+    assert server_bytes(s3_server, bucket, "kept/model.pt") == b"original"
+    assert path.read_bytes() == b"original"
+    mount.stop()
+
+    mount = mounted(
+        s3_conf(s3_proxy, s3_server.admin),
+        options=("writable", "allow_overwrite", "allow_delete"),
+    )
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/kept/model.pt")
+    assert path.read_bytes() == b"original"
+    path.write_bytes(b"replaced, longer")
+    assert server_bytes(s3_server, bucket, "kept/model.pt") == b"replaced, longer"
+    assert path.read_bytes() == b"replaced, longer"
+    path.unlink()
+    assert not server_has(s3_server, bucket, "kept/model.pt")
+    assert not path.exists()
+
+
+def test_random_writes_and_appends_fail_at_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    s3_server.put(bucket, "fixed/existing.txt", b"existing")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/fixed")
+    # a write behind the end of what was written
+    fd = os.open(root / "holes.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, b"a" * 4096)
+        with pytest.raises(OSError) as caught:
+            os.pwrite(fd, b"b" * 10, 100)
+        assert caught.value.errno == errno.EINVAL
+    finally:
+        with pytest.raises(OSError):
+            os.close(fd)  # the upload failed: close() says so
+    assert not server_has(s3_server, bucket, "fixed/holes.bin")
+    # appending to an existing object
+    with pytest.raises(OSError) as caught:
+        with open(root / "existing.txt", "ab") as f:
+            f.write(b"more")
+    assert caught.value.errno == errno.ENOTSUP
+    with pytest.raises(OSError) as caught:
+        os.open(root / "existing.txt", os.O_RDWR)
+    assert caught.value.errno == errno.ENOTSUP
+    assert server_bytes(s3_server, bucket, "fixed/existing.txt") == b"existing"
+    assert "only sequential writes" in mount.log_text()
+    assert multipart_uploads(s3_server, bucket) == []
+
+
+def test_without_writable_every_write_is_erofs(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    s3_server.put(bucket, "ro/existing.txt", b"existing")
+    # `rw` is what mount(8) passes to every helper: it never turns writes on; `ro` wins
+    for options in ((), ("rw", "defaults"), ("writable", "ro")):
+        mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=options)
+        root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/ro")
+        attempts = [
+            lambda: (root / "new.txt").write_bytes(b"x"),
+            lambda: open(root / "existing.txt", "wb"),
+            lambda: open(root / "existing.txt", "ab"),
+            lambda: os.mkdir(root / "dir"),
+            lambda: os.unlink(root / "existing.txt"),
+            lambda: os.rename(root / "existing.txt", root / "moved.txt"),
+            lambda: os.truncate(root / "existing.txt", 0),
+            lambda: shutil.copy(__file__, root / "copy.py"),
+        ]
+        for attempt in attempts:
+            with pytest.raises(OSError) as caught:
+                attempt()
+            assert caught.value.errno == errno.EROFS, (options, caught.value)
+        mount.stop()
+    assert server_bytes(s3_server, bucket, "ro/existing.txt") == b"existing"
