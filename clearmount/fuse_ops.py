@@ -12,6 +12,7 @@ pyfuse3 ends the whole mount on any exception other than
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -51,6 +52,8 @@ _XATTR_CACHED = b"user.clearmount.cached"
 _XATTR_CACHE_DIR = b"user.clearmount.cache_dir"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 _RENAME_NOREPLACE = 1
+# the version of a file being written until its upload completes
+_PROVISIONAL = "writing-"
 
 
 def _errors(
@@ -367,8 +370,15 @@ class Operations(pyfuse3.Operations):
         """An upload failed: a new file disappears, an overwritten one shows its old self."""
         if self._writing.get(node.inode) is upload:
             del self._writing[node.inode]
-        if node.info is not None and node.info.version.startswith("writing-"):
+        if node.info is not None and node.info.version.startswith(_PROVISIONAL):
             self.namespace.removed(node)
+            parent = self.namespace.parent_of(node)
+            if parent is not None:
+                # the kernel was told at create() that the name exists: no longer
+                with contextlib.suppress(Exception):
+                    pyfuse3.invalidate_entry_async(
+                        parent.inode, os.fsencode(node.path.name), ignore_enoent=True
+                    )
 
     @_errors
     async def create(
@@ -387,7 +397,7 @@ class Operations(pyfuse3.Operations):
         if parent.kind is not Kind.DIR:
             raise WriteRefused(f"{self.namespace.url_string(parent) or '/'}: not inside a bucket")
         provisional = ObjectInfo(
-            key=text, size=0, version=f"writing-{next(self._provisional)}", mtime=time.time()
+            key=text, size=0, version=f"{_PROVISIONAL}{next(self._provisional)}", mtime=time.time()
         )
         node = self.namespace.add_local(parent, text, provisional)
         try:
@@ -417,6 +427,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=handle, keep_cache=False)
 
     def _upload_of(self, fh: int) -> Upload:
+        self._uploads()
         upload = self._files.get(fh)
         if not isinstance(upload, Upload):
             raise pyfuse3.FUSEError(errno.EBADF)

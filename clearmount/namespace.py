@@ -804,6 +804,10 @@ class Namespace:
         self._local.setdefault(parent.path, {})[name] = known
         return self._node(path, known.kind, info)  # type: ignore[arg-type]
 
+    def parent_of(self, node: Node) -> Node | None:
+        """The node of `node`'s directory, if the kernel was given one."""
+        return self._parent(node)
+
     def _drop_local(self, path: MountPath) -> None:
         parent = path.parent
         local = self._local.get(parent) if parent is not None else None

@@ -10,10 +10,15 @@ write with EROFS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,9 +201,8 @@ def test_random_writes_and_appends_fail_at_once(
             os.close(fd)  # the upload failed: close() says so
     assert not server_has(s3_server, bucket, "fixed/holes.bin")
     # appending to an existing object
-    with pytest.raises(OSError) as caught:
-        with open(root / "existing.txt", "ab") as f:
-            f.write(b"more")
+    with pytest.raises(OSError) as caught, open(root / "existing.txt", "ab") as f:
+        f.write(b"more")
     assert caught.value.errno == errno.ENOTSUP
     with pytest.raises(OSError) as caught:
         os.open(root / "existing.txt", os.O_RDWR)
@@ -206,6 +210,25 @@ def test_random_writes_and_appends_fail_at_once(
     assert server_bytes(s3_server, bucket, "fixed/existing.txt") == b"existing"
     assert "only sequential writes" in mount.log_text()
     assert multipart_uploads(s3_server, bucket) == []
+
+
+def open_close(path: Path, flags: int) -> None:
+    os.close(os.open(path, flags))
+
+
+def write_attempts(root: Path) -> list[Callable[[], object]]:
+    """Every kind of write there is, in folder `root` (which holds existing.txt)."""
+    existing = root / "existing.txt"
+    return [
+        lambda: (root / "new.txt").write_bytes(b"x"),
+        lambda: open_close(existing, os.O_WRONLY | os.O_TRUNC),
+        lambda: open_close(existing, os.O_WRONLY | os.O_APPEND),
+        lambda: os.mkdir(root / "dir"),
+        lambda: os.unlink(existing),
+        lambda: os.rename(existing, root / "moved.txt"),
+        lambda: os.truncate(existing, 0),
+        lambda: shutil.copy(__file__, root / "copy.py"),
+    ]
 
 
 def test_without_writable_every_write_is_erofs(
@@ -216,19 +239,165 @@ def test_without_writable_every_write_is_erofs(
     for options in ((), ("rw", "defaults"), ("writable", "ro")):
         mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=options)
         root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/ro")
-        attempts = [
-            lambda: (root / "new.txt").write_bytes(b"x"),
-            lambda: open(root / "existing.txt", "wb"),
-            lambda: open(root / "existing.txt", "ab"),
-            lambda: os.mkdir(root / "dir"),
-            lambda: os.unlink(root / "existing.txt"),
-            lambda: os.rename(root / "existing.txt", root / "moved.txt"),
-            lambda: os.truncate(root / "existing.txt", 0),
-            lambda: shutil.copy(__file__, root / "copy.py"),
-        ]
+        attempts = write_attempts(root)
         for attempt in attempts:
             with pytest.raises(OSError) as caught:
                 attempt()
             assert caught.value.errno == errno.EROFS, (options, caught.value)
         mount.stop()
     assert server_bytes(s3_server, bucket, "ro/existing.txt") == b"existing"
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def open_for_writing(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+
+
+def write_some(fd: int, size: int) -> OSError | None:
+    """Write `size` random bytes in 1 MiB pieces; the first error, if any."""
+    try:
+        for _ in range(size // MIB):
+            os.write(fd, os.urandom(MIB))
+    except OSError as exc:
+        return exc
+    return None
+
+
+def records_left(cache: Path) -> list[Path]:
+    return sorted((cache / "clearmount" / "uploads").glob("*.json"))
+
+
+def partials_left(cache: Path) -> list[Path]:
+    return sorted((cache / "storage_manager" / "global").glob("*.partially"))
+
+
+def test_server_killed_mid_upload_close_fails_and_nothing_is_left(
+    mounted: MountFactory, s3_server_factory: Callable[..., S3Server], tmp_path: Path
+) -> None:
+    server = s3_server_factory()
+    bucket = server.make_bucket()
+    cache = tmp_path / "cache"
+    mount = mounted(s3_conf(server), options=WRITABLE, cache_dir=cache)
+    path = mount.path_of(f"s3://{server.endpoint}/{bucket}/ckpt.pt")
+    fd = open_for_writing(path)
+    assert write_some(fd, 3 * PART) is None
+    assert multipart_uploads(server, bucket) == ["ckpt.pt"]
+    server.kill()
+    killed = time.monotonic()
+    write_some(fd, 3 * PART)  # may already fail: the parts cannot be sent
+    with pytest.raises(OSError) as caught:
+        os.close(fd)
+    took = time.monotonic() - killed
+    assert caught.value.errno == errno.EIO
+    assert took < 180, took
+    log = mount.log_text()
+    assert f"s3://{server.endpoint}/{bucket}/ckpt.pt" in log
+    assert "credentials sdk.aws.s3.credentials[0]" in log
+    poll_until(lambda: not path.exists(), 10, "the failed file to disappear")
+    server.start()
+    poll_until(lambda: not multipart_uploads(server, bucket), 120, "the upload to be aborted")
+    poll_until(lambda: not records_left(cache), 30, "the upload's record to go")
+    assert not server_has(server, bucket, "ckpt.pt")
+    assert partials_left(cache) == []
+
+
+def test_daemon_killed_mid_upload_next_start_cleans_up(
+    mounted: MountFactory, s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    cache = tmp_path / "cache"
+    mount = mounted(s3_conf(s3_server), options=WRITABLE, cache_dir=cache)
+    path = mount.path_of(f"s3://{s3_server.endpoint}/{bucket}/run/ckpt.pt")
+    os.makedirs(path.parent)
+    fd = open_for_writing(path)
+    assert write_some(fd, 3 * PART) is None
+    assert multipart_uploads(s3_server, bucket) == ["run/ckpt.pt"]
+    assert len(records_left(cache)) == 1
+    assert mount.proc is not None
+    os.kill(mount.proc.pid, signal.SIGKILL)
+    mount.proc.wait(10)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    mount.stop()
+    mount = mounted(s3_conf(s3_server), options=WRITABLE, cache_dir=cache)
+    poll_until(lambda: not multipart_uploads(s3_server, bucket), 60, "the upload to be aborted")
+    poll_until(lambda: not records_left(cache), 30, "the upload's record to go")
+    assert "aborted the unfinished upload" in mount.log_text()
+    assert not server_has(s3_server, bucket, "run/ckpt.pt")
+    assert partials_left(cache) == []
+    assert not mount.path_of(f"s3://{s3_server.endpoint}/{bucket}/run/ckpt.pt").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs to use as the cache directory."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(path)], check=True
+    )
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_cache_disk_full_while_writing_is_enospc_others_served(
+    mounted: MountFactory, s3_server: S3Server, small_disk: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    other = os.urandom(2 * MIB)
+    s3_server.put(bucket, "other.bin", other)
+    mount = mounted(s3_conf(s3_server), options=WRITABLE, cache_dir=small_disk)
+    root = mount.path_of(f"s3://{s3_server.endpoint}/{bucket}")
+    fd = open_for_writing(root / "too-big.pt")
+    error = write_some(fd, 64 * MIB)
+    if error is None:
+        with pytest.raises(OSError) as caught:
+            os.close(fd)
+        error = caught.value
+    else:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    assert error.errno == errno.ENOSPC
+    assert (root / "other.bin").read_bytes() == other
+    assert not server_has(s3_server, bucket, "too-big.pt")
+    poll_until(lambda: not multipart_uploads(s3_server, bucket), 60, "the upload to be aborted")
+    assert partials_left(small_disk) == []
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_while_writing_2_gib(
+    mounted: MountFactory, s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    mount = mounted(s3_conf(s3_server), options=WRITABLE, debug=False)
+    assert mount.proc is not None
+    pid = mount.proc.pid
+    path = mount.path_of(f"s3://{s3_server.endpoint}/{bucket}/big.bin")
+    block = os.urandom(8 * MIB)
+    digest = hashlib.sha256()
+    samples = [rss_bytes(pid)]
+    with open(path, "wb") as f:
+        for i in range(256):
+            piece = i.to_bytes(8, "big") + block[8:]
+            f.write(piece)
+            digest.update(piece)
+            if i % 16 == 0:
+                samples.append(rss_bytes(pid))
+    samples.append(rss_bytes(pid))
+    body = s3_server.client().get_object(Bucket=bucket, Key="big.bin")["Body"]
+    served = hashlib.sha256()
+    for chunk in iter(lambda: body.read(8 * MIB), b""):
+        served.update(chunk)
+    assert served.hexdigest() == digest.hexdigest()
+    growth = max(samples) - samples[0]
+    # at most 16 parts of 8 MiB in flight, plus the SDK's buffers: never the file's size
+    assert growth < 400 * MIB, [s // MIB for s in samples]

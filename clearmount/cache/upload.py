@@ -352,13 +352,14 @@ class Upload(ObjectReader):
             self._etags[number - 1] = etag
             self.uploaded += end - start
             self.uploads.sent_bytes += end - start
+        # quiet: the writer's next write, or its close(), gets the error and logs it once
         except ClearmountError as exc:
-            self._fail(exc, quiet=False)
+            self._fail(exc, quiet=True)
         except OSError as exc:
-            self._fail(_cache_error(self.url, exc), quiet=False)
+            self._fail(_cache_error(self.url, exc), quiet=True)
         except Exception as exc:
             log.exception("unexpected error uploading a part of %s", self.url)
-            self._fail(Unexpected(f"unexpected {type(exc).__name__}", self.url), quiet=False)
+            self._fail(Unexpected(f"unexpected {type(exc).__name__}", self.url), quiet=True)
         finally:
             self._slots.release()
             self._in_flight -= 1
