@@ -183,6 +183,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     )
     # every fetch event is counted where it happens, however quickly the fetch ends
     fetcher.events = monitor
+    monitor.uploads = uploads
     # Both sockets are bound before mounting: a taken metrics port fails the start (one
     # line, nothing mounted) instead of leaving a mount without what was asked for.
     metrics = _metrics_server(options.metrics, monitor) if options.metrics else None

@@ -29,7 +29,7 @@ import pyfuse3
 from clearmount.backends.base import ObjectInfo
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.reader import ObjectReader
-from clearmount.cache.upload import Upload, Uploads
+from clearmount.cache.upload import Upload, Uploads, process_of
 from clearmount.errors import (
     ClearmountError,
     NotFound,
@@ -263,7 +263,7 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
-            return await self._open_for_writing(inode, flags)
+            return await self._open_for_writing(inode, flags, ctx)
         started = time.monotonic()
         node = self.namespace.get(inode)
         if node.info is None:
@@ -350,9 +350,11 @@ class Operations(pyfuse3.Operations):
             raise WriteUnsupported(f"{url}: this storage does not take writes")
         return store, key, url
 
-    async def _start_upload(self, node: Node) -> tuple[int, Upload]:
+    async def _start_upload(self, node: Node, caller: int) -> tuple[int, Upload]:
         store, key, url = await self._writable_store(node)
-        upload = await self._uploads().open(url, store, key, node.parts)
+        uploads = self._uploads()
+        upload = await uploads.open(url, store, key, node.parts)
+        upload.writer_pid = await uploads.transfer.local(process_of, caller)
         upload.on_done = functools.partial(self._settled, node, upload)
         upload.on_failed = functools.partial(self._unwritten, node, upload)
         handle = next(self._handles)
@@ -392,7 +394,7 @@ class Operations(pyfuse3.Operations):
             if flags & os.O_EXCL:
                 raise pyfuse3.FUSEError(errno.EEXIST)
             existing.lookups += 1
-            info = await self._open_for_writing(existing.inode, flags | os.O_TRUNC)
+            info = await self._open_for_writing(existing.inode, flags | os.O_TRUNC, ctx)
             return info, self._attributes(existing)
         if parent.kind is not Kind.DIR:
             raise WriteRefused(f"{self.namespace.url_string(parent) or '/'}: not inside a bucket")
@@ -401,14 +403,16 @@ class Operations(pyfuse3.Operations):
         )
         node = self.namespace.add_local(parent, text, provisional)
         try:
-            handle, _ = await self._start_upload(node)
+            handle, _ = await self._start_upload(node, ctx.pid)
         except BaseException:
             self.namespace.removed(node)
             raise
         node.lookups += 1
         return pyfuse3.FileInfo(fh=handle, keep_cache=False), self._attributes(node)
 
-    async def _open_for_writing(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+    async def _open_for_writing(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
         self._uploads()
         node = self.namespace.get(inode)
         if node.info is None:
@@ -423,7 +427,7 @@ class Operations(pyfuse3.Operations):
             )
         if not self.options.allow_overwrite:
             raise WriteRefused(f"{url}: exists; replacing objects needs -o allow_overwrite")
-        handle, _ = await self._start_upload(node)
+        handle, _ = await self._start_upload(node, ctx.pid)
         return pyfuse3.FileInfo(fh=handle, keep_cache=False)
 
     def _upload_of(self, fh: int) -> Upload:
@@ -445,12 +449,12 @@ class Operations(pyfuse3.Operations):
             upload.reported = True
             raise
 
-    async def _finish(self, fh: int, empty_too: bool) -> None:
+    async def _finish(self, fh: int, closing: bool) -> None:
         if not isinstance(self._files.get(fh), Upload):
             return
         upload = self._upload_of(fh)
         try:
-            await upload.finish(empty_too)
+            await upload.finish(closing)
         except ClearmountError:
             upload.reported = True
             raise
@@ -458,11 +462,11 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def flush(self, fh: int) -> None:
         # close(): the object is complete on the server when this returns 0
-        await self._finish(fh, empty_too=False)
+        await self._finish(fh, closing=True)
 
     @_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._finish(fh, empty_too=True)
+        await self._finish(fh, closing=False)
 
     @_errors
     async def setattr(

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from devkit.confs import s3_conf
 from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
+from support import status_json
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize
@@ -401,3 +403,55 @@ def test_memory_stays_flat_while_writing_2_gib(
     growth = max(samples) - samples[0]
     # at most 16 parts of 8 MiB in flight, plus the SDK's buffers: never the file's size
     assert growth < 400 * MIB, [s // MIB for s in samples]
+
+
+def test_a_file_being_written_shows_its_size_bytes_and_progress(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/growing.bin")
+    data = os.urandom(3 * PART)
+    with open(path, "wb", buffering=0) as f:
+        f.write(data[: 2 * PART])
+        # another process sees the size grow and reads what is written
+        seen = subprocess.run(
+            [sys.executable, "-c", f"import os; print(os.stat({str(path)!r}).st_size)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert int(seen.stdout) == 2 * PART
+        with open(path, "rb") as other:
+            assert other.read(PART + 5) == data[: PART + 5]
+        status = status_json(mount.path, mount.env)
+        uploads = status["uploads"]
+        assert isinstance(uploads, list) and len(uploads) == 1
+        assert uploads[0]["url"].endswith("/growing.bin")
+        assert uploads[0]["written"] == 2 * PART
+        f.write(data[2 * PART :])
+    counters = status_json(mount.path, mount.env)["counters"]
+    assert isinstance(counters, dict)
+    assert counters["uploads_completed"] == 1
+    assert counters["uploaded_bytes"] == len(data)
+    assert status_json(mount.path, mount.env)["uploads"] == []
+    assert path.read_bytes() == data
+
+
+def test_a_writer_killed_with_the_file_open_leaves_no_object(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/killed/ckpt.pt")
+    os.makedirs(path.parent, exist_ok=True)
+    script = (
+        "import os, signal\n"
+        f"f = open({str(path)!r}, 'wb', buffering=0)\n"
+        f"for _ in range(20): f.write(os.urandom({MIB}))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], check=False)
+    assert result.returncode == -signal.SIGKILL
+    poll_until(lambda: not multipart_uploads(s3_server, bucket), 60, "the upload to be aborted")
+    assert not server_has(s3_server, bucket, "killed/ckpt.pt")
+    poll_until(lambda: not path.exists(), 10, "the abandoned file to disappear")
+    assert "ended with the file open" in mount.log_text()

@@ -143,6 +143,8 @@ class Upload(ObjectReader):
         self.store = store
         self.key = key
         self.mount_parts = parts
+        #: the process that created the file (0: unknown)
+        self.writer_pid = 0
         self.final = final
         self.partial = partial
         self.fd = fd
@@ -207,16 +209,34 @@ class Upload(ObjectReader):
             data += bytes(self._buffer[start : end - self.on_disk])
         return data
 
-    async def finish(self, empty_too: bool = True) -> ObjectInfo | None:
-        """Complete the upload (close(), fsync()): returns once the server has the whole
-        object, or raises why it does not. A file nothing was written to is completed only
-        with `empty_too` (a shell's `> file` closes a duplicate before it writes)."""
+    async def finish(self, closing: bool = False) -> ObjectInfo | None:
+        """Complete the upload (fsync(), and close(): `closing`): returns once the server has
+        the whole object, or raises why it does not; None when a close() is not the last.
+
+        A close() completes the upload only when it is the writer's last descriptor of the
+        file (`writer_holds`): the kernel sends the same request when a duplicate is closed
+        (a shell's `> file`, a child's exec), and nothing may be written after completion.
+        A writer that exits or is killed with the file open leaves no object.
+        """
         async with self._lock:
             if self.info is not None:
                 return self.info
             self._check_writing(after_close=True)
-            if self.size == 0 and not empty_too:
-                return None
+            if closing:
+                holds = await self.uploads.transfer.local(
+                    writer_holds, self.writer_pid, "/" + "/".join(self.mount_parts)
+                )
+                if holds is None:
+                    self._fail(
+                        Unavailable(
+                            "the writing process ended with the file open: upload abandoned",
+                            self.url,
+                        ),
+                        quiet=True,
+                    )
+                    raise self._error()
+                if holds or self.size == 0:
+                    return None
             self.state = UploadState.COMPLETING
             try:
                 await self._spill()
@@ -225,6 +245,7 @@ class Upload(ObjectReader):
                         self.store.put_file, self.key, str(self.partial), self.size
                     )
                     self.uploaded = self.size
+                    self.uploads.sent_bytes += self.size
                 else:
                     if self.on_disk > self.sent:
                         await self._send(self.on_disk)
@@ -272,6 +293,7 @@ class Upload(ObjectReader):
             self._close_fd()
 
     async def _finish_quietly(self) -> None:
+        # released with nothing written (`touch`): the empty object is made
         try:
             await self.finish()
         except ClearmountError as exc:
@@ -429,6 +451,44 @@ class _WrittenReader(ObjectReader):
         os.close(self.fd)
 
 
+# PF_EXITING in /proc/PID/stat's flags: the process is exiting (or being killed)
+_PF_EXITING = 0x4
+
+
+def process_of(thread: int) -> int:
+    """The process (thread group) of thread `thread`, as FUSE names callers; 0 if gone."""
+    try:
+        with open(f"/proc/{thread}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def writer_holds(pid: int, suffix: str) -> bool | None:
+    """Whether process `pid` still has a descriptor of the mount path ending in `suffix`
+    (False also when it is gone or unknown); None when it is exiting (killed, or ended
+    without closing the file). Blocking: reads /proc."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        flags = int(stat[stat.rindex(b")") + 2 :].split()[6])
+        if flags & _PF_EXITING:
+            return None
+        folder = f"/proc/{pid}/fd"
+        for name in os.listdir(folder):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{folder}/{name}").endswith(suffix):
+                    return True
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -452,12 +512,21 @@ class Uploads:
         self.active: dict[int, Upload] = {}
         self._ids = itertools.count(1)
         self._nursery: trio.Nursery | None = None
-        #: counters for status and metrics
+        #: counters for status and metrics: uploads started, completed (and their bytes),
+        #: failed by error kind, and the bytes the servers acknowledged (parts and PUTs)
         self.started = 0
         self.completed = 0
         self.failures: dict[str, int] = {}
         self.sent_bytes = 0
         self.completed_bytes = 0
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "uploads_started": self.started,
+            "uploads_completed": self.completed,
+            "uploads_failed": dict(self.failures),
+            "uploaded_bytes": self.sent_bytes,
+        }
 
     def start(self, nursery: trio.Nursery) -> None:
         """Parts, completions and aborts run in `nursery`."""
