@@ -124,9 +124,12 @@ class ObjectStore(abc.ABC):
         """Begin a streamed upload to `key`; its id (nothing is visible at `key` yet)."""
         raise NotImplementedError
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        """Send part `number` (1, 2, ...; every part but the last `part_size` bytes at least);
-        the token `complete_upload` wants for it."""
+    def upload_part(
+        self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
+    ) -> str:
+        """Send part `number` (1, 2, ...), the bytes from `offset` on (every part but the
+        `last` one a multiple of `part_size` bytes); the token `complete_upload` wants for
+        it. Parts are sent at most `part_concurrency` at once, in order when that is 1."""
         raise NotImplementedError
 
     def complete_upload(self, key: str, upload_id: str, parts: list[str], size: int) -> ObjectInfo:

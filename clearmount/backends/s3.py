@@ -426,7 +426,9 @@ class S3Store(ObjectStore):
             reply = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
         return str(reply["UploadId"])
 
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(
+        self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
+    ) -> str:
         with _border(self._url(key), self.entry):
             reply = self._client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data

@@ -194,7 +194,9 @@ class Upload(ObjectReader):
             if len(self._buffer) >= _SPILL:
                 await self._spill()
             if self.store.multipart:
-                while self.on_disk - self.sent >= self._next_part_bytes():
+                # strictly more than a part: whatever the size, the last part is sent by
+                # `finish`, which knows it is the last (GCS must be told)
+                while self.on_disk - self.sent > self._next_part_bytes():
                     await self._send(self.sent + self._next_part_bytes())
             return len(data)
 
@@ -248,7 +250,7 @@ class Upload(ObjectReader):
                     self.uploads.sent_bytes += self.size
                 else:
                     if self.on_disk > self.sent:
-                        await self._send(self.on_disk)
+                        await self._send(self.on_disk, last=True)
                     await self._idle.wait()
                     if self.error is not None:
                         raise self.error
@@ -340,7 +342,7 @@ class Upload(ObjectReader):
             raise self._error() from None
         self.on_disk += len(data)
 
-    async def _send(self, end: int) -> None:
+    async def _send(self, end: int, last: bool = False) -> None:
         """Send bytes [sent, end) as the next part, once a slot is free (backpressure)."""
         if self.upload_id is None:
             await self._begin()
@@ -353,7 +355,7 @@ class Upload(ObjectReader):
         number = len(self._etags)
         self._in_flight += 1
         self._idle = trio.Event()
-        self.uploads.spawn(self._part, number, start, end)
+        self.uploads.spawn(self._part, number, start, end, last)
 
     async def _begin(self) -> None:
         self._record = await self.uploads.transfer.local(self.uploads.new_record)
@@ -367,10 +369,10 @@ class Upload(ObjectReader):
         content["upload_id"] = self.upload_id
         await self.uploads.transfer.local(self._record.write, content)
 
-    async def _part(self, number: int, start: int, end: int) -> None:
+    async def _part(self, number: int, start: int, end: int, last: bool) -> None:
         try:
             assert self.upload_id is not None
-            etag = await self._call(self._send_part, self.upload_id, number, start, end)
+            etag = await self._call(self._send_part, self.upload_id, number, start, end, last)
             self._etags[number - 1] = etag
             self.uploaded += end - start
             self.uploads.sent_bytes += end - start
@@ -388,12 +390,12 @@ class Upload(ObjectReader):
             if not self._in_flight:
                 self._idle.set()
 
-    def _send_part(self, upload_id: str, number: int, start: int, end: int) -> str:
+    def _send_part(self, upload_id: str, number: int, start: int, end: int, last: bool) -> str:
         """One part, read back from the cache file (blocking: a worker thread)."""
         data = os.pread(self.fd, end - start, start)
         if len(data) != end - start:
             raise CacheError(f"{self.url}: the cache file is shorter than what was written")
-        return self.store.upload_part(self.key, upload_id, number, data)
+        return self.store.upload_part(self.key, upload_id, number, start, data, last)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         return await self.uploads.call(self.store, self.url, fn, *args)
