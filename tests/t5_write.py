@@ -27,10 +27,12 @@ import pytest
 
 from conftest import MountFactory
 from devkit.confs import s3_conf
+from devkit.mounts import hermetic_env
 from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 from support import status_json
+from t5_cache import run_sdk
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize
@@ -455,3 +457,29 @@ def test_a_writer_killed_with_the_file_open_leaves_no_object(
     assert not server_has(s3_server, bucket, "killed/ckpt.pt")
     poll_until(lambda: not path.exists(), 10, "the abandoned file to disappear")
     assert "ended with the file open" in mount.log_text()
+
+
+def test_clearml_sdk_get_local_copy_of_a_written_file_makes_no_get(
+    mounted: MountFactory,
+    s3_server: S3Server,
+    s3_proxy: Proxy,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("clearml")
+    sdk_env = hermetic_env(tmp_path)
+    sdk_env["CLEARML_OFFLINE_MODE"] = "1"
+    cache = tmp_path / "shared-cache"
+    conf_text = s3_conf(s3_proxy, s3_server.admin)
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(conf_text)
+    mount = mounted(conf_text, cache_dir=cache, options=WRITABLE)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/sdk/model.pt"
+    data = os.urandom(12 * MIB)
+    path = mount.path_of(url)
+    os.makedirs(path.parent, exist_ok=True)
+    write_file(path, data)
+    s3_proxy.reset()
+    local = run_sdk(sdk_env, conf, cache, url)
+    assert Path(local).read_bytes() == data
+    assert s3_proxy.count("GET", f"/{bucket}/sdk/model.pt") == 0
