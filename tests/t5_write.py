@@ -439,6 +439,18 @@ def test_a_file_being_written_shows_its_size_bytes_and_progress(
     assert path.read_bytes() == data
 
 
+def test_a_writer_exiting_with_the_file_open_completes_it(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/exited/out.txt")
+    os.makedirs(path.parent, exist_ok=True)
+    # a shell redirect into the mount: the command's stdout, closed only by its exit
+    subprocess.run(f"{sys.executable} -c 'print(42)' > {path}", shell=True, check=True)
+    poll_until(lambda: server_has(s3_server, bucket, "exited/out.txt"), 30, "the object")
+    assert server_bytes(s3_server, bucket, "exited/out.txt") == b"42\n"
+
+
 def test_a_writer_killed_with_the_file_open_leaves_no_object(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
@@ -456,7 +468,7 @@ def test_a_writer_killed_with_the_file_open_leaves_no_object(
     poll_until(lambda: not multipart_uploads(s3_server, bucket), 60, "the upload to be aborted")
     assert not server_has(s3_server, bucket, "killed/ckpt.pt")
     poll_until(lambda: not path.exists(), 10, "the abandoned file to disappear")
-    assert "ended with the file open" in mount.log_text()
+    assert "killed with the file open" in mount.log_text()
 
 
 def test_clearml_sdk_get_local_copy_of_a_written_file_makes_no_get(

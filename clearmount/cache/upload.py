@@ -218,7 +218,8 @@ class Upload(ObjectReader):
         A close() completes the upload only when it is the writer's last descriptor of the
         file (`writer_holds`): the kernel sends the same request when a duplicate is closed
         (a shell's `> file`, a child's exec), and nothing may be written after completion.
-        A writer that exits or is killed with the file open leaves no object.
+        A writer killed by a signal with the file open leaves no object (one that exits
+        without closing it completes it, as if it had).
         """
         async with self._lock:
             if self.info is not None:
@@ -231,7 +232,7 @@ class Upload(ObjectReader):
                 if holds is None:
                     self._fail(
                         Unavailable(
-                            "the writing process ended with the file open: upload abandoned",
+                            "the writing process was killed with the file open: upload abandoned",
                             self.url,
                         ),
                         quiet=True,
@@ -471,16 +472,19 @@ def process_of(thread: int) -> int:
 
 def writer_holds(pid: int, suffix: str) -> bool | None:
     """Whether process `pid` still has a descriptor of the mount path ending in `suffix`
-    (False also when it is gone or unknown); None when it is exiting (killed, or ended
-    without closing the file). Blocking: reads /proc."""
+    (False also when it is gone, unknown, or exiting normally with the file open); None when
+    a signal is ending it (killed mid-write). Blocking: reads /proc."""
     if pid <= 0:
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-        flags = int(stat[stat.rindex(b")") + 2 :].split()[6])
-        if flags & _PF_EXITING:
-            return None
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[6]) & _PF_EXITING:
+            # its exit code is set before its files are closed: a signal's number, or
+            # the exit status << 8
+            code = int(fields[49]) if len(fields) > 49 else 0
+            return None if code & 0x7F else False
         folder = f"/proc/{pid}/fd"
         for name in os.listdir(folder):
             with contextlib.suppress(OSError):
