@@ -430,6 +430,14 @@ def test_a_file_being_written_shows_its_size_bytes_and_progress(
         assert isinstance(uploads, list) and len(uploads) == 1
         assert uploads[0]["url"].endswith("/growing.bin")
         assert uploads[0]["written"] == 2 * PART
+        human = subprocess.run(
+            [sys.executable, "-m", "clearmount", "status", str(mount.path)],
+            capture_output=True,
+            text=True,
+            env=mount.env,
+            check=True,
+        ).stdout
+        assert "uploads:  1 in flight" in human and "growing.bin" in human
         f.write(data[2 * PART :])
     counters = status_json(mount.path, mount.env)["counters"]
     assert isinstance(counters, dict)
@@ -495,3 +503,18 @@ def test_clearml_sdk_get_local_copy_of_a_written_file_makes_no_get(
     local = run_sdk(sdk_env, conf, cache, url)
     assert Path(local).read_bytes() == data
     assert s3_proxy.count("GET", f"/{bucket}/sdk/model.pt") == 0
+
+
+def test_writable_is_its_own_word_and_ro_wins() -> None:
+    from clearmount.options import parse_options
+
+    assert not parse_options(["rw,defaults"]).writable
+    assert "ro" in parse_options(["rw"]).fuse_options()
+    writable = parse_options(["writable,allow_overwrite"])
+    assert writable.writable and writable.allow_overwrite and not writable.allow_delete
+    assert "rw" in writable.fuse_options() and "ro" not in writable.fuse_options()
+    # the owner may create files and folders, unless the modes are given
+    assert (writable.file_mode, writable.dir_mode) == (0o644, 0o755)
+    assert parse_options(["writable,file_mode=0600"]).file_mode == 0o600
+    for forced in (["ro,writable"], ["writable", "ro"]):
+        assert not parse_options(forced).writable
