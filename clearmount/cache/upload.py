@@ -74,9 +74,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: One store call of an upload (a part, the completion, a PUT, an abort) is given up after
-#: this long, the SDK's retries included: `close()` reports a server that stopped answering
-#: within about this long.
+#: this long, the SDK's retries included, plus a second per `_SLOWEST` bytes it sends:
+#: `close()` reports a server that stopped answering within about this long (an 8 MiB
+#: part: 128 s).
 CALL_SECONDS = 120.0
+_SLOWEST = 1e6
 #: A server-side copy gets this long plus a second per 50 MB copied.
 _COPY_BYTES_PER_SECOND = 50e6
 #: Bytes gathered in memory before they go to the cache file in one thread hop.
@@ -245,7 +247,11 @@ class Upload(ObjectReader):
                 await self._spill()
                 if self.upload_id is None and (self._in_flight == 0 and not self._etags):
                     info = await self._call(
-                        self.store.put_file, self.key, str(self.partial), self.size
+                        self.store.put_file,
+                        self.key,
+                        str(self.partial),
+                        self.size,
+                        sending=self.size,
                     )
                     self.uploaded = self.size
                     self.uploads.sent_bytes += self.size
@@ -373,7 +379,9 @@ class Upload(ObjectReader):
     async def _part(self, number: int, start: int, end: int, last: bool) -> None:
         try:
             assert self.upload_id is not None
-            etag = await self._call(self._send_part, self.upload_id, number, start, end, last)
+            etag = await self._call(
+                self._send_part, self.upload_id, number, start, end, last, sending=end - start
+            )
             self._etags[number - 1] = etag
             self.uploaded += end - start
             self.uploads.sent_bytes += end - start
@@ -398,8 +406,8 @@ class Upload(ObjectReader):
             raise CacheError(f"{self.url}: the cache file is shorter than what was written")
         return self.store.upload_part(self.key, upload_id, number, start, data, last)
 
-    async def _call(self, fn: Callable[..., T], *args: object) -> T:
-        return await self.uploads.call(self.store, self.url, fn, *args)
+    async def _call(self, fn: Callable[..., T], *args: object, sending: int = 0) -> T:
+        return await self.uploads.call(self.store, self.url, fn, *args, sending=sending)
 
     def _seal(self, info: ObjectInfo) -> None:
         """The object is on the server: its bytes become its cache file (blocking)."""
@@ -427,7 +435,8 @@ class Upload(ObjectReader):
         # parts in flight end first (each within CALL_SECONDS): a part landing after the
         # abort could leave a new upload behind on some servers
         await self._idle.wait()
-        self._close_fd()
+        async with self._lock:  # a write's spill to the file (in a thread) ends first
+            self._close_fd()
         record, self._record = self._record, None
         if self.upload_id is not None:
             await self.uploads.abort(self.store, self.url, self.key, self.upload_id)
@@ -578,9 +587,17 @@ class Uploads:
             for u in self.active.values()
         ]
 
-    async def call(self, store: ObjectStore, url: str, fn: Callable[..., T], *args: object) -> T:
-        """A store call of an upload, in a data slot, given up after `CALL_SECONDS`."""
-        return await self._bounded(CALL_SECONDS, store, url, fn, *args)
+    async def call(
+        self,
+        store: ObjectStore,
+        url: str,
+        fn: Callable[..., T],
+        *args: object,
+        sending: int = 0,
+    ) -> T:
+        """A store call of an upload sending `sending` bytes, in a data slot, given up after
+        `CALL_SECONDS` plus a second per `_SLOWEST` bytes."""
+        return await self._bounded(CALL_SECONDS + sending / _SLOWEST, store, url, fn, *args)
 
     async def _bounded(
         self, seconds: float, store: ObjectStore, url: str, fn: Callable[..., T], *args: object
