@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +29,7 @@ import pytest
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env
-from devkit.processes import poll_until
+from devkit.processes import free_port, poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 from support import status_json
@@ -410,7 +411,10 @@ def test_memory_stays_flat_while_writing_2_gib(
 def test_a_file_being_written_shows_its_size_bytes_and_progress(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    port = free_port()
+    mount = mounted(
+        s3_conf(s3_proxy, s3_server.admin), options=(*WRITABLE, f"metrics=127.0.0.1:{port}")
+    )
     path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/growing.bin")
     data = os.urandom(3 * PART)
     with open(path, "wb", buffering=0) as f:
@@ -445,6 +449,16 @@ def test_a_file_being_written_shows_its_size_bytes_and_progress(
     assert counters["uploaded_bytes"] == len(data)
     assert status_json(mount.path, mount.env)["uploads"] == []
     assert path.read_bytes() == data
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    values = {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in metrics.splitlines())
+        if name.startswith("clearmount_upload")
+    }
+    assert values["clearmount_uploads_completed_total"] == 1
+    assert values["clearmount_uploaded_bytes_total"] == len(data)
+    assert values["clearmount_uploads_in_flight"] == 0
 
 
 def test_a_writer_exiting_with_the_file_open_completes_it(
