@@ -170,7 +170,12 @@ def test_overwrite_and_delete_need_their_options(
         path.write_bytes(b"replaced")
     with pytest.raises(PermissionError):
         path.unlink()
+    # an atomic save onto an existing object is an overwrite too
+    (path.parent / "model.pt.tmp").write_bytes(b"saved")
+    with pytest.raises(PermissionError):
+        os.replace(path.parent / "model.pt.tmp", path)
     assert server_bytes(s3_server, bucket, "kept/model.pt") == b"original"
+    assert server_bytes(s3_server, bucket, "kept/model.pt.tmp") == b"saved"
     assert path.read_bytes() == b"original"
     mount.stop()
 
@@ -183,6 +188,10 @@ def test_overwrite_and_delete_need_their_options(
     path.write_bytes(b"replaced, longer")
     assert server_bytes(s3_server, bucket, "kept/model.pt") == b"replaced, longer"
     assert path.read_bytes() == b"replaced, longer"
+    os.replace(path.parent / "model.pt.tmp", path)
+    assert server_bytes(s3_server, bucket, "kept/model.pt") == b"saved"
+    assert not server_has(s3_server, bucket, "kept/model.pt.tmp")
+    assert path.read_bytes() == b"saved"
     path.unlink()
     assert not server_has(s3_server, bucket, "kept/model.pt")
     assert not path.exists()
