@@ -412,7 +412,8 @@ class Upload(ObjectReader):
     def _seal(self, info: ObjectInfo) -> None:
         """The object is on the server: its bytes become its cache file (blocking)."""
         os.rename(self.partial, self.final)
-        self.uploads.index.put(self.final.name, self.url, info.version, info.size)
+        name = self.uploads.layout.name_of(self.final)
+        self.uploads.index.put(name, self.url, info.version, info.size)
         if self._record is not None:
             self._record.remove()
             self._record = None
@@ -719,20 +720,22 @@ class Uploads:
         with contextlib.suppress(OSError):
             final.unlink()
         with contextlib.suppress(Exception):
-            self.index.remove(final.name)
+            self.index.remove(self.layout.name_of(final))
 
     def _move_cached(self, source_url: str, url: str, info: ObjectInfo) -> None:
+        """The cache file of `source_url` becomes `url`'s (else it goes: a later miss)."""
         source = self.layout.final_path(source_url)
         final = self.layout.final_path(url)
-        entry = self.index.get(source.name)
+        entry = self.index.get(self.layout.name_of(source))
         with contextlib.suppress(Exception):
-            self.index.remove(source.name)
-        if entry is None or entry.size != info.size:
+            self.index.remove(self.layout.name_of(source))
+        try:
+            if entry is None or entry.size != info.size:
+                raise FileNotFoundError
+            os.rename(source, final)
+        except OSError:
+            # not recorded, or the new name's folder is missing (ClearML 2.x layout)
             with contextlib.suppress(OSError):
                 source.unlink()
             return
-        try:
-            os.rename(source, final)
-        except OSError:
-            return
-        self.index.put(final.name, url, info.version, info.size)
+        self.index.put(self.layout.name_of(final), url, info.version, info.size)
