@@ -541,3 +541,23 @@ def test_writable_is_its_own_word_and_ro_wins() -> None:
     assert parse_options(["writable,file_mode=0600"]).file_mode == 0o600
     for forced in (["ro,writable"], ["writable", "ro"]):
         assert not parse_options(forced).writable
+
+
+def test_written_file_lands_in_the_clearml_2x_layout_too(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, tmp_path: Path
+) -> None:
+    strategy = "storage { cache { disk_space_file_size_strategy { enabled: true } } }"
+    cache = tmp_path / "cache2x"
+    conf = s3_conf(s3_proxy, s3_server.admin, sdk_extra=strategy)
+    mount = mounted(conf, cache_dir=cache, options=WRITABLE)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/layout2x/deep/model.pt"
+    path = mount.path_of(url)
+    os.makedirs(path.parent)
+    data = os.urandom(10 * MIB)
+    write_file(path, data)
+    os.replace(path, path.with_name("final.pt"))
+    s3_proxy.reset()
+    assert path.with_name("final.pt").read_bytes() == data
+    assert s3_proxy.count("GET", f"/{bucket}/layout2x/deep/final.pt") == 0
+    assert (cache / "storage").is_dir()
+    assert not list((cache / "storage_manager").glob("**/*.pt"))
