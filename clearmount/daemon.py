@@ -36,6 +36,7 @@ from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, DiskSpaceLayout
 from clearmount.cache.shared import L2Limits, SharedCache
+from clearmount.cache.upload import Uploads
 from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
@@ -87,6 +88,7 @@ class _Service:
     request: MountRequest
     namespace: Namespace
     fetcher: Fetcher
+    uploads: Uploads
     monitor: Monitor
     notifier: Notifier
     control: control.ControlServer | None
@@ -198,7 +200,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         verify=not options.noverify,
         shared=shared,
     )
-    operations = Operations(namespace, fetcher, options)
+    uploads = Uploads(cache, index, transfer)
+    operations = Operations(namespace, fetcher, options, uploads)
     monitor = Monitor(
         fetcher,
         operations.counters,
@@ -208,11 +211,19 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     )
     # every fetch event is counted where it happens, however quickly the fetch ends
     fetcher.events = monitor
+    monitor.uploads = uploads
     # Both sockets are bound before mounting: a taken metrics port fails the start (one
     # line, nothing mounted) instead of leaving a mount without what was asked for.
     metrics = _metrics_server(options.metrics, monitor) if options.metrics else None
     service = _Service(
-        request, namespace, fetcher, monitor, Notifier(), _control_server(request), metrics
+        request,
+        namespace,
+        fetcher,
+        uploads,
+        monitor,
+        Notifier(),
+        _control_server(request),
+        metrics,
     )
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
@@ -277,10 +288,14 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
+        # uploads' parts and aborts: cancelled with the fetches at a stop
+        service.uploads.start(fetches)
         if service.fetcher.shared is not None:
             service.fetcher.shared.start(fetches)
             nursery.start_soon(service.fetcher.shared.keep_within_limits)
         service.namespace.start(nursery)
+        # what a killed daemon left unfinished on the servers
+        nursery.start_soon(service.uploads.recover, service.namespace.store_for)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)
