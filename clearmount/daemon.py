@@ -334,8 +334,10 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
     want_free = limits.min_free_bytes > 0
     seen = -1  # `fetcher.changes` at the last size check
     checked = -1  # ... and at the last free-space check
+    not_before = 0.0  # after a pass that left the cache over its limits
     try:
         while True:
+            await trio.sleep_until(not_before)
             # The size limit is checked at every fetch start and end, on the loop; the free
             # space (a `statvfs`) and the batched index rows need a thread hop (`_check`): at
             # most one per CHECK_GAP, which the other starts and ends of a burst share. A
@@ -377,6 +379,8 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             # top (too high is corrected by the next pass's scan; too low overshoots the limit).
             fetcher.usage_bytes = result.used_bytes + max(0, fetcher.usage_bytes - estimate)
             last_scan = trio.current_time()
+            if result.over:
+                not_before = last_scan + cache_limits.STUCK_PAUSE
             counters.evictions += len(result.removed)
             counters.evicted_bytes += sum(f.size for f in result.removed)
     finally:

@@ -29,6 +29,11 @@ from clearmount.cache.limits import CacheLimits, free_bytes
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two "still over its limits" warnings: while downloads in flight keep the
+#: cache over, every pass would say it again.
+_OVER_WARNING_GAP = 60.0
+_last_over_warning = -_OVER_WARNING_GAP
+
 
 @dataclass(frozen=True)
 class CachedFile:
@@ -84,6 +89,8 @@ class EvictResult:
     removed: list[CachedFile]
     kept_busy: list[str]  # wanted to remove, but open or pinned
     used_bytes: int
+    #: still over a limit: what is left is open, pinned, recent or being downloaded
+    over: bool = False
 
 
 def evict(
@@ -135,14 +142,21 @@ def evict(
             used,
             limits.describe(),
         )
-    if over():
-        log.warning(
+    still_over = over()
+    if still_over:
+        global _last_over_warning
+        now = time.monotonic()
+        quiet = now - _last_over_warning < _OVER_WARNING_GAP
+        if not quiet:
+            _last_over_warning = now
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "cache still over its limits (%d bytes used, %d free): the rest is open, pinned "
             "or being downloaded",
             used,
             free,
         )
-    return EvictResult(removed, kept, used)
+    return EvictResult(removed, kept, used, still_over)
 
 
 def reconcile(layout: CacheLayout, index: CacheIndex) -> None:

@@ -6,7 +6,7 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
-- `EVICTION_INTERVAL` / `CHECK_GAP` / `RESCAN_INTERVAL`, `eviction_due` and
+- `EVICTION_INTERVAL` / `CHECK_GAP` / `STUCK_PAUSE` / `RESCAN_INTERVAL`, `eviction_due` and
   `eviction_due_by_size`: when the daemon's eviction loop checks and scans.
 The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
 off the trio loop: `free_bytes` is a `statvfs`, which a busy or network disk can hold for
@@ -28,6 +28,9 @@ EVICTION_INTERVAL = 5.0
 #: files (hundreds a second) share one `statvfs` thread hop instead of making two each (the
 #: size limit, known without a system call, is checked at every start and end).
 CHECK_GAP = 0.1
+#: Seconds before the next pass after one that could not get within the limits (the rest is
+#: open, pinned or in flight): passes back to back would only scan the cache again.
+STUCK_PAUSE = 1.0
 #: Seconds between full scans of the cache while the estimate says all is well (the ClearML
 #: SDK adds files behind the daemon's back).
 RESCAN_INTERVAL = 30.0
