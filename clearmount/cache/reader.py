@@ -34,6 +34,9 @@ from clearmount.errors import Stale
 if TYPE_CHECKING:
     from clearmount.cache.fetch import Fetch
 
+#: the first window of bytes fetched ahead of a reader that reads on (as `cache.fetch`'s)
+FIRST_WINDOW = 1 << 20
+
 
 class Outcome(enum.Enum):
     """How an open found the object's bytes (what `clearmount status` counts opens by)."""
@@ -96,12 +99,22 @@ class FetchReader(_FileReader):
         self.outcome = Outcome.FETCHED if started else Outcome.JOINED
         self._release = release
         self._on_stale = on_stale
+        # where a read continuing this file's reads would start, and the bytes fetched ahead
+        # of it: doubled by each read that continues, none after a jump
+        self._next = 0
+        self._window = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         fetch = self.fetch
         if not fetch.complete:
+            # the kernel's readahead may send a few reads at once, slightly out of order
+            if self._next - (1 << 20) <= offset <= self._next + self._window:
+                self._window = min(max(2 * self._window, FIRST_WINDOW), fetch.max_window)
+            else:
+                self._window = 0
+            self._next = max(offset + size, self._next) if self._window else offset + size
             try:
-                await fetch.wait_for(offset, offset + size)
+                await fetch.wait_for(offset, offset + size, self._window)
             except Stale:
                 # the next open must ask the server instead of trusting the old version
                 self._on_stale()
