@@ -73,8 +73,9 @@ def _backoff(tries: int) -> float:
     return random.uniform(0, min(8.0, 0.25 * 2 ** (tries - 1)))
 
 
-#: The first reader window: bytes fetched from where a reader starts (or jumps to).
-FIRST_WINDOW = 1 << 20
+#: The first reader window: bytes fetched from where a reader starts (or jumps to). The
+#: kernel's own readahead asks for 1-2 MiB past a jump's first read at once: one GET brings it.
+FIRST_WINDOW = 4 << 20
 #: A reader run this close behind the bytes a reader needs is waited for, not split.
 _NEAR = 1 << 20
 #: For this long after a reader waited, background runs are limited to one.
@@ -286,6 +287,15 @@ class Fetch:
             if i < 0:
                 j = bisect.bisect_right(self._starts, at)
                 gap_end = self._starts[j] if j < len(self._starts) else self.info.size
+                stop = min(gap_end, end)
+                if (
+                    ahead
+                    and stop < self.info.size
+                    and stop - at < min(self.part_size, (end - start) // 2)
+                ):
+                    # a window moving on by a read's size: wait until a whole part is due
+                    at = gap_end
+                    continue
                 run = _Run(
                     at,
                     min(
@@ -308,7 +318,8 @@ class Fetch:
                 and (not run.reader or far > 2 * _NEAR or run.front == run.start)
             ):
                 # a jump into the far part of a run: its own run serves it now
-                tail = _Run(at, run.end, True)
+                # (the first window only: the rest is a gap again, for later)
+                tail = _Run(at, min(run.end, max(end, at + FIRST_WINDOW)), True)
                 run.end = at
                 self._insert(tail)
                 self._urgent.append(tail)
@@ -333,7 +344,7 @@ class Fetch:
         if self._starting:
             allowed = 0  # a reader's first bytes go out before the link is shared
         elif self._readers_active or time.monotonic() - self._demand_at < _QUIET:
-            allowed = 1
+            allowed = 0  # readers came lately: the link is theirs
         else:
             allowed = self.parallel
         while self._background_active < allowed:

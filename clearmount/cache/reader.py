@@ -34,8 +34,10 @@ from clearmount.errors import Stale
 if TYPE_CHECKING:
     from clearmount.cache.fetch import Fetch
 
-#: the first window of bytes fetched ahead of a reader that reads on (as `cache.fetch`'s)
-FIRST_WINDOW = 1 << 20
+#: the bytes a jump's own GET brings (`cache.fetch.FIRST_WINDOW`)
+FIRST_WINDOW = 4 << 20
+#: a read at most this far from where the last one ended continues it
+_SEQUENTIAL = 1 << 20
 
 
 class Outcome(enum.Enum):
@@ -99,20 +101,24 @@ class FetchReader(_FileReader):
         self.outcome = Outcome.FETCHED if started else Outcome.JOINED
         self._release = release
         self._on_stale = on_stale
-        # where a read continuing this file's reads would start, and the bytes fetched ahead
-        # of it: doubled by each read that continues, none after a jump
-        self._next = 0
+        # where a read continuing this file's reads would start, and where this run of
+        # sequential reads began: the window fetched ahead is twice what it has read (once that
+        # is more than a jump's first GET brings)
+        self._next = -1
+        self._streak = 0
         self._window = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         fetch = self.fetch
         if not fetch.complete:
             # the kernel's readahead may send a few reads at once, slightly out of order
-            if self._next - (1 << 20) <= offset <= self._next + self._window:
-                self._window = min(max(2 * self._window, FIRST_WINDOW), fetch.max_window)
+            if self._next >= 0 and abs(offset - self._next) <= _SEQUENTIAL:
+                self._next = max(self._next, offset + size)
+                read = self._next - self._streak
+                # a jump's own GET brings its first window; past two, the reader reads on
+                self._window = min(2 * read, fetch.max_window) if read > 2 * FIRST_WINDOW else 0
             else:
-                self._window = 0
-            self._next = max(offset + size, self._next) if self._window else offset + size
+                self._streak, self._next, self._window = offset, offset + size, 0
             try:
                 await fetch.wait_for(offset, offset + size, self._window)
             except Stale:
