@@ -1,25 +1,33 @@
 """Fetching objects into the cache while readers read them.
 
 Owns: `Fetcher`, the single-flight table (one `Fetch` per URL and object version, however
-many opens), and `Fetch`, which streams an object into its `.partially` file with parallel
-ranged GETs, tells waiting readers when their bytes are on disk, then verifies the size and
-renames the file into place. A reader never waits for more than the bytes it asked for.
-`Fetcher.open` decides where an open file's bytes come from (a complete cache file, a fetch
-it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` that reads them.
+many opens), and `Fetch`, which streams an object into its `.partially` file with ranged
+GETs in the order its readers ask for the bytes, tells waiting readers when their bytes are
+on disk, then verifies the size and renames the file into place. A reader never waits for
+more than the bytes it asked for. `Fetcher.open` decides where an open file's bytes come
+from (a complete cache file, a fetch it starts or joins, or a stream) and returns the
+`cache.reader.ObjectReader` that reads them.
 
-Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
-own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
-that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
-order, before the thread's own completion): the thread reads on while readers wake. The
+Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
+read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
+that reads on gets a window ahead of it that doubles with what it has read in a row; the
+bytes nobody asked for are fetched by background GETs that give way while readers wait.
+
+Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
+that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
+ever write to that file. Progress goes back to the trio loop without waiting for it
+(`run_sync_soon`, in order, before the thread's own completion), as soon as a waiting
+reader's bytes are in, else every `_REPORT_EVERY` bytes: the thread reads on while readers
+wake, and a background download costs the loop one wake-up per 4 MiB. The
 local blocking work of an open (opening, locking and touching cache files, the index, the
 free space) runs in worker threads too, through `Transfer.local`.
 
-Bounded time: each part is downloaded in attempts, each one watched (`Progress`): an attempt
+Bounded time: each run is downloaded in attempts, each one watched (`Progress`): an attempt
 must receive every MiB within the store's stall window, or it is given up. A failed or
 stalled attempt is resumed from the last byte received, with jittered exponential backoff,
-until the part has gone `Deadlines.operation` seconds (or `_TRIES` tries in a row) without
+until the run has gone `Deadlines.operation` seconds (or `_TRIES` tries in a row) without
 receiving 1 MiB; then its readers get EIO. The thread of an attempt given up may run on for a
-while: its bytes are dropped (`attempts`).
+while: its later bytes are dropped (`_Run.attempt`).
 
 Counting: each fetch reports its start, every chunk that lands and its one end (completed,
 failed or stopped) to the `FetchEvents` the composition root gave the `Fetcher`, where they
@@ -78,7 +86,7 @@ def _backoff(tries: int) -> float:
 FIRST_WINDOW = 4 << 20
 #: A reader run this close behind the bytes a reader needs is waited for, not split.
 _NEAR = 1 << 20
-#: For this long after a reader waited, background runs are limited to one.
+#: For this long after a reader waited, no background run starts.
 _QUIET = 0.5
 #: Chunks asked of the store: reader runs get their first bytes early; background runs make
 #: fewer, larger steps.
@@ -128,14 +136,20 @@ class Fetch:
     """One object version streaming into its partial file.
 
     The object is fetched in runs, each one ranged GET (resumed after a stall) of at most
-    `part_size` bytes. What a reader reads decides the order: its first read starts a run at
-    its offset (`FIRST_WINDOW` long), and each read that continues where the last one ended
-    doubles the window of bytes fetched ahead of it, up to `parallel` times `part_size`. A read
-    far from every run starts its own run at once, and one inside a background run far
-    ahead of that run's front cuts the run there. The bytes nobody asked for yet are fetched
-    by background runs, in order from where the readers went, one at a time while a reader
-    waited in the last `_QUIET` seconds, `parallel` at a time otherwise: an opened file still
-    ends up complete in the cache.
+    `part_size` bytes; an object of one part is one run, hashed as it arrives. Readers
+    decide the order:
+    - the opener's first `FIRST_WINDOW` bytes are asked for at open (most readers start
+      there: time to first byte);
+    - a read of bytes no run brings starts a run at its own offset (`FIRST_WINDOW` long, the
+      kernel's readahead wants that much after a jump) at once, beyond the `parallel`
+      limit; one inside a run whose front is far behind it cuts that run there;
+    - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
+      has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
+      `parallel` at a time;
+    - the bytes nobody asked for yet are fetched by background runs, in order from past
+      the last reader run: none starts while a reader run is in flight or a reader waited in the
+      last `_QUIET` seconds, `parallel` at a time otherwise. So an opened file still ends up
+      complete in the cache, and a reader never shares the link with bytes nobody wants yet.
     """
 
     def __init__(
@@ -329,8 +343,9 @@ class Fetch:
             at = run.end
 
     def _pump(self) -> None:
-        """Start the runs the priorities allow: reader runs first, up to `parallel`; then
-        background runs, one at a time while readers are busy, else up to `parallel`."""
+        """Start the runs the priorities allow: the bytes readers wait for at once, then
+        their windows up to `parallel` runs, then background runs, only once readers are
+        quiet (up to `parallel`)."""
         nursery = self._nursery
         if nursery is None or self.error is not None:
             return

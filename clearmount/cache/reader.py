@@ -4,7 +4,10 @@ Owns: `ObjectReader`, what an open file reads through (`read(offset, size)`, `cl
 the `outcome` of the open that made it), and its three kinds:
 - `CachedReader`: a complete cache file of the object's version;
 - `FetchReader`: the file a `Fetch` is filling, started by this open or joined; each read
-  waits only for its own bytes, then reads them from the file;
+  waits only for its own bytes, then reads them from the file. It tells the fetch where
+  this file reads and how far ahead: a read that continues the last ones (within
+  `_SEQUENTIAL`) asks for a window twice what it has read in a row, once that is more than
+  a jump's first GET brings; a jump asks for nothing ahead;
 - `StreamReader`: an object too large for the cache, read through a `Stream`.
 A file reader holds a shared-locked descriptor (eviction leaves an open file alone) and
 `pread`s it on the loop: the bytes are on local disk, mostly in the page cache, where a 1 MiB
