@@ -74,6 +74,46 @@ async def test_a_read_far_ahead_is_served_by_its_own_get_at_once(tmp_path: Path)
     assert sum(end - start for start, end in store.ranges) == len(data)
 
 
+async def test_bytes_nobody_asked_for_wait_until_readers_are_quiet(tmp_path: Path) -> None:
+    # a tensor in the middle of a checkpoint: its read shares the link with nothing but the
+    # opener's first window; the rest comes afterwards, and the file ends up whole
+    data = os.urandom(32 << 20)
+    store = MemoryStore({"k": data})
+    fetcher = make_fetcher(tmp_path)
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        with trio.fail_after(10):
+            assert await reader.read(20 << 20, 4096) == data[20 << 20 : (20 << 20) + 4096]
+        jump = (20 << 20, (20 << 20) + (1 << 20))  # its own GET (of one part, here)
+        assert jump in store.ranges
+        assert set(store.ranges) <= {(0, FIRST_WINDOW), jump}
+        reader.close()
+        await ended(fetch_of(reader))
+    assert fetch_of(reader).complete
+    assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
+    assert sum(end - start for start, end in store.ranges) == len(data)  # each byte once
+
+
+async def test_a_sequential_reader_is_fetched_ahead_in_parts_not_per_read(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(24 << 20)
+    store = MemoryStore({"k": data})
+    fetcher = make_fetcher(tmp_path)  # parts of 1 MiB, 4 at a time
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        with trio.fail_after(20):
+            for offset in range(0, len(data), 128 << 10):
+                assert await reader.read(offset, 128 << 10) == data[offset : offset + (128 << 10)]
+        reader.close()
+        await ended(fetch_of(reader))
+    # 192 reads: no GET per read, no byte twice
+    assert len(store.ranges) <= len(data) // (1 << 20) + 1
+    assert sum(end - start for start, end in store.ranges) == len(data)
+
+
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) + 1])
 async def test_sizes_at_part_boundaries(tmp_path: Path, size: int) -> None:
     data = bytes(i % 251 for i in range(size))

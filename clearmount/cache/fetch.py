@@ -279,8 +279,13 @@ class Fetch:
                 raise self.error
             at, run = missing
             if run is not None:
-                # its thread tells the loop as soon as these bytes are in
+                # its thread tells the loop as soon as these bytes are in; it may have
+                # written them already and not told (it looks at `need` after `written`)
                 run.need = min(run.need, min(end, run.end))
+                if run.written > run.front:
+                    self._advance(run, run.written, run.attempt, 0)
+                    missing = self._missing(start, end)
+                    continue
             elif self.aborted:
                 raise self.error or Unavailable("fetch aborted", self.url)
             else:
@@ -532,7 +537,8 @@ class Fetch:
             run.end,
             _chunk_size(run, self.info.size),
         )
-        told = position
+        # told after the first chunk (a reader may be about to wait for it), then as above
+        told = first = position
         try:
             for chunk in chunks:
                 if self.aborted or attempt != run.attempt:
@@ -549,11 +555,12 @@ class Fetch:
                     progress.add(len(chunk))
                 if position >= end:
                     break
-                if position >= run.need or position - told >= _REPORT_EVERY:
+                if told == first or position >= run.need or position - told >= _REPORT_EVERY:
                     self._report(self._advance, run, position, attempt, position - told)
                     told = position
             if position > told:
                 self._report(self._advance, run, position, attempt, position - told)
+                told = position
             if (
                 run.whole
                 and position >= self.info.size
@@ -564,6 +571,9 @@ class Fetch:
                 # and rename (an ext4 rename in a big folder is ~0.1 ms)
                 self._seal()
         finally:
+            if position > told:
+                # given up: its bytes were still downloaded (and count as such)
+                self._report(self._advance, run, position, attempt, position - told)
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()
