@@ -26,8 +26,8 @@ import pytest
 from devkit.azurite import AzuriteServer
 from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import tail
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 from support import Mount, SecretGuard, start_mount
 
 MOUNTS_KEY = pytest.StashKey[list[Mount]]()

@@ -37,8 +37,8 @@ from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
 from devkit.mounts import hermetic_env
 from devkit.processes import free_port, unique_name
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 
 MIB = 1 << 20
 BIG = random.Random(20260101).randbytes(3 * MIB + 4567)

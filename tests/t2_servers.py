@@ -18,8 +18,8 @@ from devkit.azurite import AzuriteServer
 from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import ServerError, poll_until
-from devkit.s3 import Identity, S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import Identity, S3Server
 from support import SecretGuard, start_mount
 
 MiB = 1024 * 1024

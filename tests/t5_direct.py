@@ -18,8 +18,8 @@ import pytest
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 
 MIB = 1 << 20
 

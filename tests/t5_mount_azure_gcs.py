@@ -40,8 +40,8 @@ from devkit.confs import s3_section, sdk_block
 from devkit.fake_gcs import FakeGcsServer
 from devkit.mounts import hermetic_env
 from devkit.processes import poll_until, unique_name
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy, Seen
+from devkit.s3 import S3Server
 from support import Mount, SecretGuard
 
 MIB = 1 << 20

@@ -18,8 +18,8 @@ from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env, mount_points
 from devkit.processes import poll_until, unique_name
-from devkit.s3 import Identity, S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import Identity, S3Server
 from support import Mount
 
 MIB = 1 << 20

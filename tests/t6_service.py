@@ -36,8 +36,8 @@ from devkit import REPO
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env, mount_points, processes_mentioning
 from devkit.processes import free_port, poll_until
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 from support import SecretGuard, status_json
 
 MIB = 1 << 20

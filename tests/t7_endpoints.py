@@ -26,8 +26,8 @@ from clearmount import options
 from clearmount.errors import UserError
 from conftest import MountFactory
 from devkit.confs import s3_conf
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 from support import Mount
 
 OPTION = "allow_unlisted_endpoints"

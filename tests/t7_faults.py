@@ -39,8 +39,8 @@ from devkit.azurite import AzuriteServer
 from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import poll_until, unique_name
-from devkit.s3 import S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import S3Server
 from support import Mount
 from t5_mount_azure_gcs import AzureCloud, Cloud, GcsCloud
 

@@ -46,8 +46,8 @@ from clearmount import control
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.processes import poll_until, unique_name
-from devkit.s3 import Identity, S3Server
 from devkit.proxy import Proxy
+from devkit.s3 import Identity, S3Server
 from support import Mount, SecretGuard
 
 MIB = 1 << 20
