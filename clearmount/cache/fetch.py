@@ -345,6 +345,10 @@ class Fetch:
                 self._cursor = max(self._cursor, tail.end)
                 at = tail.end
                 continue
+            if not ahead and run.front == run.start and run in self._queue:
+                # a window run not started yet: a reader waits for it now
+                self._queue.remove(run)
+                self._urgent.append(run)
             at = run.end
 
     def _pump(self) -> None:
