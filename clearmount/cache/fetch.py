@@ -141,8 +141,8 @@ class Fetch:
     - the opener's first `FIRST_WINDOW` bytes are asked for at open (most readers start
       there: time to first byte);
     - a read of bytes no run brings starts a run at its own offset (`FIRST_WINDOW` long, the
-      kernel's readahead wants that much after a jump) at once, beyond the `parallel`
-      limit; one inside a run whose front is far behind it cuts that run there;
+      kernel's readahead wants that much after a jump) at once, in one slot beyond the
+      `parallel` limit; one inside a run whose front is far behind it cuts that run there;
     - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
       has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
       `parallel` at a time;
@@ -217,7 +217,7 @@ class Fetch:
         self.max_window = max(FIRST_WINDOW, self.parallel * part_size)
         if info.size:
             # the opener reads from the start, mostly: its first bytes are asked for at once
-            first = _Run(0, info.size if whole else min(FIRST_WINDOW, info.size), True, whole)
+            first = _Run(0, info.size if whole else min(FIRST_WINDOW, part_size), True, whole)
             self._insert(first)
             self._queue.append(first)
 
@@ -358,7 +358,11 @@ class Fetch:
         nursery = self._nursery
         if nursery is None or self.error is not None:
             return
-        while self._urgent or (self._queue and self._readers_active < self.parallel):
+        # the bytes a reader waits for get one run more than `parallel`: a jump never waits
+        # behind the window runs of a sequential reader
+        while (self._urgent and self._readers_active <= self.parallel) or (
+            self._queue and self._readers_active < self.parallel
+        ):
             run = (self._urgent or self._queue).popleft()
             if run.front >= run.end:
                 continue
