@@ -28,7 +28,7 @@ from clearmount import config as config_module
 from clearmount import urls
 from clearmount.cache.evict import evict, scan
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import CacheLayout, DiskSpaceLayout, make_layout
 from clearmount.cache.limits import CacheLimits, resolve
 from clearmount.errors import UserError
 from clearmount.mounts import clearmount_mounts, mount_containing
@@ -37,6 +37,7 @@ from clearmount.units import format_bytes, progress_bar
 _CACHED = "user.clearmount.cached"
 _URL = "user.clearmount.url"
 _CACHE_DIR = "user.clearmount.cache_dir"
+_CACHE_LAYOUT = "user.clearmount.cache_layout"
 # Files fetched at once by prefetch; each fetch is itself parallel inside the daemon.
 _PREFETCH_WORKERS = 8
 # The commands may wait for the daemon's index writes (each holds the lock for microseconds).
@@ -53,15 +54,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _cache_root(args: argparse.Namespace) -> Path:
-    # the same default as the daemon's, so `cache` and the mount agree without flags
-    if args.cache_dir:
-        return Path(args.cache_dir).expanduser().absolute()
-    return config_module.load(args.config).cache.base_dir
+def _cache_layout(args: argparse.Namespace) -> CacheLayout:
+    # the same default folder and layout as the daemon's, so `cache` and the mount agree
+    # without flags
+    try:
+        settings = config_module.load(args.config).cache
+    except UserError:
+        if not args.cache_dir:
+            raise
+        return make_layout(Path(args.cache_dir).expanduser().absolute(), False)
+    root = Path(args.cache_dir).expanduser().absolute() if args.cache_dir else settings.base_dir
+    return make_layout(root, settings.disk_strategy)
 
 
 def _open_cache(args: argparse.Namespace) -> tuple[CacheLayout, CacheIndex]:
-    layout = CacheLayout(_cache_root(args))
+    layout = _cache_layout(args)
     layout.prepare()
     return layout, CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
 
@@ -119,7 +126,7 @@ class _Row:
 
 def _rows(layout: CacheLayout, index: CacheIndex) -> Iterator[_Row]:
     entries = {entry.name: entry for entry in index.all()}
-    for cached in sorted(scan(layout).files, key=lambda f: f.mtime, reverse=True):
+    for cached in sorted(scan(layout).files, key=lambda f: f.last_used, reverse=True):
         name = cached.name
         if cached.partial:
             name = name.rsplit("_", 1)[0]  # <final>_<time>.partially
@@ -129,7 +136,7 @@ def _rows(layout: CacheLayout, index: CacheIndex) -> Iterator[_Row]:
             name=cached.name,
             size=cached.size,
             version=entry.version if entry else "",
-            last_access=cached.mtime,
+            last_access=cached.last_used,
             pinned=bool(entry and entry.pinned),
             complete=not cached.partial,
         )
@@ -170,7 +177,7 @@ def _du(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> int
     partial = sum(f.size for f in usage.files if f.partial)
     limits = _limits(args, layout)
     limit = "no limit" if limits.max_bytes is None else format_bytes(limits.max_bytes)
-    print(f"{layout.global_dir}")
+    print(f"{layout.data_dir} ({layout.describe()})")
     print(
         f"  {len(usage.files)} files, {format_bytes(usage.used_bytes)} "
         f"({format_bytes(partial)} being downloaded), {len(index.pinned_names())} pinned"
@@ -231,7 +238,7 @@ def _pin(args: argparse.Namespace, layout: CacheLayout, index: CacheIndex) -> in
     if not args.urls:
         raise UserError(f"{args.action}: name at least one URL", 2)
     for url in args.urls:
-        index.pin(layout.final_path(url).name, url, pinned)
+        index.pin(layout.name_of(layout.final_path(url)), url, pinned)
     return 0
 
 
@@ -265,7 +272,7 @@ def prefetch_command(argv: Sequence[str]) -> int:
 def _pin_all(files: list[Path], mountpoint: Path, failed: dict[str, str]) -> list[Path]:
     """Pin each file's URL; the files that could be pinned."""
     cache = Path(os.fsdecode(os.getxattr(mountpoint, _CACHE_DIR)))
-    layout = CacheLayout(cache)
+    layout = make_layout(cache, _xattr(mountpoint, _CACHE_LAYOUT) == DiskSpaceLayout.kind.encode())
     index = CacheIndex(layout, busy_timeout=_BUSY_TIMEOUT)
     pinned = []
     try:
@@ -275,7 +282,7 @@ def _pin_all(files: list[Path], mountpoint: Path, failed: dict[str, str]) -> lis
             except OSError as exc:
                 failed[_shown(path, mountpoint)] = _reason(exc)
                 continue
-            index.pin(layout.final_path(url).name, url)
+            index.pin(layout.name_of(layout.final_path(url)), url)
             pinned.append(path)
     finally:
         index.close()

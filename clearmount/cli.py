@@ -19,7 +19,7 @@ from pathlib import Path
 from clearmount import __version__, urls
 from clearmount import config as config_module
 from clearmount.cache import limits as cache_limits
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import make_layout
 from clearmount.direct import DirectAccess
 from clearmount.errors import ConfigError, UserError
 from clearmount.mounts import clearmount_mounts, mount_containing
@@ -73,6 +73,10 @@ OPTIONS_HELP = """mount options (-o, comma separated):
                       that clearml.conf does not name (off: such paths do not exist)
   noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
                       buckets, whose ETags are not MD5s)
+  l2_takeover=S       seconds after which a dead node's lease on a shared (L2) cache
+                      fetch is taken over (30)
+  l2_timeout=S        seconds one shared (L2) cache operation may take before the
+                      bucket is read instead (5)
   log_file=PATH       log file (default: stderr with --foreground, else
                       CACHE/clearmount/clearmount.log)
   log_level=L         debug, info, warning or error (info; --debug means debug)
@@ -167,7 +171,7 @@ def _mount(argv: Sequence[str]) -> int:
             searched,
         )
     cache_root = (args.cache_dir or config.cache.base_dir).expanduser().absolute()
-    cache = CacheLayout(cache_root)
+    cache = make_layout(cache_root, config.cache.disk_strategy)
     cache.prepare()
     limits = cache_limits.resolve(config, cache.root, args.cache_max_size, args.cache_min_free)
     mountpoint = args.mountpoint.expanduser().absolute()

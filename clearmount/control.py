@@ -365,7 +365,8 @@ def render_status(status: dict[str, Any]) -> str:
             use += f" (+{cache['partial_files']} partial, {format_bytes(cache['partial_bytes'])})"
     else:
         use = "not measured yet"
-    lines.append(f"cache:    {status['cache_dir']}")
+    layout = status.get("cache_layout", "storage_manager")
+    lines.append(f"cache:    {status['cache_dir']} (layout: {layout})")
     lines.append(
         f"          {use}; {limit}; {format_bytes(cache['free_bytes'])} free on disk "
         f"(keeping {format_bytes(cache.get('min_free_bytes') or 0)})"
@@ -378,6 +379,14 @@ def render_status(status: dict[str, Any]) -> str:
             f"  {progress_bar(fetch['bytes_done'], fetch['size'])}  "
             f"{format_bytes(fetch['bytes_done'])} / {format_bytes(fetch['size'])}  "
             f"{format_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
+        )
+    shared = status.get("shared")
+    if shared:
+        lines.append(
+            f"L2:       {shared['dir']} (node {shared['node']}): {shared['l1_hits']} L1 hits, "
+            f"{shared['hits']} L2 hits, {shared['publications']} published, "
+            f"{shared['lease_waits']} lease waits, {shared['takeovers']} takeovers, "
+            f"{format_bytes(max(shared['bytes_saved'], 0))} saved, {shared['faults']} faults"
         )
     counters = status["counters"]
     opens = ", ".join(f"{n} {kind}" for kind, n in sorted(counters["opens"].items())) or "none"

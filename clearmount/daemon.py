@@ -34,7 +34,8 @@ from clearmount.cache import limits as cache_limits
 from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import CacheLayout, DiskSpaceLayout
+from clearmount.cache.shared import L2Limits, SharedCache
 from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
@@ -144,6 +145,28 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _shared_cache(
+    config: Config, cache: CacheLayout, transfer: Transfer, options: MountOptions
+) -> SharedCache | None:
+    """The shared L2 cache, when clearml.conf names one and the 2.x layout is on (as in the
+    SDK: CacheManager has no L2)."""
+    secondary = config.cache.secondary
+    if secondary is None or not isinstance(cache, DiskSpaceLayout):
+        return None
+    limits = L2Limits(
+        secondary.max_used_bytes, secondary.min_free_bytes or 0, secondary.cleanup_margin
+    )
+    shared = SharedCache(
+        secondary.base_dir,
+        transfer,
+        takeover=options.l2_takeover,
+        timeout=options.l2_timeout,
+        limits=limits,
+    )
+    log.info("shared L2 cache %s, node %s", shared.describe(), shared.node)
+    return shared
+
+
 def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     """Mount, call `on_ready` once the mount answers, serve until unmounted or signalled."""
     faulthandler.enable()
@@ -161,6 +184,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)
     namespace = Namespace(config, options, transfer, direct)
     boto3_settings = request.config.s3.boto3
+    shared = _shared_cache(config, cache, transfer, options)
     fetcher = Fetcher(
         cache,
         index,
@@ -169,6 +193,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         parallel=boto3_settings.max_multipart_concurrency,
         limits=request.limits,
         verify=not options.noverify,
+        shared=shared,
     )
     operations = Operations(namespace, fetcher, options)
     monitor = Monitor(
@@ -249,6 +274,9 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
+        if service.fetcher.shared is not None:
+            service.fetcher.shared.start(fetches)
+            nursery.start_soon(service.fetcher.shared.keep_within_limits)
         service.namespace.start(nursery)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
@@ -436,6 +464,12 @@ async def reload(service: _Service) -> None:
             "the cache directory changed to %s: it takes effect at the next start (still using %s)",
             new.cache.base_dir,
             request.cache.root,
+        )
+    if new.cache.layout_name != request.cache.kind:
+        log.warning(
+            "the cache layout changed to %s: it takes effect at the next start (still using %s)",
+            new.cache.layout_name,
+            request.cache.kind,
         )
     direct = DirectAccess(new.direct_access, new.path_substitution, request.mountpoint)
     # Stores are cached per Config object (backends.open_store), so the new credentials

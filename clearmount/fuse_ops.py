@@ -39,6 +39,8 @@ _XATTR_URL = b"user.clearmount.url"
 _XATTR_ETAG = b"user.clearmount.etag"
 _XATTR_CACHED = b"user.clearmount.cached"
 _XATTR_CACHE_DIR = b"user.clearmount.cache_dir"
+_XATTR_CACHE_LAYOUT = b"user.clearmount.cache_layout"
+_XATTR_SOURCE = b"user.clearmount.source"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
 
 
@@ -275,13 +277,19 @@ class Operations(pyfuse3.Operations):
     async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
         if node.kind is Kind.ROOT:
             # lets `clearmount prefetch` and `cache` find the daemon's cache from the mount
-            return {_XATTR_CACHE_DIR: os.fsencode(self.fetcher.layout.root)}
+            return {
+                _XATTR_CACHE_DIR: os.fsencode(self.fetcher.layout.root),
+                _XATTR_CACHE_LAYOUT: self.fetcher.layout.kind.encode(),
+            }
         url = self.namespace.url_string(node) if node.kind in (Kind.DIR, Kind.FILE) else ""
         values = {_XATTR_URL: url.encode()} if url else {}
         if node.info is not None:
             values[_XATTR_ETAG] = node.info.version.encode()
             cached = await self.fetcher.cached_bytes(url, node.info.version)
             values[_XATTR_CACHED] = str(cached).encode()
+            source = self.fetcher.sources.get(url)
+            if source is not None:  # where the last fetch of this file found its bytes
+                values[_XATTR_SOURCE] = source.encode()
         return values
 
     @_errors

@@ -122,6 +122,19 @@ class _MountCollector(Collector):
         yield CounterMetricFamily(
             "clearmount_cache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes
         )
+        shared = monitor.fetcher.shared
+        if shared is not None:
+            st = shared.stats
+            for name, text, value in (
+                ("l2_hits", "Fetches served from the shared L2 cache", st.hits),
+                ("l2_misses", "Fetches made from the bucket for the fleet", st.misses),
+                ("l2_publications", "Files published to the shared L2 cache", st.publications),
+                ("l2_lease_waits", "Fetches that waited for another node's", st.lease_waits),
+                ("l2_takeovers", "Expired leases of dead holders taken over", st.takeovers),
+                ("l2_saved_bytes", "Bucket bytes not downloaded thanks to the L2", st.bytes_saved),
+                ("l2_faults", "Shared cache operations that failed or timed out", st.faults),
+            ):
+                yield CounterMetricFamily(f"clearmount_{name}", text, value=max(value, 0))
         yield GaugeMetricFamily(
             "clearmount_fetches_in_flight",
             "Fetches running now",

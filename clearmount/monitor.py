@@ -301,9 +301,28 @@ class Monitor(FetchEvents):
             parts.append(f"{count} fetch{plural} in flight ({format_bytes(rate)}/s)")
         else:
             parts.append("no fetches in flight")
+        shared = self.fetcher.shared
+        if shared is not None:
+            st = shared.stats
+            parts.append(
+                f"L2 {st.hits} hits, {st.publications} published, {st.lease_waits} waits, "
+                f"{st.takeovers} takeovers, {format_bytes(max(st.bytes_saved, 0))} saved"
+            )
         if recent_errors.total:
             parts.append(f"{recent_errors.total} errors")
         return f"serving {self.mountpoint}: " + ", ".join(parts)
+
+    def _shared(self) -> dict[str, Any] | None:
+        """The L2's figures: L1 hits (opens served by this node's cache), L2 hits, ..."""
+        shared = self.fetcher.shared
+        if shared is None:
+            return None
+        return {
+            "dir": str(shared.data_dir),
+            "node": shared.node,
+            "l1_hits": self.counters.opens["cached"],
+            **dataclasses.asdict(shared.stats),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """Everything `clearmount status` shows, as plain JSON types."""
@@ -319,6 +338,8 @@ class Monitor(FetchEvents):
             "uptime": round(time.monotonic() - self._started, 3),
             "config_files": [str(path) for path in config.files],
             "cache_dir": str(self.fetcher.layout.root),
+            "cache_layout": self.fetcher.layout.kind,
+            "shared": self._shared(),
             "options": dataclasses.asdict(self.options),
             "fetches": self.fetches(),
             "cache": {

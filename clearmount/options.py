@@ -54,6 +54,10 @@ class MountOptions:
     log_level: str = ""
     #: HOST:PORT of a Prometheus endpoint (GET /metrics); "" = none
     metrics: str = ""
+    #: seconds after which a dead node's lease on a shared (L2) cache fetch is taken over
+    l2_takeover: float = 30.0
+    #: seconds one shared (L2) cache operation may take before the L2 is bypassed
+    l2_timeout: float = 5.0
     #: restrictive mount flags from fstab, passed to the kernel (noexec, nosuid, ...)
     kernel_flags: tuple[str, ...] = ()
 

@@ -15,6 +15,11 @@ store's `Deadlines`); this module bounds what they cannot:
   and it raises `Unavailable` (a server that trickles bytes never trips the SDK's read
   timeout, nor does one that answers the first bytes of every attempt and then stalls).
 
+The shared (L2) cache on a network filesystem has its own budget (`shared`): a hung NFS
+server holds those threads, never the cache disk's or the network's, and every call has a
+deadline. `call_with_deadline` does the same for a worker thread already running (the L2 reads
+of a fetch part): the call runs in a daemon thread of its own and is given up at its deadline.
+
 Slots are held by the trio task, not by its thread: a call given up, or cancelled to make room
 for a reader, gives its slot back at once, while its abandoned thread winds down on its own
 (at its next progress report, or at the SDK's read timeout when the server has stalled).
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -35,6 +41,8 @@ from clearmount.errors import Unavailable
 
 T = TypeVar("T")
 
+#: Worker threads for the shared (L2) cache's calls (`Transfer.shared`).
+SHARED_CONCURRENCY = 16
 #: Worker threads for local blocking work (`Transfer.local`): cache-disk calls are short, so a
 #: few threads keep up with hundreds of opens, and a stuck disk holds no more than these.
 LOCAL_CONCURRENCY = 8
@@ -103,6 +111,21 @@ class Transfer:
         self.on_reader_waiting: Callable[[], None] = lambda: None
         self.readers_waiting = 0
         self.local_limiter = trio.CapacityLimiter(LOCAL_CONCURRENCY)
+        self.shared_limiter = trio.CapacityLimiter(SHARED_CONCURRENCY)
+        self._shared_threads = trio.CapacityLimiter(SHARED_CONCURRENCY + _ABANDONED_MAX)
+
+    async def shared(
+        self, fn: Callable[..., T], *args: object, deadline: float, what: str = "shared cache"
+    ) -> T:
+        """Run a call on the shared (L2) cache in a worker thread; given up (its thread
+        abandoned) with `Unavailable` after `deadline` seconds: a hung NFS server never
+        hangs a read."""
+        async with self.shared_limiter:
+            with trio.move_on_after(deadline):
+                return await trio.to_thread.run_sync(
+                    fn, *args, limiter=self._shared_threads, abandon_on_cancel=True
+                )
+        raise Unavailable(f"no answer within {deadline:g}s", what)
 
     async def local(self, fn: Callable[..., T], *args: object) -> T:
         """Run short local blocking work (cache-file opens, locks, the index, `statvfs`) in a
@@ -188,3 +211,30 @@ class Transfer:
         if not results:
             raise Unavailable(progress.stalled, progress.url)
         return results[0]
+
+
+def call_with_deadline(
+    fn: Callable[..., T], *args: object, deadline: float, what: str = "shared cache"
+) -> T:
+    """From a worker thread: run `fn` in a daemon thread of its own and wait at most
+    `deadline` seconds for it (`Unavailable` then; the thread is abandoned and never keeps
+    the daemon from exiting)."""
+    result: list[tuple[bool, object]] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            result.append((True, fn(*args)))
+        except BaseException as exc:  # handed to the caller
+            result.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="clearmount-deadline").start()
+    if not done.wait(deadline):
+        raise Unavailable(f"no answer within {deadline:g}s", what)
+    ok, value = result[0]
+    if not ok:
+        assert isinstance(value, BaseException)
+        raise value
+    return value  # type: ignore[return-value]

@@ -31,7 +31,7 @@ from clearmount import config
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import ManagerLayout
 from clearmount.cache.limits import CacheLimits
 from clearmount.direct import DirectAccess
 from clearmount.errors import NotFound, Stale
@@ -181,7 +181,7 @@ def make_fetcher(
     tmp_path: Path, part_size: int = 1 << 20, transfer: Transfer | None = None
 ) -> Fetcher:
     """A Fetcher with its cache under `tmp_path`/cache (parallel 4, no limits)."""
-    layout = CacheLayout(tmp_path / "cache")
+    layout = ManagerLayout(tmp_path / "cache")
     layout.prepare()
     index = CacheIndex(layout)
     return Fetcher(layout, index, transfer or Transfer(4, 4), part_size, 4, CacheLimits())

@@ -22,7 +22,7 @@ from clearmount import config
 from clearmount.cache.events import FetchEvents
 from clearmount.cache.fetch import FIRST_WINDOW, Fetch
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import ManagerLayout
 from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
 from clearmount.errors import CacheError, ClearmountError, Unavailable
@@ -339,7 +339,7 @@ def assert_records_again(index: CacheIndex, version: str) -> None:
 def test_a_write_locked_index_skips_the_write_instead_of_stalling(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    index = CacheIndex(CacheLayout(tmp_path / "cache"))
+    index = CacheIndex(ManagerLayout(tmp_path / "cache"))
     with another_writer(index.path, "BEGIN IMMEDIATE"):
         with caplog.at_level(logging.WARNING):
             started = time.monotonic()
@@ -375,7 +375,7 @@ async def test_a_write_locked_index_never_fails_a_reader(tmp_path: Path) -> None
 
 
 def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
-    layout = CacheLayout(tmp_path / "cache")
+    layout = ManagerLayout(tmp_path / "cache")
     layout.make_folders()
     index = CacheIndex(layout)
     folder, path = layout.state_dir, index.path
@@ -397,7 +397,7 @@ def test_a_removed_index_is_recreated_private(tmp_path: Path) -> None:
 def test_an_index_that_cannot_be_reopened_yet_is_unavailable_not_an_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    index = CacheIndex(CacheLayout(tmp_path / "cache"))
+    index = CacheIndex(ManagerLayout(tmp_path / "cache"))
     path = index.path
     index.put("k", "s3://b/k", "v1", 1)
     path.unlink()

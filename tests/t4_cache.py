@@ -10,19 +10,19 @@ import trio
 
 from clearmount.cache.evict import evict, reconcile
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import ManagerLayout
 from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import Outcome
 from memstore import MemoryStore, make_fetcher
 
 
-def cache(tmp_path: Path) -> tuple[CacheLayout, CacheIndex]:
-    layout = CacheLayout(tmp_path / "cache")
+def cache(tmp_path: Path) -> tuple[ManagerLayout, CacheIndex]:
+    layout = ManagerLayout(tmp_path / "cache")
     layout.prepare()
     return layout, CacheIndex(layout)
 
 
-def add_files(layout: CacheLayout, index: CacheIndex, *names: str, size: int = 100) -> None:
+def add_files(layout: ManagerLayout, index: CacheIndex, *names: str, size: int = 100) -> None:
     """Complete, recorded cache files, least recently used first."""
     for age, name in enumerate(names):
         path = layout.global_dir / name
@@ -31,7 +31,7 @@ def add_files(layout: CacheLayout, index: CacheIndex, *names: str, size: int = 1
         index.put(name, f"s3://b/{name}", f'"{name}"', size)
 
 
-def on_disk(layout: CacheLayout) -> set[str]:
+def on_disk(layout: ManagerLayout) -> set[str]:
     return {path.name for path in layout.global_dir.iterdir()}
 
 

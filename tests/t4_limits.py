@@ -77,8 +77,9 @@ def test_limits_resolve_flags_over_clearml_conf_over_the_defaults(tmp_path: Path
     conf = _conf(
         tmp_path, 'sdk.storage.cache.size { max_used_bytes: "10GiB", min_free_bytes: 1000 }'
     )
-    assert resolve(conf, tmp_path) == CacheLimits(10 << 30, 1000)
-    assert resolve(conf, tmp_path, "1MB", "2k") == CacheLimits(10**6, 2000)
+    # the legacy size section turns ClearML 2.1.12's disk strategy on: its margin and threshold
+    assert resolve(conf, tmp_path) == CacheLimits(10 << 30, 1000, 0.05, 20.0)
+    assert resolve(conf, tmp_path, "1MB", "2k") == CacheLimits(10**6, 2000, 0.05, 20.0)
     vfs = os.statvfs(tmp_path)
     default = _conf(tmp_path, "")
     assert resolve(default, tmp_path) == CacheLimits(None, vfs.f_blocks * vfs.f_frsize // 20)

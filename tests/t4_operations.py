@@ -129,9 +129,16 @@ async def test_xattrs_say_where_a_file_comes_from_and_how_much_is_local(
         b"user.clearmount.url",
         b"user.clearmount.etag",
         b"user.clearmount.cached",
+        b"user.clearmount.source",
     }
+    # the last fetch went to the bucket; the next open is a hit in this node's cache
+    assert await ops.getxattr(inode, b"user.clearmount.source", CTX) == b"bucket"
+    await ops.release((await ops.open(inode, os.O_RDONLY, CTX)).fh)
+    assert await ops.getxattr(inode, b"user.clearmount.source", CTX) == b"l1"
     root = await ops.getxattr(ROOT_INODE, b"user.clearmount.cache_dir", CTX)
     assert root == os.fsencode(ops.fetcher.layout.root)
+    layout = await ops.getxattr(ROOT_INODE, b"user.clearmount.cache_layout", CTX)
+    assert layout == b"storage_manager"
     assert await errno_of(ops.getxattr(inode, b"user.nothing", CTX)) == pyfuse3.ENOATTR
     assert await errno_of(ops.getxattr(inode, b"security.selinux", CTX)) == errno.EOPNOTSUPP
 

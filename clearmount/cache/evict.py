@@ -4,9 +4,13 @@ Owns: the scan that measures what the cache holds, and `evict`, which removes co
 least recently used first until the limits hold (`cache.limits` says when they do). Never
 removes a pinned file, a file in flight (partial files are never candidates) or an open one:
 every open handle holds a shared `flock` on its file, and eviction takes the exclusive lock
-before unlinking, across every process sharing the cache. Recency is the file's mtime, which
-clearmount and the ClearML SDK both touch on every hit. Synchronous; the daemon runs it in a
-worker thread and the `clearmount cache` commands call it directly.
+before unlinking, across every process sharing the cache. Recency is the layout's
+(`CacheLayout.recency`): mtime in ClearML's CacheManager layout, atime in the 2.x disk-space
+layout, which clearmount and the ClearML SDK both set on every hit. Once over a limit, eviction
+goes on to the limits less their margin (`CacheLimits.margin`, the 2.x layout's
+cleanup_margin_percent) and stops at a file used in the last `CacheLimits.recent_seconds`.
+Synchronous; the daemon runs it in a worker thread and the `clearmount cache` commands call it
+directly.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,10 +32,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CachedFile:
-    name: str
+    name: str  # the index name (`CacheLayout.name_of`)
     path: Path
     size: int
-    mtime: float
+    last_used: float  # the layout's recency
     partial: bool
 
 
@@ -43,19 +48,16 @@ class Usage:
 
 def scan(layout: CacheLayout) -> Usage:
     files = []
-    try:
-        entries = list(os.scandir(layout.global_dir))
-    except FileNotFoundError:
-        entries = []
-    for entry in entries:
-        try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            stat = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue  # removed meanwhile (the SDK's own clean-up)
-        partial = entry.name.endswith(PARTIAL_SUFFIX)
-        files.append(CachedFile(entry.name, Path(entry.path), stat.st_size, stat.st_mtime, partial))
+    for path, stat in layout.files():
+        files.append(
+            CachedFile(
+                layout.name_of(path),
+                path,
+                stat.st_size,
+                layout.recency(stat),
+                path.name.endswith(PARTIAL_SUFFIX),
+            )
+        )
     return Usage(files, sum(f.size for f in files), free_bytes(layout.root) or 0)
 
 
@@ -106,10 +108,15 @@ def evict(
     kept: list[str] = []
     if not over():
         return EvictResult(removed, kept, used)
+    goal = goal.with_margin()
     pinned = index.pinned_names()
-    for candidate in sorted((f for f in usage.files if not f.partial), key=lambda f: f.mtime):
+    now = time.time()
+    candidates = sorted((f for f in usage.files if not f.partial), key=lambda f: f.last_used)
+    for candidate in candidates:
         if not over():
             break
+        if goal.recent_seconds and now - candidate.last_used < goal.recent_seconds:
+            break  # ClearML 2.x stops before files in use right now
         if candidate.name in pinned or candidate.name in protected:
             kept.append(candidate.name)
             continue
@@ -142,7 +149,9 @@ def reconcile(layout: CacheLayout, index: CacheIndex) -> None:
     """At start-up: forget rows whose file is gone, and discard files whose size is not the
     size recorded (a torn or foreign write) with a warning."""
     for entry in index.all():
-        path = layout.global_dir / entry.name
+        if not layout.owns(entry.name):
+            continue  # the other layout's row: kept for when the config switches back
+        path = layout.path_of(entry.name)
         try:
             size = path.stat().st_size
         except FileNotFoundError:

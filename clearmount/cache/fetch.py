@@ -7,6 +7,9 @@ on disk, then verifies the size and renames the file into place. A reader never 
 more than the bytes it asked for. `Fetcher.open` decides where an open file's bytes come
 from (a complete cache file, a fetch it starts or joins, or a stream) and returns the
 `cache.reader.ObjectReader` that reads them.
+With a shared L2 cache (`cache.shared`), a fetch asks it where its bytes come from before it
+runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result after
+(`SharedCache.finish`: publication); nothing else here knows the L2.
 
 Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
 read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
@@ -60,15 +63,19 @@ import trio
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
-from clearmount.cache.layout import CacheLayout
+from clearmount.cache.layout import CacheLayout, LayoutConflict
 from clearmount.cache.limits import CacheLimits, free_bytes
 from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
+from clearmount.cache.shared import SharedCache
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from clearmount.transfer import Progress, Transfer
 
 log = logging.getLogger(__name__)
 
+
+#: URLs whose last fetch's source (`Fetcher.sources`) is remembered.
+_SOURCES_KEPT = 100_000
 
 #: Attempts of one part in a row that bring no whole MiB, before its readers get EIO.
 _TRIES = 8
@@ -163,8 +170,11 @@ class Fetch:
         parallel: int,
         verify: bool = True,
         events: FetchEvents | None = None,
+        name: str | None = None,
     ) -> None:
         self.url = url
+        #: the index name of the final file (`CacheLayout.name_of`)
+        self.name = final.name if name is None else name
         self.verify = verify
         self.events = events or FetchEvents()
         self.store = store
@@ -606,7 +616,7 @@ class Fetch:
         self.sealed = True
         # never fails: a row the index cannot take now is skipped with a warning, and the
         # next open adopts the file by its MD5 or age
-        self._index.put(self.final.name, self.url, self.info.version, self.info.size)
+        self._index.put(self.name, self.url, self.info.version, self.info.size)
 
     async def _install(self, transfer: Transfer) -> None:
         """Seal and record the file, unless its only part's thread already did."""
@@ -677,8 +687,13 @@ class Fetcher:
         limits: CacheLimits,
         verify: bool = True,
         events: FetchEvents | None = None,
+        shared: SharedCache | None = None,
     ) -> None:
         self.layout = layout
+        #: the shared L2 cache between this cache and the bucket (cache.shared), or None
+        self.shared = shared
+        #: where the last fetch of each URL found its bytes: "l1", "l2" or "bucket"
+        self.sources: dict[str, str] = {}
         self.index = index
         self.transfer = transfer
         self.part_size = part_size
@@ -764,6 +779,7 @@ class Fetcher:
                 if not lookup.count:
                     del self._lookups[key]
             if isinstance(found, int):
+                self._note_source(url, "l1")
                 return CachedReader(found)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
@@ -784,6 +800,12 @@ class Fetcher:
             self.release(fetch)
             raise
         return FetchReader(fd, fetch, False, self.release, on_stale)
+
+    def _note_source(self, url: str, source: str) -> None:
+        self.sources.pop(url, None)
+        self.sources[url] = source
+        if len(self.sources) > _SOURCES_KEPT:
+            del self.sources[next(iter(self.sources))]  # the oldest
 
     def reserved_bytes(self) -> int:
         """Bytes still to come for the fetches in flight."""
@@ -806,7 +828,11 @@ class Fetcher:
         free = free_bytes(self.layout.root) if self.limits.min_free_bytes else None
         if not self.limits.fits(info.size, free, used, reserved):
             return None
-        return self._create_partial(final, url)
+        try:
+            return self._create_partial(final, url)
+        except LayoutConflict as exc:
+            log.info("streaming %s: the cache layout cannot hold it (%s)", url, exc)
+            return None
 
     def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
         try:
@@ -820,14 +846,15 @@ class Fetcher:
                 os.close(fd)  # being evicted right now: a miss
                 return None
             size = os.fstat(fd).st_size
-            entry = self.index.get(final.name)
+            name = self.layout.name_of(final)
+            entry = self.index.get(name)
             if entry is None or not entry.version:
                 # Downloaded by the ClearML SDK (or a daemon without an index): adopt it under
                 # the version we see now, if it is that version's bytes.
                 if size != info.size or not _is_current(fd, info, verify):
                     os.close(fd)
                     return None
-                self.index.put(final.name, url, info.version, info.size)
+                self.index.put(name, url, info.version, info.size)
             elif entry.version != info.version or size != info.size:
                 os.close(fd)
                 return None
@@ -835,11 +862,7 @@ class Fetcher:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        # ClearML's count-based eviction orders by mtime, and its own hits touch the file.
-        try:
-            os.utime(final)
-        except OSError:
-            pass
+        self.layout.touch(final)  # a hit, as the SDK marks one (the layout's recency)
         return fd
 
     def _start(
@@ -867,6 +890,7 @@ class Fetcher:
             self.parallel if info.ranged else 1,
             self.verify and store.md5_versions,
             self.events,
+            self.layout.name_of(final),
         )
         fetch.readers = 1
         self.in_flight[key] = fetch
@@ -880,6 +904,8 @@ class Fetcher:
         """A new locked partial file for `final` (blocking: runs in a worker thread)."""
         try:
             path, lock_fd = self.layout.create_partial(final)
+        except LayoutConflict:
+            raise
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
         try:
@@ -890,6 +916,12 @@ class Fetcher:
 
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
+            source = "bucket"
+            if self.shared is not None:
+                # the L2's file, else the bucket (under this node's lease, or after waiting
+                # for another node's fetch)
+                source = await self.shared.prepare(fetch)
+            self._note_source(fetch.url, source)
             await fetch.run(self.transfer, self.index)
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
@@ -902,6 +934,8 @@ class Fetcher:
             os.close(lock_fd)
             self._report_end(fetch)
             self._changed()
+            if self.shared is not None and self._nursery is not None:
+                self._nursery.start_soon(self.shared.finish, fetch)
 
     def _report_end(self, fetch: Fetch) -> None:
         """Tell the observer how `fetch` ended (its one end event)."""
@@ -923,7 +957,7 @@ class Fetcher:
 
     def _cached_size(self, url: str, version: str) -> int:
         final = self.layout.final_path(url)
-        entry = self.index.get(final.name)
+        entry = self.index.get(self.layout.name_of(final))
         if entry is None or entry.version != version:
             return 0
         try:

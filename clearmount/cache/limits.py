@@ -33,6 +33,21 @@ RESCAN_INTERVAL = 30.0
 class CacheLimits:
     max_bytes: int | None = None  # None: no byte limit
     min_free_bytes: int = 0
+    #: once over a limit, evict down to max_bytes * (1 - margin) and up to
+    #: min_free_bytes * (1 + margin) (ClearML 2.x's cleanup_margin_percent; 0 for CacheManager)
+    margin: float = 0.0
+    #: eviction stops at a file used this recently (ClearML 2.x's cleanup_seconds_threshold)
+    recent_seconds: float = 0.0
+
+    def with_margin(self) -> CacheLimits:
+        """The limits eviction works down to once it started."""
+        if not self.margin:
+            return self
+        return CacheLimits(
+            None if self.max_bytes is None else int(self.max_bytes * (1 - self.margin)),
+            int(self.min_free_bytes * (1 + self.margin)),
+            recent_seconds=self.recent_seconds,
+        )
 
     def describe(self) -> str:
         limit = "no limit" if self.max_bytes is None else f"{self.max_bytes} bytes"
@@ -102,4 +117,12 @@ def resolve(
     if keep_free is None:
         vfs = os.statvfs(root)
         keep_free = vfs.f_blocks * vfs.f_frsize // 20
+    if config.cache.disk_strategy:
+        # ClearML 2.x's eviction: down to the limits less the margin, never a file in use
+        return CacheLimits(
+            max_bytes,
+            keep_free,
+            config.cache.cleanup_margin,
+            config.cache.cleanup_seconds_threshold,
+        )
     return CacheLimits(max_bytes, keep_free)

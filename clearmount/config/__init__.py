@@ -36,6 +36,7 @@ from clearmount.config.schema import (
     PathSubstitution,
     S3Credentials,
     S3Settings,
+    SecondarySettings,
     parse_size,
 )
 from clearmount.errors import ConfigError
@@ -60,6 +61,7 @@ __all__ = [
     "PathSubstitution",
     "S3Credentials",
     "S3Settings",
+    "SecondarySettings",
     "default_config_paths",
     "describe",
     "describe_deadlines",

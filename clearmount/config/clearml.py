@@ -40,6 +40,7 @@ from clearmount.config.schema import (
     PathSubstitution,
     S3Credentials,
     S3Settings,
+    SecondarySettings,
     lower_origin,
     parse_size,
 )
@@ -624,22 +625,114 @@ def _read_cache(
         or "~/.clearml/cache"
     )
     base_dir = expand_path(text, environ)
-
+    strategy_at: Key = (*at, "disk_space_file_size_strategy")
     strategy = r.section(cache, at, "disk_space_file_size_strategy")
-    limits: dict[str, int | None] = {}
-    # the open-source 2.x spelling wins over the Enterprise docs' sdk.storage.cache.size
-    for size_at, owner in (
-        ((*at, "size"), cache),
-        ((*at, "disk_space_file_size_strategy", "size"), strategy),
-    ):
-        size = r.section(owner, size_at[:-1], "size", _SIZE_KEYS)
-        for name in ("max_used_bytes", "min_free_bytes"):
-            if name in size:
-                limits[name] = r.byte_limit(size, size_at, name)
+
+    # ClearML 2.1.12 `_resolve_disk_strategy_enabled`: the flag decides when set; else the
+    # legacy sections sdk.storage.cache.size / .secondary (non-empty) turn the strategy on
+    enabled, source = False, ""
+    if strategy.get("enabled") is not None:
+        enabled = r.boolean(strategy, strategy_at, "enabled", False)
+        source = dotted((*strategy_at, "enabled"))
+    else:
+        for legacy in ("size", "secondary"):
+            if cache.get(legacy):
+                enabled, source = True, f"{dotted((*at, legacy))} (legacy section)"
+                break
+
+    # each size key: the strategy's spelling when present, else the legacy one (per key, as
+    # the SDK's `_resolved_disk_config_key`)
+    sizes = [
+        ((*at, "size"), r.section(cache, at, "size", _SIZE_KEYS)),
+        ((*strategy_at, "size"), r.section(strategy, strategy_at, "size", _SIZE_KEYS)),
+    ]
+    limits = _size_limits(r, sizes)
+    margin = _margin(r, sizes, 0.05)
+    threshold = r.number(cache, at, "cleanup_seconds_threshold", 20.0)
     return CacheSettings(
         base_dir=base_dir,
         max_used_bytes=limits.get("max_used_bytes"),
         min_free_bytes=limits.get("min_free_bytes"),
+        disk_strategy=enabled,
+        disk_strategy_source=source,
+        cleanup_margin=margin,
+        cleanup_seconds_threshold=threshold,
+        secondary=_read_secondary(r, cache, at, strategy, environ, limits, margin)
+        if enabled
+        else None,
+    )
+
+
+def _size_limits(r: _Reader, sizes: list[tuple[Key, dict[str, Any]]]) -> dict[str, int | None]:
+    """max_used_bytes / min_free_bytes from `sizes` (later entries win, per key)."""
+    limits: dict[str, int | None] = {}
+    for size_at, size in sizes:
+        for name in ("max_used_bytes", "min_free_bytes"):
+            if name in size:
+                limits[name] = r.byte_limit(size, size_at, name)
+    return limits
+
+
+def _margin(r: _Reader, sizes: list[tuple[Key, dict[str, Any]]], default: float) -> float:
+    """cleanup_margin_percent as a fraction, read as ClearML's `get_percentage` reads it
+    ("5%", 5 and 0.05 are all 5 %), capped to [0, 0.99] as its eviction caps it."""
+    margin = default
+    for size_at, size in sizes:
+        value = size.get("cleanup_margin_percent")
+        if value is None:
+            continue
+        text = str(value).strip()
+        try:
+            number = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+            if not text.endswith("%") and number >= 1:
+                number /= 100
+        except ValueError:
+            r.warn((*size_at, "cleanup_margin_percent"), f"expected a percentage, got {text!r}")
+            continue
+        margin = min(0.99, max(0.0, number))
+    return margin
+
+
+def _read_secondary(
+    r: _Reader,
+    cache: dict[str, Any],
+    at: Key,
+    strategy: dict[str, Any],
+    environ: Mapping[str, str],
+    l1_limits: dict[str, int | None],
+    l1_margin: float,
+) -> SecondarySettings | None:
+    """ClearML 2.1's `_get_cache_dir("secondary")` and its size keys: the strategy's
+    secondary section, else sdk.storage.cache.secondary, else the L1's own values."""
+    strategy_at: Key = (*at, "disk_space_file_size_strategy")
+    nested_at: Key = (*strategy_at, "secondary")
+    nested = r.section(strategy, strategy_at, "secondary")
+    legacy_at: Key = (*at, "secondary")
+    legacy = r.section(cache, at, "secondary")
+    text, source = environ.get("CLEARML_SECONDARY_CACHE_DIR", ""), "CLEARML_SECONDARY_CACHE_DIR"
+    if not text:
+        text, source = r.string(nested, nested_at, "default_base_dir"), dotted(nested_at)
+    if not text:
+        text, source = r.string(legacy, legacy_at, "default_base_dir"), dotted(legacy_at)
+    if not text:
+        return None
+    legacy_strategy_at: Key = (*legacy_at, "disk_space_file_size_strategy")
+    legacy_strategy = r.section(legacy, legacy_at, "disk_space_file_size_strategy")
+    sizes = [
+        ((*legacy_at, "size"), r.section(legacy, legacy_at, "size", _SIZE_KEYS)),
+        (
+            (*legacy_strategy_at, "size"),
+            r.section(legacy_strategy, legacy_strategy_at, "size", _SIZE_KEYS),
+        ),
+        ((*nested_at, "size"), r.section(nested, nested_at, "size", _SIZE_KEYS)),
+    ]
+    limits = {**l1_limits, **_size_limits(r, sizes)}
+    return SecondarySettings(
+        base_dir=expand_path(text, environ),
+        source=dotted(nested_at) if source.endswith("secondary") else source,
+        max_used_bytes=limits.get("max_used_bytes"),
+        min_free_bytes=limits.get("min_free_bytes"),
+        cleanup_margin=_margin(r, sizes, l1_margin),
     )
 
 

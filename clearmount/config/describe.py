@@ -149,4 +149,22 @@ def describe(config: Config) -> str:
         f"cache: {cache.base_dir}, max_used_bytes {_human_bytes(cache.max_used_bytes)}, "
         f"min_free_bytes {_human_bytes(cache.min_free_bytes)}"
     )
+    if cache.disk_strategy:
+        lines.append(
+            f"  layout: ClearML 2.x disk-space strategy, {cache.base_dir}/storage/<scheme>/"
+            f"<host>/<path> (on by {cache.disk_strategy_source}); evicted by access time, "
+            f"margin {cache.cleanup_margin:.0%}"
+        )
+    else:
+        why = f" (off by {cache.disk_strategy_source})" if cache.disk_strategy_source else ""
+        lines.append(
+            f"  layout: ClearML CacheManager, {cache.base_dir}/storage_manager/global/"
+            f"<md5(url)>.<name>{why}"
+        )
+    l2 = cache.secondary
+    if l2 is not None:
+        lines.append(
+            f"  shared L2 cache: {l2.base_dir}/storage ({l2.source}), max_used_bytes "
+            f"{_human_bytes(l2.max_used_bytes)}, min_free_bytes {_human_bytes(l2.min_free_bytes)}"
+        )
     return "\n".join(lines)

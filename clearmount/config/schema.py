@@ -212,6 +212,41 @@ class CacheSettings:
     #: docs' spelling sdk.storage.cache.size.*); a negative value means no limit (None)
     max_used_bytes: int | None = None
     min_free_bytes: int | None = None
+    #: ClearML 2.1's `_resolve_disk_strategy_enabled`: ...disk_space_file_size_strategy.enabled
+    #: when set, else on when sdk.storage.cache.size or sdk.storage.cache.secondary is a
+    #: non-empty section. On: files live at `<base_dir>/storage/<scheme>/<host>/<path>`
+    #: (`cache.layout.DiskSpaceLayout`); off: `<base_dir>/storage_manager/global/<md5>.<name>`.
+    disk_strategy: bool = False
+    #: the key that decided `disk_strategy` ("" for the default: off)
+    disk_strategy_source: str = ""
+    #: ...size.cleanup_margin_percent (a fraction): eviction of the 2.x layout goes on until
+    #: max_used_bytes * (1 - margin) and min_free_bytes * (1 + margin) both hold
+    cleanup_margin: float = 0.05
+    #: sdk.storage.cache.cleanup_seconds_threshold: eviction of the 2.x layout stops at a file
+    #: used this recently
+    cleanup_seconds_threshold: float = 20.0
+    #: the shared level-2 cache (only with `disk_strategy`, as in the SDK), or None
+    secondary: SecondarySettings | None = None
+
+    @property
+    def layout_name(self) -> str:
+        """ "storage" (ClearML 2.x disk-space layout) or "storage_manager" (CacheManager)."""
+        return "storage" if self.disk_strategy else "storage_manager"
+
+
+@dataclass(frozen=True)
+class SecondarySettings:
+    """ClearML 2.1's secondary (L2) cache on a shared filesystem."""
+
+    #: CLEARML_SECONDARY_CACHE_DIR, else ...strategy.secondary.default_base_dir,
+    #: else sdk.storage.cache.secondary.default_base_dir; files live under `<base_dir>/storage`
+    base_dir: Path
+    #: the key (or environment variable) that named `base_dir`
+    source: str
+    #: secondary.size.* (else the L1's own size values, as the SDK falls back to them)
+    max_used_bytes: int | None = None
+    min_free_bytes: int | None = None
+    cleanup_margin: float = 0.05
 
 
 @dataclass(frozen=True)

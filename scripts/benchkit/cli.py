@@ -50,6 +50,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="record py-spy profiles of clearmount (collapsed stacks in .cache/bench/)",
     )
+    parser.add_argument(
+        "--daemon-cpus",
+        default="",
+        metavar="LIST",
+        help="pin every mount process to these CPUs (taskset -c LIST, e.g. 0 or 0,1): the "
+        "DataLoader row at one core and at two",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
     if args.reps is None:
@@ -90,6 +97,10 @@ def main(argv: Sequence[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    for name in sorted(args.rows):
+        only = {s.name: s for s in scenarios.load()}[name].backends
+        if only and args.backend not in only:
+            log(f"row {name} runs on {', '.join(only)} only: skipped")
     for name, cls in known.items():
         if name in wanted:
             cls.install()
@@ -114,11 +125,18 @@ def main(argv: Sequence[str]) -> int:
     try:
         log(f"starting {site.server_name}")
         site.start()
-        log(
-            f"seeding {sizes.big // MIB} MiB + {sizes.small_count} x "
-            f"{sizes.small_size // KIB} KiB + {sizes.tiny_count} tiny objects"
-        )
-        data = seed(site, sizes, workdir)
+        selected = [
+            s
+            for s in scenarios.load()
+            if s.name in args.rows and (not s.backends or args.backend in s.backends)
+        ]
+        parts = frozenset(part for s in selected for part in s.seeds)
+        if "base" in parts:
+            log(
+                f"seeding {sizes.big // MIB} MiB + {sizes.small_count} x "
+                f"{sizes.small_size // KIB} KiB + {sizes.tiny_count} tiny objects"
+            )
+        data = seed(site, sizes, workdir, parts)
         versions = {c.name: c.version() for c in chosen}
         versions[site.server_name] = site.server_version()
         versions["boto3"] = package_version("boto3")
@@ -134,8 +152,11 @@ def main(argv: Sequence[str]) -> int:
             workdir,
             args.profile,
             results,
-            [s for s in scenarios.load() if s.name in args.rows],
+            selected,
+            args.daemon_cpus,
         )
+        if args.daemon_cpus:
+            results.notes.append(f"mount processes pinned to CPU(s) {args.daemon_cpus} (taskset)")
         if args.profile:
             results.notes.append("py-spy was attached to clearmount: its timings are perturbed")
         bench.run()

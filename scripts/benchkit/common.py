@@ -23,6 +23,12 @@ BIG_KEY = "big/blob.bin"
 ONE_BYTE_KEY = "one-byte"
 SMALL_PREFIX = "small/"
 TINY_PREFIX = "tiny/"
+# the ML rows' objects (scenarios torch, mmap, safetensors, dataloader, latency)
+CKPT_KEY = "ml/checkpoint.pt"
+SAFETENSORS_KEY = "ml/model.safetensors"
+LATENCY_KEY = "ml/cached.bin"
+SAMPLE_PREFIX = "samples/"
+LOADER_WORKERS = 8  # DataLoader worker processes
 
 
 def log(message: str) -> None:
@@ -35,6 +41,10 @@ def small_key(i: int) -> str:
 
 def tiny_key(i: int) -> str:
     return f"{TINY_PREFIX}t{i:05d}.txt"
+
+
+def sample_key(i: int) -> str:
+    return f"{SAMPLE_PREFIX}x{i:05d}.bin"
 
 
 def tiny_body(i: int) -> bytes:

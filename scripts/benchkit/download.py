@@ -20,9 +20,11 @@ from .machine import vm_hwm_kib
 from .sites import Site, load
 
 
-def run(site: Site, dest: Path) -> dict[str, Any]:
-    """Download the big object to `dest` in a subprocess; its {"seconds", "hwm_kib"}."""
+def run(site: Site, dest: Path, key: str = "") -> dict[str, Any]:
+    """Download the big object (or `key`) to `dest` in a subprocess; {"seconds", "hwm_kib"}."""
     params = {**site.download_params(), "dest": str(dest)}
+    if key:
+        params["object"] = key
     path = os.pathsep.join(p for p in (str(SCRIPTS), os.environ.get("PYTHONPATH", "")) if p)
     res = subprocess.run(
         [sys.executable, "-m", "benchkit.download"],

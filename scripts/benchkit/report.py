@@ -83,7 +83,7 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
     measured = {
         row.key
         for scenario in load()
-        if scenario.name in selected or not scenario.selectable
+        if scenario.name in selected or not scenario.session  # "start": every session
         for row in scenario.rows(site, bench.data)
     }
     for row in rows_for(site, bench.data):
@@ -92,7 +92,7 @@ def render(bench: Bench, facts: dict[str, str], versions: dict[str, str], args: 
         got = r.samples.get(row.key, {})
         ref = statistics.median(got["reference"]) if got.get("reference") else None
         ref_cell = row.reference if ref is None else f"{fmt(ref, row.digits)} ({row.reference})"
-        if ref is None and row.key != "start":
+        if ref is None and row.measured_reference:
             ref_cell = f"error ({row.reference})"
         cells = [
             row.title,

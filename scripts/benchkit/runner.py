@@ -2,7 +2,9 @@
 
 ``Visit`` is what a scenario's measurement sees: who is measured, the site and data set, the
 mount (or, for the reference, a fresh scratch directory) and the step, watchdog and profiler
-bound to them.
+bound to them. A session with a ``proxied`` scenario gets a fresh counting proxy in front of
+the server, and its mount is given the proxy's endpoint (``Site.proxy``); ``daemon_cpus``
+starts every mount process under ``taskset -c``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from .common import log
+from devkit.proxy import Proxy
+
+from .common import BUCKET, log
 from .contenders import Contender
 from .machine import PageCache
 from .measure import Reader
@@ -38,6 +42,7 @@ class Bench:
     results: Results
     #: the selected scenarios, in measuring order (see scenarios.load)
     scenarios: list[Scenario]
+    daemon_cpus: str = ""  # taskset -c list for the mount processes ("" = not pinned)
 
     @property
     def sizes(self) -> Sizes:
@@ -78,16 +83,24 @@ class Bench:
                 contender,
                 self.workdir / "sessions" / f"{contender.name}-{name}",
                 self.workdir / "mnt" / contender.name,
+                self.daemon_cpus,
             )
+            proxy = None
+            if any(scenario.proxied for scenario in scenarios):
+                proxy = Proxy(self.site.upstream(), name=f"bench-{name}").start()
+                self.site.proxy = proxy
             try:
                 with step(self.results, "start", contender.name):
                     self.results.add("start", contender.name, session.start())
-                    visit = Visit(self, contender.name, rep, session=session)
+                    visit = Visit(self, contender.name, rep, session=session, proxy=proxy)
                     for scenario in scenarios:
                         if scenario.contender is not None:
                             scenario.contender(visit)
             finally:
                 session.stop()
+                if proxy is not None:
+                    self.site.proxy = None
+                    proxy.stop()
 
 
 @dataclasses.dataclass
@@ -99,6 +112,7 @@ class Visit:
     rep: int
     session: MountSession | None = None  # a contender's fresh mount
     scratch: Path | None = None  # a fresh directory for the reference, removed after
+    proxy: Proxy | None = None  # between the mount and the server (proxied sessions)
     state: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by its scenarios
 
     @property
@@ -131,6 +145,11 @@ class Visit:
     def root(self) -> Path:
         """The bucket root under the contender's mount."""
         return self.mount.root
+
+    def bucket_bytes(self, key: str) -> int:
+        """Response body bytes the server has sent for GETs of `key` through the proxy."""
+        assert self.proxy is not None, f"{self.who}'s session has no proxy"
+        return sum(s.body_bytes for s in self.proxy.requests("GET", f"/{BUCKET}/{key}"))
 
     def add(self, row: str, value: float) -> None:
         self.bench.results.add(row, self.who, value)

@@ -32,8 +32,9 @@ class MountSession:
 
     live: list[MountSession] = []  # for the cleanup on exit / Ctrl-C
 
-    def __init__(self, contender: Contender, workdir: Path, mnt: Path) -> None:
+    def __init__(self, contender: Contender, workdir: Path, mnt: Path, cpus: str = "") -> None:
         self.contender = contender
+        self.cpus = cpus  # taskset -c list ("" = not pinned)
         self.workdir = workdir
         self.mnt = mnt
         self.cache = workdir / "cache"
@@ -54,6 +55,8 @@ class MountSession:
         if fuse_mounted(self.mnt) or any(self.mnt.iterdir()):
             raise MountFailed(f"{self.mnt} is busy")
         argv, env = self.contender.command(self.mnt, self.cache, self.home)
+        if self.cpus:
+            argv = ["taskset", "-c", self.cpus, *argv]  # execs the daemon: same pid
         parent_dev = os.stat(self.mnt.parent).st_dev
         MountSession.live.append(self)
         with open(self.log_path, "ab") as logfile:
@@ -85,6 +88,17 @@ class MountSession:
     @property
     def proc_pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the mount process so far (0 once it is gone)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def hwm_kib(self) -> int | None:
         return None if self.proc is None else vm_hwm_kib(self.proc.pid)

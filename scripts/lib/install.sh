@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Installs what clearmount's tests and demo need; sourced by scripts/test and scripts/demo.
+# Installs what clearmount's tests and demo need; sourced by scripts/test and scripts/demo
+# (and scripts/bench, which also runs install_bench_ml).
 # Idempotent and quiet when nothing changed. Works as root on a fresh Debian machine.
 #
 #   ROOT       the repository (set by the caller)
@@ -73,6 +74,25 @@ install_node() {
     (cd "$dir" && npm install --no-audit --no-fund --no-update-notifier --loglevel=error >/dev/null)
     [ -x "$dir/node_modules/.bin/azurite-blob" ] || { _say "azurite-blob missing after npm install"; return 1; }
     printf '%s' "$want" >"$stamp"
+}
+
+# The benchmark's ML rows only (scripts/bench calls it; scripts/test never does): torch's CPU
+# wheel pinned exactly, installed first so that nothing pulls another torch build, then
+# safetensors and numpy. Skipped when the pinned torch and both are already installed.
+TORCH_VERSION="2.13.0"
+install_bench_ml() {
+    if "$VENV/bin/python" - "$TORCH_VERSION" >/dev/null 2>&1 <<'EOF'
+import sys
+from importlib.metadata import version
+version("safetensors"), version("numpy")
+sys.exit(0 if version("torch").split("+")[0] == sys.argv[1] else 1)
+EOF
+    then
+        return 0
+    fi
+    _say "pip install torch==$TORCH_VERSION, then safetensors numpy into $VENV (benchmark only)"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q "torch==$TORCH_VERSION"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q safetensors numpy
 }
 
 install_all() {

@@ -51,7 +51,7 @@ class Rclone(Contender):
         env.update(
             RCLONE_CONFIG_BENCH_TYPE="s3",
             RCLONE_CONFIG_BENCH_PROVIDER="Other",
-            RCLONE_CONFIG_BENCH_ENDPOINT=server.url,
+            RCLONE_CONFIG_BENCH_ENDPOINT=self.site.url,
             RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=server.admin.key,
             RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=server.admin.secret,
             RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",

@@ -45,7 +45,7 @@ class S3fs(Contender):
         passwd.write_text(f"{server.admin.key}:{server.admin.secret}\n")
         passwd.chmod(0o600)
         options = [
-            f"url={server.url}",
+            f"url={self.site.url}",
             "use_path_request_style",
             f"passwd_file={passwd}",
             f"use_cache={cache}",

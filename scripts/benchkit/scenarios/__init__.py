@@ -6,6 +6,10 @@ label, clearmount's target, ``position`` in the table) and two measurements, eac
 ``contender`` (a fresh mount). Scenarios with the same ``session`` share one mount, in
 ``order``; ``implies`` names scenarios that must run first on it (warm needs cold). The
 "start" row is measured by the runner for every mount session, whatever is selected.
+``seeds`` names the parts of the data set the scenario reads (``seed.seed``); ``proxied``
+puts a counting proxy (``devkit.proxy``) between the session's mount and the server, so the
+scenario can tell the bytes the bucket sent (``Visit.bucket_bytes``); ``backends`` limits it to
+some sites (the ML rows' references are boto3: S3 only).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ class Row:
     target: str = ""  # for clearmount: "ratio>=1.2", "ratio<=3", "abs<=120"
     digits: int = 0
     position: int = 0  # top to bottom in the table
+    measured_reference: bool = True  # False: the reference cell is only its label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Scenario:
     contender: Callable[[Visit], None] | None = None
     implies: tuple[str, ...] = ()
     selectable: bool = True  # False: always measured, not a --rows name
+    seeds: tuple[str, ...] = ("base",)  # parts of the data set it reads (seed.seed)
+    proxied: bool = False  # its session's mount reaches the server through a counting proxy
+    backends: tuple[str, ...] = ()  # the sites it runs on (empty: every one)
 
 
 _REGISTERED: dict[str, Scenario] = {}

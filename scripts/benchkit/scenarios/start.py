@@ -22,6 +22,7 @@ def rows(site: Site, data: Dataset) -> list[Row]:
             "abs<=0.5",
             3,
             position=100,
+            measured_reference=False,
         )
     ]
 

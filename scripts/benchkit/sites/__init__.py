@@ -28,6 +28,22 @@ class Site:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.server: Any = None
+        #: set by the runner for a proxied session: mounts reach the server through it
+        self.proxy: Any = None
+
+    @property
+    def endpoint(self) -> str:
+        """ "host:port" a mount is given: the proxy's while one is set, else the server's."""
+        return str((self.proxy or self.server).endpoint)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def upstream(self) -> tuple[str, int]:
+        """(host, port) of the server, for a proxy in front of it."""
+        host, port = str(self.server.endpoint).rsplit(":", 1)
+        return host, int(port)
 
     def start(self) -> None:
         raise NotImplementedError

@@ -112,7 +112,7 @@ class S3Site(Site):
         return go
 
     def clearmount_conf(self) -> str:
-        return s3_conf(self.server)
+        return s3_conf(self.endpoint, self.server.admin)
 
     def clearmount_root(self, mnt: Path) -> Path:
-        return mnt / "s3" / self.server.endpoint / BUCKET
+        return mnt / "s3" / self.endpoint / BUCKET

@@ -1,0 +1,308 @@
+"""The shared L2 cache (ClearML 2.x `secondary`) across several real daemons ("nodes"), each
+with its own L1 cache and mount point, one L2 directory, SeaweedFS behind the counting proxy,
+and the real ClearML SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import MountFactory
+from devkit.confs import s3_conf
+from devkit.mounts import hermetic_env
+from devkit.processes import poll_until
+from devkit.proxy import Proxy
+from devkit.s3 import S3Server
+from support import Mount
+
+MIB = 1 << 20
+
+
+def l2_conf(proxy: Proxy, server: S3Server, l2: Path) -> str:
+    extra = (
+        "storage { cache { disk_space_file_size_strategy { enabled: true, "
+        f'secondary {{ default_base_dir: "{l2}" }} }} }} }}'
+    )
+    return s3_conf(proxy, server.admin, sdk_extra=extra)
+
+
+def get_bytes(proxy: Proxy, bucket: str) -> int:
+    return sum(s.body_bytes for s in proxy.requests("GET", prefix=f"/{bucket}/"))
+
+
+def read_all(mount: Mount, urls: list[str]) -> dict[str, str]:
+    return {url: hashlib.sha256(mount.path_of(url).read_bytes()).hexdigest() for url in urls}
+
+
+def node(mounted: MountFactory, conf: str, tmp_path: Path, name: str, *options: str) -> Mount:
+    return mounted(
+        conf,
+        cache_dir=tmp_path / f"l1-{name}",
+        env={"CLEARMOUNT_NODE_NAME": name},
+        options=[",".join(options)] if options else (),
+    )
+
+
+SDK_SCRIPT = """
+import sys
+from clearml import StorageManager
+print(StorageManager.get_local_copy(sys.argv[1], extract_archive=False))
+"""
+
+
+def run_sdk(tmp_path: Path, conf_text: str, cache: Path, url: str) -> str:
+    conf = tmp_path / "sdk-clearml.conf"
+    conf.write_text(conf_text)
+    env = dict(
+        hermetic_env(tmp_path),
+        CLEARML_OFFLINE_MODE="1",
+        CLEARML_CONFIG_FILE=str(conf),
+        CLEARML_CACHE_DIR=str(cache),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SDK_SCRIPT, url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_nodes_sharing_one_l2_download_each_object_about_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    objects = {"ckpt/model.pt": os.urandom(24 * MIB)}
+    objects |= {f"shards/{i:03d}.bin": os.urandom(256 << 10) for i in range(24)}
+    for key, data in objects.items():
+        s3_server.put(bucket, key, data)
+    unique = sum(len(d) for d in objects.values())
+    expected = {k: hashlib.sha256(d).hexdigest() for k, d in objects.items()}
+    l2 = tmp_path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    urls = [f"{base}/{key}" for key in objects]
+    nodes = [node(mounted, conf, tmp_path, f"node{i}") for i in range(3)]
+
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        results = list(pool.map(lambda m: read_all(m, urls), nodes))
+    for result in results:
+        assert result == {f"{base}/{k}": v for k, v in expected.items()}
+    fetched = get_bytes(s3_proxy, bucket)
+    print(f"bucket GET bytes {fetched} for {unique} unique bytes: {fetched / unique:.3f}x")
+    assert fetched <= 1.1 * unique
+    # every object was published to the L2, in ClearML's relative layout
+    host = s3_proxy.endpoint.replace(":", ".")
+    poll_until(
+        lambda: all((l2 / "storage/s3" / host / bucket / k).exists() for k in objects),
+        30,
+        "publication",
+    )
+    assert not list((l2 / "clearmount/leases").glob("*/*"))
+    sources = {os.getxattr(m.path_of(urls[0]), "user.clearmount.source") for m in nodes}
+    assert sources <= {b"l2", b"bucket"} and b"l2" in sources
+
+    # the SDK on a fresh node with the same L2: 0 GET
+    before = get_bytes(s3_proxy, bucket)
+    local = run_sdk(tmp_path, conf, tmp_path / "sdk-l1", urls[0])
+    assert Path(local).read_bytes() == objects["ckpt/model.pt"]
+    # a daemon started later reads everything: 0 GET
+    late = node(mounted, conf, tmp_path, "late")
+    assert read_all(late, urls) == {f"{base}/{k}": v for k, v in expected.items()}
+    assert get_bytes(s3_proxy, bucket) == before
+    status = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "clearmount", "status", "--json", str(late.path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    )
+    assert status["shared"]["hits"] == len(objects)
+
+
+def test_sdk_published_file_is_adopted_and_a_replaced_object_is_never_stale(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    pytest.importorskip("clearml")
+    bucket = s3_server.make_bucket()
+    old, new = os.urandom(3 * MIB), os.urandom(3 * MIB)
+    s3_server.put(bucket, "obj.bin", old)
+    l2 = tmp_path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
+    # the SDK downloads and publishes to the L2 (no version record): a node adopts it
+    run_sdk(tmp_path, conf, tmp_path / "sdk-l1", url)
+    gets = get_bytes(s3_proxy, bucket)
+    first = node(mounted, conf, tmp_path, "a", "attr_timeout=0")
+    assert first.path_of(url).read_bytes() == old
+    assert get_bytes(s3_proxy, bucket) == gets
+    # replaced on the server after it reached the L2: no node is served the stale copy
+    s3_server.put(bucket, "obj.bin", new)
+    second = node(mounted, conf, tmp_path, "b", "attr_timeout=0")
+    assert second.path_of(url).read_bytes() == new
+    assert first.path_of(url).read_bytes() == new
+    third = node(mounted, conf, tmp_path, "c", "attr_timeout=0")
+    assert third.path_of(url).read_bytes() == new
+
+
+def test_hostile_l2_content_is_never_served(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = {name: os.urandom(2 * MIB) for name in ("short", "nover", "lease", "partial")}
+    for name, body in data.items():
+        s3_server.put(bucket, f"{name}.bin", body)
+    l2 = tmp_path / "l2"
+    host = s3_proxy.endpoint.replace(":", ".")
+    folder = l2 / "storage/s3" / host / bucket
+    folder.mkdir(parents=True)
+    # a wrong-size file; a same-size file with other bytes and no version record (and an
+    # mtime older than the object: its ETag is an MD5, which it fails anyway)
+    (folder / "short.bin").write_bytes(b"x" * 100)
+    (folder / "nover.bin").write_bytes(os.urandom(2 * MIB))
+    os.utime(folder / "nover.bin", (1, 1))
+    # a dead node's partial file and a stale lease of another node
+    (folder / "partial.bin_123.4.partially").write_bytes(data["partial"][:1000])
+    from clearmount.cache.layout import disk_space_relpath
+
+    rel = disk_space_relpath(f"s3://{s3_proxy.endpoint}/{bucket}/lease.bin")
+    lease = l2 / "clearmount/leases" / hashlib.md5(rel.encode()).hexdigest()
+    lease.mkdir(parents=True)
+    (lease / "1").write_text(json.dumps({"node": "gone", "pid": 1, "expires": time.time() - 1}))
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    mount = node(mounted, conf, tmp_path, "n")
+    for name, body in data.items():
+        url = f"s3://{s3_proxy.endpoint}/{bucket}/{name}.bin"
+        assert mount.path_of(url).read_bytes() == body, name
+    poll_until(lambda: (folder / "nover.bin").read_bytes() == data["nover"], 30, "republished")
+    assert (folder / "short.bin").read_bytes() == data["short"]
+
+
+def test_lease_holder_killed_mid_fetch_is_taken_over(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(8 * MIB)
+    s3_server.put(bucket, "big.bin", data)
+    l2 = tmp_path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/big.bin"
+    holder = node(mounted, conf, tmp_path, "holder", "l2_takeover=3")
+    waiter = node(mounted, conf, tmp_path, "waiter", "l2_takeover=3")
+    stall = s3_proxy.stall(1 << 20, 120, None, method="GET")  # the holder stalls
+    reader = subprocess.Popen(["cat", str(holder.path_of(url))], stdout=subprocess.DEVNULL)
+    poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
+    os.kill(holder.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    reader.kill()
+    stall.remaining = 0
+    s3_proxy.release()
+    started = time.monotonic()
+    assert waiter.path_of(url).read_bytes() == data
+    took = time.monotonic() - started
+    print(f"takeover and read in {took:.1f}s (lease 3s)")
+    assert "took over the shared cache fetch" in waiter.log_text()
+
+
+@pytest.mark.parametrize("fault", ["removed", "read-only", "full"])
+def test_a_sick_l2_falls_back_to_the_bucket(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path, fault: str
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(3 * MIB)
+    s3_server.put(bucket, "obj.bin", data)
+    l2 = tmp_path / "l2"
+    l2.mkdir()
+    if fault != "removed":
+        # a read-only filesystem (root ignores permission bits), or a tiny one: the
+        # publication runs out of space
+        flags = "ro" if fault == "read-only" else "size=64k"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", flags, "tmpfs", str(l2)], check=True)
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
+    try:
+        mount = node(mounted, conf, tmp_path, "n")
+        if fault == "removed":
+            l2.rmdir()
+            (tmp_path / "l2").write_text("not a directory")  # cannot even be recreated
+        started = time.monotonic()
+        assert mount.path_of(url).read_bytes() == data
+        assert time.monotonic() - started < 30
+        poll_until(lambda: "unusable" in mount.log_text(), 10, "the warning")
+        assert mount.log_text().count("unusable") == 1
+    finally:
+        if fault != "removed":
+            subprocess.run(["umount", "-l", str(l2)], check=False)
+
+
+def test_a_hung_l2_never_hangs_a_read(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(2 * MIB)
+    s3_server.put(bucket, "obj.bin", data)
+    # the L2 is a FUSE mount (another clearmount) whose daemon is frozen: every stat, open
+    # or read on it hangs, as on a dead NFS server
+    frozen = mounted(s3_conf(s3_proxy, s3_server.admin), cache_dir=tmp_path / "frozen-cache")
+    l2 = frozen.path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
+    mount = node(mounted, conf, tmp_path, "n", "l2_timeout=1")
+    assert frozen.proc is not None
+    os.kill(frozen.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        assert mount.path_of(url).read_bytes() == data
+        took = time.monotonic() - started
+        print(f"read with a hung L2 in {took:.1f}s (l2_timeout=1)")
+        assert took < 20
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+    assert "unusable" in mount.log_text()
+
+
+def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) -> None:
+    from clearmount.cache.shared import L2Limits, SharedCache
+    from clearmount.transfer import Transfer
+
+    l2 = tmp_path / "l2"
+    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=60)
+    shared = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
+    other = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
+    folder = l2 / "storage/s3/bucket"
+    folder.mkdir(parents=True)
+    old = time.time() - 3600
+    paths = []
+    for i in range(10):
+        path = folder / f"f{i}.bin"
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (old + i, old))  # atime orders, oldest first
+        paths.append(path)
+    fresh = folder / "fresh.bin"
+    fresh.write_bytes(b"y" * 1000)  # just published
+    # f0 is being fetched again under a live lease of another node
+    leased = other._acquire(other.leases_dir / hashlib.md5(b"s3/bucket/f0.bin").hexdigest())
+    assert leased is not None
+    # another node holds the evictor lease: this one does nothing
+    evictor = other._acquire(other.evictor_dir)
+    assert shared.evict_once() == 0
+    other._release(evictor)  # type: ignore[arg-type]
+    # 11 000 bytes over 5 000: down to 5 000 * 0.8 = 4 000, least recently used first
+    assert shared.evict_once() == 7
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == ["f0.bin", "f8.bin", "f9.bin", "fresh.bin"]
+    assert not list((l2 / "clearmount/evictor").glob("*"))
