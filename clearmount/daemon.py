@@ -31,7 +31,7 @@ import trio
 from clearmount import backends, control
 from clearmount import config as config_module
 from clearmount.cache import limits as cache_limits
-from clearmount.cache.evict import evict, reconcile
+from clearmount.cache.evict import EvictResult, evict, reconcile
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, DiskSpaceLayout
@@ -302,32 +302,45 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
 
 
 async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
-    """Evict in the background whenever a fetch starts or ends, and every few seconds (the
-    ClearML SDK adds files too). Reads never wait for it. When to scan and evict is
-    `cache.limits`' policy; the `statvfs` and the scan run in worker threads."""
+    """Evict in the background whenever a fetch starts or ends (the free-space check at most
+    once per `CHECK_GAP`), and every few seconds (the ClearML SDK adds files too). Reads never
+    wait for it. When to scan and evict is `cache.limits`' policy; the `statvfs`, the scan and
+    the batched index rows (`_check`) run in worker threads."""
     layout = fetcher.layout
     limits = fetcher.limits
     local = fetcher.transfer.local
     # its own connection, for the eviction's long transactions
     index = CacheIndex(layout)
     last_scan = -cache_limits.RESCAN_INTERVAL
+    last_check = -cache_limits.CHECK_GAP
     try:
         while True:
             with trio.move_on_after(cache_limits.EVICTION_INTERVAL):
                 await fetcher.changed.wait()
             # A scan stats every cache file: only when the running estimate says a limit may
-            # be crossed, or now and then for what the ClearML SDK added behind our back.
-            free = (
-                await local(cache_limits.free_bytes, layout.root) if limits.min_free_bytes else None
-            )
-            since_scan = trio.current_time() - last_scan
+            # be crossed, or now and then for what the ClearML SDK added behind our back. The
+            # size limit is checked at once, on the loop; the free space (a `statvfs`) and the
+            # batched index rows need a thread hop: one per CHECK_GAP, which the other starts
+            # and ends of a burst of fetches join.
             reserved = fetcher.reserved_bytes()
-            if not cache_limits.eviction_due(
-                limits, since_scan, fetcher.usage_bytes, free, reserved
-            ):
+            since_scan = trio.current_time() - last_scan
+            due = cache_limits.eviction_due_by_size(
+                limits, since_scan, fetcher.usage_bytes, reserved
+            )
+            want_free = limits.min_free_bytes > 0
+            if not due and (want_free or fetcher.index.pending):
+                await trio.sleep_until(last_check + cache_limits.CHECK_GAP)
+                last_check = trio.current_time()
+                free = await local(_check, fetcher.index, layout.root, want_free)
+                reserved = fetcher.reserved_bytes()
+                since_scan = trio.current_time() - last_scan
+                due = cache_limits.eviction_due(
+                    limits, since_scan, fetcher.usage_bytes, free, reserved
+                )
+            if not due:
                 continue
             try:
-                result = await local(evict, layout, index, limits, reserved)
+                result = await local(_evict, fetcher.index, layout, index, limits, reserved)
             except (OSError, sqlite3.Error) as exc:
                 # a full or vanished cache disk must not end the mount: try again later
                 log.warning("cache eviction failed: %s", exc)
@@ -338,6 +351,27 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             counters.evicted_bytes += sum(f.size for f in result.removed)
     finally:
         index.close()
+
+
+def _evict(
+    rows: CacheIndex,
+    layout: CacheLayout,
+    index: CacheIndex,
+    limits: cache_limits.CacheLimits,
+    reserved: int,
+) -> EvictResult:
+    """The eviction's thread hop: the fetches' batched index rows first (an evicted file's
+    row must not be written after its removal), then `evict`."""
+    rows.flush()
+    return evict(layout, index, limits, reserved)
+
+
+def _check(index: CacheIndex, root: Path, want_free: bool) -> int | None:
+    """The eviction loop's one thread hop per check: write the index rows the fetches keep
+    for a batch (`CacheIndex.put_soon`), and measure the free space if a limit needs it."""
+    if index.pending:
+        index.flush()
+    return cache_limits.free_bytes(root) if want_free else None
 
 
 async def _stop_on_signal(

@@ -577,6 +577,39 @@ def test_s3_data_gets_are_presigned(s3_backend: S3Backend, s3_proxy: Proxy) -> N
     assert get.range == "bytes=5-69999" and get.headers.get("if-match") == info.version
 
 
+def test_s3_gets_after_the_first_are_signed_like_the_clients(
+    s3_backend: S3Backend, s3_proxy: Proxy
+) -> None:
+    # the client presigns the first GET; the later ones are signed by the store itself (keys
+    # that need encoding too), and the server takes every signature: right bytes, no SDK GET
+    store = proxied_s3_store(s3_backend, s3_proxy)
+    for key in ("big.bin", *ODD_KEYS, "dir/sub/c.txt"):
+        info = store.head(key)
+        assert b"".join(store.read_range(key, info.version, 0, info.size)) == OBJECTS[key]
+    gets = s3_proxy.requests(method="GET")
+    assert len(gets) == 2 + len(ODD_KEYS)
+    assert all("X-Amz-Signature=" in get.query for get in gets)
+    assert not any("authorization" in get.headers for get in gets)
+
+
+def test_s3_a_get_signed_by_the_store_refused_goes_back_to_the_clients_presigning(
+    s3_backend: S3Backend, s3_proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="clearmount")
+    store = proxied_s3_store(s3_backend, s3_proxy)
+    info = store.head("big.bin")
+    assert b"".join(store.read_range("big.bin", info.version, 0, 10)) == BIG[:10]
+    s3_proxy.fail(1, status=403, method="GET")
+    for start in (10, 20):
+        got = b"".join(store.read_range("big.bin", info.version, start, start + 10))
+        assert got == BIG[start : start + 10]
+    signed_by_sdk = ["authorization" in get.headers for get in s3_proxy.requests(method="GET")]
+    # learned, refused (the SDK asks), then presigned by the client again, not by the SDK
+    assert signed_by_sdk == [False, False, True, False]
+    assert "signed here answered 403" in caplog.text
+    assert "presigned GETs answered" not in caplog.text
+
+
 @pytest.mark.parametrize(("status", "presigned_later"), [(301, False), (403, False), (503, True)])
 def test_s3_a_presigned_get_not_answered_is_asked_again_by_the_sdk(
     s3_backend: S3Backend,

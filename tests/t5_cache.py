@@ -476,3 +476,38 @@ def test_index_removed_under_the_daemon_is_recreated(
     # the first file, fetched again, is recorded in the new index too
     assert mount.path_of(f"{base}/before.bin").read_bytes() == b"b" * 1000
     poll_until(lambda: len(recorded_urls(index)) == 2, 30, "both rows")
+
+
+def test_small_files_whose_rows_died_with_the_daemon_are_adopted_not_fetched_again(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    # a fetch's index row is written with others' in one transaction a moment later: a
+    # daemon killed before that leaves files without rows, which the next daemon adopts by
+    # their MD5 (no second GET) and records
+    bucket = s3_server.make_bucket()
+    objects = {f"s/{i:03d}.bin": os.urandom(64 * 1024) for i in range(40)}
+    for key, data in objects.items():
+        s3_server.put(bucket, key, data)
+    cache = tmp_path / "cache"
+    conf = s3_conf(s3_proxy, s3_server.admin)
+    first = mounted(conf, cache_dir=cache)
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    for key, data in objects.items():
+        assert first.path_of(f"{base}/{key}").read_bytes() == data
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait(10)
+    index = cache / "clearmount" / "index.sqlite3"
+    s3_proxy.reset()
+    second = mounted(conf, cache_dir=cache, mountpoint=first.path)
+    poll_until(lambda: "ready:" in second.log_text(), 30, "the restarted daemon")
+    for key, data in objects.items():
+        assert second.path_of(f"{base}/{key}").read_bytes() == data
+    assert s3_proxy.count("GET", prefix=f"/{bucket}/s/") == 0
+    wanted = {f"{base}/{key}" for key in objects}
+    poll_until(
+        lambda: wanted <= recorded_urls(index),
+        30,
+        "a row for every file",
+        diagnose=lambda: f"missing: {sorted(wanted - recorded_urls(index))[:3]}",
+    )

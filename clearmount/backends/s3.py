@@ -16,9 +16,11 @@ Whole lookups and downloads are bounded by `clearmount.transfer`, retries includ
 
 Data GETs skip most of botocore's per-request work: the client presigns them and they go out
 on its own connection pool, so credentials, region, addressing, proxies, TLS and timeouts are
-still the SDK's. Only a 200/206 answer is used; after anything else the SDK asks again (and
-retries, follows redirects, names the error); a presigned GET that times out is resumed by
-the fetch like a stalled body.
+still the SDK's (after the first, the URLs are signed by `_QuerySigner`, learned from the
+client's first one: the same SigV4 signature without botocore's per-call pipeline). Only a
+200/206 answer is used; after anything else the SDK asks again (and retries, follows
+redirects, names the error); a presigned GET that times out is resumed by the fetch like a
+stalled body.
 
 Never wrong bytes: a ranged GET is pinned with If-Match, and its answer is checked too (the
 range it covers, the ETag it carries), so a server that ignores Range or If-Match cannot put
@@ -32,15 +34,18 @@ import datetime
 import logging
 import re
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any, cast
 
 import boto3
+import botocore.auth
 import botocore.awsrequest
 import botocore.config
 import botocore.exceptions
 import botocore.parsers
 import botocore.response
+import botocore.utils
 import urllib3.exceptions
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
@@ -249,6 +254,8 @@ class S3Store(ObjectStore):
         self._credentials = (entry, settings)
         self._built: Any = None
         self._pool: Any = _UNBUILT
+        self._signer: _QuerySigner | None = None
+        self._signer_tried = False
 
     @property
     def _client(self) -> Any:
@@ -369,11 +376,7 @@ class S3Store(ObjectStore):
         """
         with _border(url, self.entry):
             try:
-                presigned = self._client.generate_presigned_url(
-                    "get_object",
-                    Params={"Bucket": args["Bucket"], "Key": args["Key"]},
-                    ExpiresIn=_PRESIGN_SECONDS,
-                )
+                presigned, signed_here = self._presign(args["Key"])
                 headers = {"Range": args["Range"]}
                 if "IfMatch" in args:
                     headers["If-Match"] = args["IfMatch"]
@@ -388,7 +391,13 @@ class S3Store(ObjectStore):
         status = response.status_code
         if status not in (200, 206):
             response.raw.close()
-            if status in (400, 403) or 300 <= status < 400:
+            if status in (400, 403) and signed_here:
+                # signed here: from now on the client presigns (and this GET is the SDK's)
+                log.info(
+                    "%s: a GET signed here answered %d: the client signs", self.base_url, status
+                )
+                self._signer = None
+            elif status in (400, 403) or 300 <= status < 400:
                 log.info("%s: presigned GETs answered %d: using the SDK's", self.base_url, status)
                 self._http = None
             return None
@@ -403,6 +412,22 @@ class S3Store(ObjectStore):
             # None (no Content-Length) skips the length check, as in botocore's own parser
             "Body": botocore.response.StreamingBody(response.raw, cast(Any, size)),
         }
+
+    def _presign(self, key: str) -> tuple[str, bool]:
+        """A presigned GET URL of `key`, and whether `_QuerySigner` signed it (learned from the
+        client's first one: the same signature for a third of the CPU) or the client did."""
+        signer = self._signer
+        if signer is not None:
+            url = signer.sign(key)
+            if url is not None:
+                return url, True
+        presigned: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=_PRESIGN_SECONDS
+        )
+        if signer is None and not self._signer_tried:
+            self._signer_tried = True
+            self._signer = _QuerySigner.learn(self._client, key, presigned)
+        return presigned, False
 
     def _check_answer(
         self, reply: dict[str, Any], url: str, version: str, start: int, end: int
@@ -425,6 +450,79 @@ class S3Store(ObjectStore):
             url,
             self.entry,
         )
+
+
+_QUERY_FIELDS = {
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+}
+
+
+class _QuerySigner:
+    """Presigns GETs of one bucket with SigV4 query parameters, as the client's
+    `generate_presigned_url` does, without its per-call pipeline (parameter validation, endpoint
+    rules, events: ~0.2 ms of CPU per URL, against ~0.07 ms for the signature alone).
+
+    Learned from one URL the client presigned: everything before the key in its path (the
+    endpoint and addressing style the client chose) is kept, and the signing region and
+    service are read from its credential scope. Used only when that URL has exactly the
+    fields of a SigV4 query signature and a path ending in the key as the client encodes it;
+    otherwise every URL stays the client's. The credentials are the client's, frozen at each
+    call, so their refresh is still botocore's.
+    """
+
+    def __init__(self, prefix: str, credentials: Any, region: str, service: str) -> None:
+        self.prefix = prefix
+        self.credentials = credentials
+        self.region = region
+        self.service = service
+
+    @classmethod
+    def learn(cls, client: Any, key: str, presigned: str) -> _QuerySigner | None:
+        credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+        if credentials is None:
+            return None  # anonymous, or a botocore without it
+        split = urllib.parse.urlsplit(presigned)
+        query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
+        fields = set(query) - {"X-Amz-Security-Token"}
+        encoded = _encode_key(key)
+        if (
+            fields != _QUERY_FIELDS
+            or query.get("X-Amz-Algorithm") != "AWS4-HMAC-SHA256"
+            or query.get("X-Amz-SignedHeaders") != "host"
+            or not split.path.endswith(encoded)
+        ):
+            return None
+        scope = query["X-Amz-Credential"].split("/")
+        if len(scope) != 5 or scope[4] != "aws4_request":
+            return None
+        path = split.path[: len(split.path) - len(encoded)]
+        prefix = urllib.parse.urlunsplit((split.scheme, split.netloc, path, "", ""))
+        signer = cls(prefix, credentials, scope[2], scope[3])
+        # the same request, signed here: it must come out in the same shape
+        mine = signer.sign(key)
+        if mine is None or urllib.parse.urlsplit(mine).path != split.path:
+            return None
+        return signer
+
+    def sign(self, key: str) -> str | None:
+        frozen = self.credentials.get_frozen_credentials()
+        if not frozen.access_key:
+            return None
+        request = botocore.awsrequest.AWSRequest("GET", self.prefix + _encode_key(key))
+        botocore.auth.S3SigV4QueryAuth(
+            frozen, self.service, self.region, expires=_PRESIGN_SECONDS
+        ).add_auth(request)
+        return str(request.url)
+
+
+def _encode_key(key: str) -> str:
+    """A key in a request path, as botocore serializes S3's `{Key+}`."""
+    return str(botocore.utils.percent_encode(key, safe="/~"))
 
 
 def _etag(item: dict[str, Any]) -> str:

@@ -612,11 +612,20 @@ class Fetch:
             actual = digest.hexdigest() if digest is not None else _file_md5(self.partial)
             if actual != expected:
                 raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
+        replacing = os.path.lexists(self.final)
         os.rename(self.partial, self.final)
         self.sealed = True
         # never fails: a row the index cannot take now is skipped with a warning, and the
-        # next open adopts the file by its MD5 or age
-        self._index.put(self.name, self.url, self.info.version, self.info.size)
+        # next open adopts the file by its MD5 or age. A new file's row is written with other
+        # fetches' rows in one transaction (one commit per small file cost about as much as
+        # its rename): until then other processes see no row, and adopt the file by checking
+        # it. A file replacing another version's is recorded at once, so that no process
+        # reads the old version's row beside the new bytes for longer than before.
+        row = (self.name, self.url, self.info.version, self.info.size)
+        if replacing:
+            self._index.put(*row)
+        else:
+            self._index.put_soon(*row)
 
     async def _install(self, transfer: Transfer) -> None:
         """Seal and record the file, unless its only part's thread already did."""
@@ -854,7 +863,7 @@ class Fetcher:
                 if size != info.size or not _is_current(fd, info, verify):
                     os.close(fd)
                     return None
-                self.index.put(name, url, info.version, info.size)
+                self.index.put_soon(name, url, info.version, info.size)
             elif entry.version != info.version or size != info.size:
                 os.close(fd)
                 return None

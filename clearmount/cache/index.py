@@ -14,7 +14,10 @@ busy timeout, a full disk, a damaged file) is skipped with a warning, as for a f
 row. The other calls raise `sqlite3.Error`: the eviction loop and the commands report it.
 
 Blocking (SQLite, with a busy timeout): the daemon calls it only from worker threads
-(`Transfer.local`), and it serializes the calls of those threads itself.
+(`Transfer.local`, and a fetch's own thread when it seals a file), and it serializes the
+calls of those threads itself. The rows of finished fetches are written in batches
+(`put_soon`: one transaction per `BATCH_ROWS` rows or `BATCH_SECONDS`; the daemon's eviction
+loop writes what is left in its next hop), not one commit per small file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from typing import Any
 from clearmount.cache.layout import CacheLayout
 
 log = logging.getLogger(__name__)
+
+#: Rows `put_soon` keeps before writing them in one transaction, and how long at most.
+BATCH_ROWS = 64
+BATCH_SECONDS = 0.1
 
 # How long a statement waits for another process's write lock. The daemon makes its index
 # calls in worker threads (`Transfer.local`), so a wait stalls one open, not the loop; short
@@ -60,6 +67,9 @@ class CacheIndex:
         # closes the connection under another call.
         self._lock = threading.RLock()
         self._db, self._identity = self._open()
+        # rows of `put_soon` not written yet: name -> (url, version, size, fetched_at)
+        self._pending: dict[str, tuple[str, str, int, float]] = {}
+        self._pending_since = 0.0
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """Connect (creating the database if need be) and return the (device, inode) of the
@@ -133,6 +143,10 @@ class CacheIndex:
     def get(self, name: str) -> IndexEntry | None:
         """The row of cache file `name`; None also when the database cannot answer now (the
         caller then treats the file as unrecorded and checks it against the object)."""
+        with self._lock:
+            waiting = self._pending.get(name)
+        if waiting is not None:
+            return IndexEntry(name, *waiting)
         try:
             with self._lock:
                 row = (
@@ -147,6 +161,7 @@ class CacheIndex:
 
     def all(self) -> list[IndexEntry]:
         with self._lock:
+            self.flush()
             rows = self._current().execute(f"SELECT {_COLUMNS} FROM entries").fetchall()
         return [_entry(row) for row in rows]
 
@@ -154,22 +169,63 @@ class CacheIndex:
         """Record a complete file; a pin survives re-fetches of the same URL. Skipped with a
         warning when the database cannot take the write now: the file is then adopted at its
         next open by its checksum or age, like a file the SDK downloaded."""
-        try:
-            with self._lock:
-                self._current().execute(
-                    "INSERT INTO entries (name, url, version, size, fetched_at)"
-                    " VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
-                    " version = excluded.version, size = excluded.size,"
-                    " fetched_at = excluded.fetched_at",
-                    (name, url, version, size, time.time()),
-                )
-        except sqlite3.DatabaseError as exc:
-            log.warning("cannot record %s in the cache index (skipped): %s", url, exc)
+        with self._lock:
+            self._pending[name] = (url, version, size, time.time())
+            self.flush()
+
+    def put_soon(self, name: str, url: str, version: str, size: int) -> None:
+        """`put`, written with others in one transaction once `BATCH_ROWS` rows wait or the
+        oldest has waited `BATCH_SECONDS` (by this call or `flush`). This object's calls see
+        the row at once (`all` and the pin calls write the waiting rows first); another
+        process sees it once written. A row lost with the process (kill -9)
+        costs what a skipped `put` costs: the file is adopted at its next open."""
+        with self._lock:
+            if not self._pending:
+                self._pending_since = time.monotonic()
+            self._pending[name] = (url, version, size, time.time())
+            if (
+                len(self._pending) >= BATCH_ROWS
+                or time.monotonic() - self._pending_since >= BATCH_SECONDS
+            ):
+                self.flush()
+
+    @property
+    def pending(self) -> bool:
+        """Whether rows of `put_soon` wait to be written (`flush`)."""
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write the rows `put_soon` keeps, in one transaction (never raises: see `put`)."""
+        with self._lock:
+            rows = [(name, *row) for name, row in self._pending.items()]
+            self._pending.clear()
+            if not rows:
+                return
+            try:
+                db = self._current()
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "INSERT INTO entries (name, url, version, size, fetched_at)"
+                        " VALUES (?, ?, ?, ?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET url = excluded.url,"
+                        " version = excluded.version, size = excluded.size,"
+                        " fetched_at = excluded.fetched_at",
+                        rows,
+                    )
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                urls = ", ".join(row[1] for row in rows[:3]) + (" …" if len(rows) > 3 else "")
+                log.warning("cannot record %s in the cache index (skipped): %s", urls, exc)
 
     def pin(self, name: str, url: str, pinned: bool = True) -> None:
         """Pin (or unpin) a file; a row is created for a file not fetched yet."""
         with self._lock:
+            self.flush()
             self._current().execute(
                 "INSERT INTO entries (name, url, version, size, fetched_at, pinned)"
                 " VALUES (?, ?, '', -1, 0, ?)"
@@ -179,15 +235,18 @@ class CacheIndex:
 
     def pinned_names(self) -> set[str]:
         with self._lock:
+            self.flush()
             rows = self._current().execute("SELECT name FROM entries WHERE pinned").fetchall()
         return {row[0] for row in rows}
 
     def remove(self, name: str) -> None:
         with self._lock:
+            self._pending.pop(name, None)
             self._current().execute("DELETE FROM entries WHERE name = ?", (name,))
 
     def close(self) -> None:
         with self._lock:
+            self.flush()
             self._db.close()
 
 

@@ -6,8 +6,8 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
-- `EVICTION_INTERVAL` / `RESCAN_INTERVAL` and `eviction_due`: when the daemon's eviction
-  loop checks and scans.
+- `EVICTION_INTERVAL` / `CHECK_GAP` / `RESCAN_INTERVAL`, `eviction_due` and
+  `eviction_due_by_size`: when the daemon's eviction loop checks and scans.
 The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
 off the trio loop: `free_bytes` is a `statvfs`, which a busy or network disk can hold for
 milliseconds. Nothing here blocks.
@@ -24,6 +24,10 @@ from clearmount.errors import UserError
 
 #: Seconds between checks of the cache limits when no fetch starts or ends.
 EVICTION_INTERVAL = 5.0
+#: Shortest gap between two free-space checks: the fetch starts and ends of a burst of small
+#: files (hundreds a second) share one `statvfs` thread hop instead of making two each (the
+#: size limit, known without a system call, is checked at every start and end).
+CHECK_GAP = 0.1
 #: Seconds between full scans of the cache while the estimate says all is well (the ClearML
 #: SDK adds files behind the daemon's back).
 RESCAN_INTERVAL = 30.0
@@ -85,6 +89,15 @@ def eviction_due(
     the last scan, `reserved` for the downloads in flight) may be over a limit, or the last
     scan is `RESCAN_INTERVAL` old."""
     return since_scan >= RESCAN_INTERVAL or limits.exceeded(used, free, reserved)
+
+
+def eviction_due_by_size(limits: CacheLimits, since_scan: float, used: int, reserved: int) -> bool:
+    """`eviction_due` as far as it can be told without measuring the free space (no system
+    call): the size limit and the rescan age. The loop checks this at every fetch start and
+    end, and the free space at most once per `CHECK_GAP`."""
+    if since_scan >= RESCAN_INTERVAL:
+        return True
+    return limits.max_bytes is not None and used + reserved > limits.max_bytes
 
 
 def free_bytes(root: Path) -> int | None:
