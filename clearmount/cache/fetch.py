@@ -290,9 +290,10 @@ class Fetch:
             at, run = missing
             if run is not None:
                 # its thread tells the loop as soon as these bytes are in; it may have
-                # written them already and not told (it looks at `need` after `written`)
+                # written them already and not told (it looks at `need` after `written`;
+                # a whole-object run tells its last bytes once the file is in place)
                 run.need = min(run.need, min(end, run.end))
-                if run.written > run.front:
+                if run.written > run.front and not run.whole:
                     self._advance(run, run.written, run.attempt, 0)
                     missing = self._missing(start, end)
                     continue
@@ -576,9 +577,6 @@ class Fetch:
                 if told == first or position >= run.need or position - told >= _REPORT_EVERY:
                     self._report(self._advance, run, position, attempt, position - told)
                     told = position
-            if position > told:
-                self._report(self._advance, run, position, attempt, position - told)
-                told = position
             if (
                 run.whole
                 and position >= self.info.size
@@ -586,8 +584,12 @@ class Fetch:
                 and attempt == run.attempt
             ):
                 # the whole object: seal it here, sparing the loop a thread hop and the stat
-                # and rename (an ext4 rename in a big folder is ~0.1 ms)
+                # and rename (an ext4 rename in a big folder is ~0.1 ms), before its last
+                # bytes are told: a file read to its end is in place, whatever comes next
                 self._seal()
+            if position > told:
+                self._report(self._advance, run, position, attempt, position - told)
+                told = position
         finally:
             if position > told:
                 # given up: its bytes were still downloaded (and count as such)
