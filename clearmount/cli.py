@@ -34,7 +34,8 @@ EXIT_CODES = """exit codes:
   4  mount point problem (missing, not a directory, not empty, already mounted)
   5  FUSE could not mount (no /dev/fuse, fuse3 not installed, not permitted)"""
 
-MOUNT_HELP = """Mount every storage that clearml.conf configures under MOUNTPOINT, read-only.
+MOUNT_HELP = """Mount every storage that clearml.conf configures under MOUNTPOINT, read-only
+unless -o writable.
 
 A path under the mount is the storage URL with "://" replaced by "/":
   s3://bucket/key                 -> MOUNTPOINT/s3/bucket/key
@@ -63,7 +64,12 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   metadata_concurrency=N  HEAD/LIST requests at once (32)
   uid=N,gid=N         owner shown for every file, number or name (default: the user
                       running clearmount)
-  file_mode=M, dir_mode=M  permission bits, octal (0444, 0555); checked by the kernel
+  writable            accept writes: new files written sequentially are uploaded, mkdir,
+                      rename of files (README "Writing"); `ro` turns it off, `rw` never on
+  allow_overwrite     with writable: O_TRUNC of an existing object replaces it (else EPERM)
+  allow_delete        with writable: rm removes the object (else EPERM)
+  file_mode=M, dir_mode=M  permission bits, octal (0444, 0555; writable: 0644, 0755);
+                      checked by the kernel
   umask=M             bits cleared from both modes (0; e.g. 077: the owner only)
   allow_other         let other users read the mount (needs user_allow_other in /etc/fuse.conf)
   allow_root          let root read the mount
@@ -74,7 +80,8 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   noverify            skip the MD5 check of downloads against S3 ETags (SSE-KMS/SSE-C
                       buckets, whose ETags are not MD5s)
   l2_takeover=S       seconds after which a dead node's lease on a shared (L2) cache
-                      fetch is taken over (30)
+                      fetch is taken over (30); the L2 is clearml.conf's
+                      ...disk_space_file_size_strategy.secondary.default_base_dir
   l2_timeout=S        seconds one shared (L2) cache operation may take before the
                       bucket is read instead (5)
   log_file=PATH       log file (default: stderr with --foreground, else

@@ -380,6 +380,16 @@ def render_status(status: dict[str, Any]) -> str:
             f"{format_bytes(fetch['bytes_done'])} / {format_bytes(fetch['size'])}  "
             f"{format_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
         )
+    uploads = status.get("uploads") or []
+    if uploads:
+        lines.append(f"uploads:  {len(uploads)} in flight")
+    for upload in uploads:
+        lines.append(f"  {upload['url']}  ({upload['state']})")
+        lines.append(
+            f"  {progress_bar(upload['uploaded'], upload['written'])}  "
+            f"{format_bytes(upload['uploaded'])} uploaded of {format_bytes(upload['written'])} "
+            f"written  {_duration(upload['seconds'])}"
+        )
     shared = status.get("shared")
     if shared:
         lines.append(
@@ -403,6 +413,13 @@ def render_status(status: dict[str, Any]) -> str:
         f"{_count(counters.get('evictions', 0), 'file')} evicted "
         f"({format_bytes(counters.get('evicted_bytes', 0))})"
     )
+    if counters.get("uploads_started"):
+        lines.append(
+            f"          {_count(counters['uploads_started'], 'upload')} started, "
+            f"{counters['uploads_completed']} completed, "
+            f"{sum(counters['uploads_failed'].values())} failed, "
+            f"{format_bytes(counters['uploaded_bytes'])} uploaded"
+        )
     errors = status["errors"]
     if errors["total"]:
         lines.append(f"errors:   {errors['total']} since start; the latest:")

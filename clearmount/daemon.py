@@ -36,6 +36,7 @@ from clearmount.cache.fetch import Fetcher
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, DiskSpaceLayout
 from clearmount.cache.shared import L2Limits, SharedCache
+from clearmount.cache.upload import Uploads
 from clearmount.config import Config
 from clearmount.direct import DirectAccess
 from clearmount.errors import MountPointError, UserError
@@ -87,6 +88,7 @@ class _Service:
     request: MountRequest
     namespace: Namespace
     fetcher: Fetcher
+    uploads: Uploads
     monitor: Monitor
     notifier: Notifier
     control: control.ControlServer | None
@@ -154,7 +156,10 @@ def _shared_cache(
     if secondary is None or not isinstance(cache, DiskSpaceLayout):
         return None
     limits = L2Limits(
-        secondary.max_used_bytes, secondary.min_free_bytes or 0, secondary.cleanup_margin
+        secondary.max_used_bytes,
+        secondary.min_free_bytes or 0,
+        secondary.cleanup_margin,
+        secondary.cleanup_seconds_threshold,
     )
     shared = SharedCache(
         secondary.base_dir,
@@ -195,7 +200,8 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         verify=not options.noverify,
         shared=shared,
     )
-    operations = Operations(namespace, fetcher, options)
+    uploads = Uploads(cache, index, transfer)
+    operations = Operations(namespace, fetcher, options, uploads)
     monitor = Monitor(
         fetcher,
         operations.counters,
@@ -205,11 +211,19 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     )
     # every fetch event is counted where it happens, however quickly the fetch ends
     fetcher.events = monitor
+    monitor.uploads = uploads
     # Both sockets are bound before mounting: a taken metrics port fails the start (one
     # line, nothing mounted) instead of leaving a mount without what was asked for.
     metrics = _metrics_server(options.metrics, monitor) if options.metrics else None
     service = _Service(
-        request, namespace, fetcher, monitor, Notifier(), _control_server(request), metrics
+        request,
+        namespace,
+        fetcher,
+        uploads,
+        monitor,
+        Notifier(),
+        _control_server(request),
+        metrics,
     )
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
@@ -274,10 +288,14 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         # Fetches get a nursery of their own, so a stop can cancel them alone.
         fetches: trio.Nursery = await nursery.start(_fetch_nursery)
         service.fetcher.start(fetches)
+        # uploads' parts and aborts: cancelled with the fetches at a stop
+        service.uploads.start(fetches)
         if service.fetcher.shared is not None:
             service.fetcher.shared.start(fetches)
             nursery.start_soon(service.fetcher.shared.keep_within_limits)
         service.namespace.start(nursery)
+        # what a killed daemon left unfinished on the servers
+        nursery.start_soon(service.uploads.recover, service.namespace.store_for)
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)
@@ -313,24 +331,33 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
     index = CacheIndex(layout)
     last_scan = -cache_limits.RESCAN_INTERVAL
     last_check = -cache_limits.CHECK_GAP
+    want_free = limits.min_free_bytes > 0
+    seen = -1  # `fetcher.changes` at the last size check
+    checked = -1  # ... and at the last free-space check
     try:
         while True:
-            with trio.move_on_after(cache_limits.EVICTION_INTERVAL):
-                await fetcher.changed.wait()
-            # A scan stats every cache file: only when the running estimate says a limit may
-            # be crossed, or now and then for what the ClearML SDK added behind our back. The
-            # size limit is checked at once, on the loop; the free space (a `statvfs`) and the
-            # batched index rows need a thread hop: one per CHECK_GAP, which the other starts
-            # and ends of a burst of fetches join.
+            # The size limit is checked at every fetch start and end, on the loop; the free
+            # space (a `statvfs`) and the batched index rows need a thread hop (`_check`): at
+            # most one per CHECK_GAP, which the other starts and ends of a burst share. A
+            # scan stats every cache file: only when the running estimate says a limit may be
+            # crossed, or now and then for what the ClearML SDK added behind our back.
+            wake_at = trio.current_time() + cache_limits.EVICTION_INTERVAL
+            if (want_free and fetcher.changes != checked) or fetcher.index.pending:
+                wake_at = min(wake_at, last_check + cache_limits.CHECK_GAP)
+            # changes made while the last pass was in a thread are not waited for again
+            if fetcher.changes == seen:
+                with trio.move_on_at(wake_at):
+                    await fetcher.changed.wait()
+            seen = fetcher.changes
             reserved = fetcher.reserved_bytes()
             since_scan = trio.current_time() - last_scan
             due = cache_limits.eviction_due_by_size(
                 limits, since_scan, fetcher.usage_bytes, reserved
             )
-            want_free = limits.min_free_bytes > 0
-            if not due and (want_free or fetcher.index.pending):
-                await trio.sleep_until(last_check + cache_limits.CHECK_GAP)
+            gap_over = trio.current_time() >= last_check + cache_limits.CHECK_GAP
+            if not due and gap_over and (want_free or fetcher.index.pending):
                 last_check = trio.current_time()
+                checked = fetcher.changes
                 free = await local(_check, fetcher.index, layout.root, want_free)
                 reserved = fetcher.reserved_bytes()
                 since_scan = trio.current_time() - last_scan
@@ -339,13 +366,16 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
                 )
             if not due:
                 continue
+            estimate = fetcher.usage_bytes
             try:
                 result = await local(_evict, fetcher.index, layout, index, limits, reserved)
             except (OSError, sqlite3.Error) as exc:
                 # a full or vanished cache disk must not end the mount: try again later
                 log.warning("cache eviction failed: %s", exc)
                 continue
-            fetcher.usage_bytes = result.used_bytes
+            # Fetches that ended during the pass may be missing from its scan: count them on
+            # top (too high is corrected by the next pass's scan; too low overshoots the limit).
+            fetcher.usage_bytes = result.used_bytes + max(0, fetcher.usage_bytes - estimate)
             last_scan = trio.current_time()
             counters.evictions += len(result.removed)
             counters.evicted_bytes += sum(f.size for f in result.removed)

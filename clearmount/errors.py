@@ -101,10 +101,40 @@ class Unexpected(StoreError):
     errno = errno.EIO
 
 
+class QuotaExceeded(StoreError):
+    """The server refused to store more (a quota, or an object too large for it)."""
+
+    errno = errno.EDQUOT
+
+
+class WriteRefused(ClearmountError):
+    """A write the mount's options do not allow (overwrite, delete): the object is untouched."""
+
+    errno = errno.EPERM
+
+
+class WriteUnsupported(ClearmountError):
+    """A write the mount cannot turn into an upload (a random write, an append, a directory
+    rename): README "Writing" lists what works."""
+
+    errno = errno.ENOTSUP
+
+
+class BadWrite(ClearmountError):
+    """A write at another offset than the end of what was written so far."""
+
+    errno = errno.EINVAL
+
+
 class CacheError(ClearmountError):
     """The local cache could not be written or read."""
 
     errno = errno.EIO
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.errno = code
 
 
 def errno_for(exc: BaseException) -> int:

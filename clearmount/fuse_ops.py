@@ -4,12 +4,15 @@ Owns: the `Operations` handlers, the open-file and open-directory handle tables,
 conversion of nodes into `EntryAttributes`. Holds no policy: lookups and listings belong to
 `Namespace`, bytes to `Fetcher` and the `ObjectReader` it returns for each open file (which
 owns waiting for a fetch and noticing a changed object; it tells the namespace through the
-`on_stale` callback given at open). pyfuse3 ends the whole mount on any exception other than
+`on_stale` callback given at open), and with `-o writable` the `Upload` handles of files
+being written (`cache/upload.py`, which also owns rename and delete on the servers).
+pyfuse3 ends the whole mount on any exception other than
 `FUSEError`, so every handler goes through `_errors`, the clearmount → errno border.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -23,9 +26,17 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
+from clearmount.backends.base import ObjectInfo
 from clearmount.cache.fetch import Fetcher
 from clearmount.cache.reader import ObjectReader
-from clearmount.errors import ClearmountError, NotFound, errno_for
+from clearmount.cache.upload import Upload, Uploads, process_of
+from clearmount.errors import (
+    ClearmountError,
+    NotFound,
+    WriteRefused,
+    WriteUnsupported,
+    errno_for,
+)
 from clearmount.monitor import MountCounters
 from clearmount.namespace import Entry, Kind, Namespace, Node
 from clearmount.options import MountOptions
@@ -42,6 +53,9 @@ _XATTR_CACHE_DIR = b"user.clearmount.cache_dir"
 _XATTR_CACHE_LAYOUT = b"user.clearmount.cache_layout"
 _XATTR_SOURCE = b"user.clearmount.source"
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
+_RENAME_NOREPLACE = 1
+# the version of a file being written until its upload completes
+_PROVISIONAL = "writing-"
 
 
 def _errors(
@@ -97,10 +111,6 @@ def _counted_read(
     return wrapper
 
 
-async def _read_only(*_: Any, **__: Any) -> Any:
-    raise pyfuse3.FUSEError(errno.EROFS)
-
-
 @dataclass
 class _OpenDir:
     dots: tuple[Node, Node]  # what "." and ".." stand for
@@ -114,12 +124,23 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, namespace: Namespace, fetcher: Fetcher, options: MountOptions) -> None:
+    def __init__(
+        self,
+        namespace: Namespace,
+        fetcher: Fetcher,
+        options: MountOptions,
+        uploads: Uploads | None = None,
+    ) -> None:
         super().__init__()
         self.namespace = namespace
         self.fetcher = fetcher
         self.options = options
+        #: None: the mount is read-only (every write is EROFS)
+        self.uploads = uploads if options.writable else None
         self._files: dict[int, ObjectReader] = {}
+        #: files being written, by inode (their size grows as they are written)
+        self._writing: dict[int, Upload] = {}
+        self._provisional = itertools.count(1)
         self._dirs: dict[int, _OpenDir] = {}
         self._handles = itertools.count(1)
         #: read() calls served, for tests and status
@@ -144,8 +165,10 @@ class Operations(pyfuse3.Operations):
         elif node.info is not None:
             attrs.st_mode = stat.S_IFREG | (self.options.file_mode & ~self.options.umask)
             attrs.st_nlink = 1
-            attrs.st_size = node.info.size
-            attrs.st_blocks = -(-node.info.size // 512)
+            upload = self._writing.get(node.inode) if self._writing else None
+            size = upload.size if upload is not None else node.info.size
+            attrs.st_size = size
+            attrs.st_blocks = -(-size // 512)
             mtime = int(node.info.mtime * 1e9)
         else:
             attrs.st_mode = stat.S_IFDIR | (self.options.dir_mode & ~self.options.umask)
@@ -242,11 +265,17 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            return await self._open_for_writing(inode, flags, ctx)
         started = time.monotonic()
         node = self.namespace.get(inode)
         if node.info is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        writing = self._writing.get(inode)
+        if writing is not None:
+            # another open of a file being written: the bytes written so far
+            handle = next(self._handles)
+            self._files[handle] = writing.reader()
+            return pyfuse3.FileInfo(fh=handle, keep_cache=False)
         await self.namespace.revalidate(node)
         parts = node.parts  # one walk up the path, for both
         store, _ = await self.namespace.store_for(parts)
@@ -269,6 +298,7 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         reader = self._files.pop(fh, None)
+        # an upload tells the namespace itself how it ended (`_settled`, `_unwritten`)
         if reader is not None:
             reader.close()
 
@@ -307,7 +337,261 @@ class Operations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         return list(await self._xattrs(self.namespace.get(inode)))
 
-    # ----- everything that would write: the mount is read-only ------------------------------
+    # ----- writing (-o writable; else every write is EROFS) ----------------------------------
 
-    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _read_only
-    create = write = setxattr = removexattr = _read_only
+    def _uploads(self) -> Uploads:
+        if self.uploads is None:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return self.uploads
+
+    async def _writable_store(self, node: Node) -> tuple[Any, str, str]:
+        """The store, key and URL a file `node` is written to (a bucket's, never a level
+        above: WriteRefused)."""
+        parts = node.parts
+        if node.kind not in (Kind.FILE, Kind.DIR) or len(parts) <= self.namespace.container_depth(
+            parts
+        ):
+            raise WriteRefused(f"{'/'.join(parts)}: not inside a bucket or container")
+        store, key = await self.namespace.store_for(parts)
+        url = str(self.namespace.url_of(parts))
+        if not store.writable:
+            raise WriteUnsupported(f"{url}: this storage does not take writes")
+        return store, key, url
+
+    async def _start_upload(self, node: Node, caller: int) -> tuple[int, Upload]:
+        store, key, url = await self._writable_store(node)
+        uploads = self._uploads()
+        upload = await uploads.open(url, store, key, node.parts)
+        upload.writer_pid = await uploads.transfer.local(process_of, caller)
+        upload.on_done = functools.partial(self._settled, node, upload)
+        upload.on_failed = functools.partial(self._unwritten, node, upload)
+        handle = next(self._handles)
+        self._files[handle] = upload
+        self._writing[node.inode] = upload
+        return handle, upload
+
+    def _settled(self, node: Node, upload: Upload, info: ObjectInfo) -> None:
+        """An upload completed: the file is that object version from now on."""
+        if self._writing.get(node.inode) is upload:
+            del self._writing[node.inode]
+        self.namespace.settle(node, info)
+
+    def _unwritten(self, node: Node, upload: Upload) -> None:
+        """An upload failed: a new file disappears, an overwritten one shows its old self."""
+        if self._writing.get(node.inode) is upload:
+            del self._writing[node.inode]
+        if node.info is not None and node.info.version.startswith(_PROVISIONAL):
+            self.namespace.removed(node)
+            parent = self.namespace.parent_of(node)
+            if parent is not None:
+                # the kernel was told at create() that the name exists: no longer
+                with contextlib.suppress(Exception):
+                    pyfuse3.invalidate_entry_async(
+                        parent.inode, os.fsencode(node.path.name), ignore_enoent=True
+                    )
+
+    @_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._uploads()
+        parent = self.namespace.get(parent_inode)
+        text = os.fsdecode(name)
+        existing = await self.namespace.lookup(parent, text)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            existing.lookups += 1
+            info = await self._open_for_writing(existing.inode, flags | os.O_TRUNC, ctx)
+            return info, self._attributes(existing)
+        if parent.kind is not Kind.DIR:
+            raise WriteRefused(f"{self.namespace.url_string(parent) or '/'}: not inside a bucket")
+        provisional = ObjectInfo(
+            key=text, size=0, version=f"{_PROVISIONAL}{next(self._provisional)}", mtime=time.time()
+        )
+        node = self.namespace.add_local(parent, text, provisional)
+        try:
+            handle, _ = await self._start_upload(node, ctx.pid)
+        except BaseException:
+            self.namespace.removed(node)
+            raise
+        node.lookups += 1
+        return pyfuse3.FileInfo(fh=handle, keep_cache=False), self._attributes(node)
+
+    async def _open_for_writing(
+        self, inode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        self._uploads()
+        node = self.namespace.get(inode)
+        if node.info is None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        url = self.namespace.url_string(node)
+        if inode in self._writing:
+            raise WriteUnsupported(f"{url}: already open for writing")
+        if not flags & os.O_TRUNC or flags & os.O_APPEND:
+            raise WriteUnsupported(
+                f"{url}: existing objects cannot be modified or appended to, only replaced "
+                "whole (open with O_TRUNC, and mount with -o allow_overwrite)"
+            )
+        if not self.options.allow_overwrite:
+            raise WriteRefused(f"{url}: exists; replacing objects needs -o allow_overwrite")
+        handle, _ = await self._start_upload(node, ctx.pid)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=False)
+
+    def _upload_of(self, fh: int) -> Upload:
+        self._uploads()
+        upload = self._files.get(fh)
+        if not isinstance(upload, Upload):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if upload.reported:
+            # its error was logged and given to the writer once already
+            raise pyfuse3.FUSEError(errno_for(upload.error or ClearmountError()))
+        return upload
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        upload = self._upload_of(fh)
+        try:
+            return await upload.write(off, buf)
+        except ClearmountError:
+            upload.reported = True
+            raise
+
+    async def _finish(self, fh: int, closing: bool) -> None:
+        if not isinstance(self._files.get(fh), Upload):
+            return
+        upload = self._upload_of(fh)
+        try:
+            await upload.finish(closing)
+        except ClearmountError:
+            upload.reported = True
+            raise
+
+    @_errors
+    async def flush(self, fh: int) -> None:
+        # close(): the object is complete on the server when this returns 0
+        await self._finish(fh, closing=True)
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._finish(fh, closing=False)
+
+    @_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        self._uploads()
+        node = self.namespace.get(inode)
+        if fields.update_size:
+            upload = self._writing.get(inode)
+            current = upload.size if upload is not None else (node.info.size if node.info else 0)
+            if attr.st_size != current:
+                raise WriteUnsupported(
+                    f"{self.namespace.url_string(node)}: truncating to {attr.st_size} bytes is "
+                    "not supported (only whole new files are written)"
+                )
+        # modes, owners and times are the mount's (-o file_mode, uid, ...): accepted, ignored
+        return self._attributes(node)
+
+    @_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._uploads()
+        parent = self.namespace.get(parent_inode)
+        text = os.fsdecode(name)
+        if await self.namespace.lookup(parent, text) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if parent.kind is not Kind.DIR:
+            raise WriteRefused(f"{self.namespace.url_string(parent) or '/'}: not inside a bucket")
+        node = self.namespace.add_local(parent, text, None)
+        node.lookups += 1
+        return self._attributes(node)
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._uploads()
+        parent = self.namespace.get(parent_inode)
+        node = await self.namespace.lookup(parent, os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.kind is not Kind.DIR:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.namespace.has_local_children(node) or await self.namespace.listdir(node):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.namespace.removed(node)
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        uploads = self._uploads()
+        parent = self.namespace.get(parent_inode)
+        node = await self.namespace.lookup(parent, os.fsdecode(name))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.info is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind is Kind.DIR else errno.EPERM)
+        store, key, url = await self._writable_store(node)
+        if node.inode in self._writing:
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        if not self.options.allow_delete:
+            raise WriteRefused(f"{url}: removing objects needs -o allow_delete")
+        await uploads.delete(store, url, key)
+        self.namespace.removed(node)
+
+    @_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        uploads = self._uploads()
+        old_parent = self.namespace.get(parent_inode_old)
+        new_parent = self.namespace.get(parent_inode_new)
+        node = await self.namespace.lookup(old_parent, os.fsdecode(name_old))
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if flags & ~_RENAME_NOREPLACE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE, RENAME_WHITEOUT
+        if node.info is None:
+            raise WriteUnsupported(
+                f"{self.namespace.url_string(node)}: renaming directories is not supported"
+            )
+        if node.inode in self._writing:
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        store, key, url = await self._writable_store(node)
+        if new_parent.kind is not Kind.DIR:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        text = os.fsdecode(name_new)
+        target = await self.namespace.lookup(new_parent, text)
+        if target is not None:
+            if flags & _RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if target.info is None:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if target.inode in self._writing:
+                raise pyfuse3.FUSEError(errno.EBUSY)
+        new_parts = (*new_parent.parts, text)
+        new_store, new_key = await self.namespace.store_for(new_parts)
+        if new_store is not store:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # mv copies it through the mount instead
+        new_url = str(self.namespace.url_of(new_parts))
+        if target is not None and not self.options.allow_overwrite:
+            raise WriteRefused(f"{new_url}: exists; replacing objects needs -o allow_overwrite")
+        info = await uploads.rename(store, url, key, new_url, new_key, node.info.size)
+        self.namespace.moved(node, new_parent, text, info)
+
+    @_errors
+    async def _refused(self, *_: Any, **__: Any) -> Any:
+        self._uploads()
+        raise WriteUnsupported("links, device files and extended attributes cannot be written")
+
+    mknod = symlink = link = setxattr = removexattr = _refused

@@ -122,6 +122,30 @@ class _MountCollector(Collector):
         yield CounterMetricFamily(
             "clearmount_cache_evicted_bytes", "Bytes evicted", value=counters.evicted_bytes
         )
+        uploads = monitor.uploads
+        if uploads is not None:
+            yield CounterMetricFamily(
+                "clearmount_uploads_started", "Uploads started (-o writable)", value=uploads.started
+            )
+            yield CounterMetricFamily(
+                "clearmount_uploads_completed",
+                "Uploads complete on the server",
+                value=uploads.completed,
+            )
+            upload_failures = CounterMetricFamily(
+                "clearmount_uploads_failed", "Uploads that failed, by error kind", labels=["kind"]
+            )
+            for kind, count in sorted(uploads.failures.items()):
+                upload_failures.add_metric([kind], count)
+            yield upload_failures
+            yield CounterMetricFamily(
+                "clearmount_uploaded_bytes",
+                "Bytes the servers acknowledged (parts and whole objects)",
+                value=uploads.sent_bytes,
+            )
+            yield GaugeMetricFamily(
+                "clearmount_uploads_in_flight", "Uploads running now", value=len(uploads.active)
+            )
         shared = monitor.fetcher.shared
         if shared is not None:
             st = shared.stats

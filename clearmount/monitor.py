@@ -31,6 +31,7 @@ from clearmount import __version__
 from clearmount.cache import evict
 from clearmount.cache.events import FetchEvents
 from clearmount.cache.fetch import Fetch, Fetcher
+from clearmount.cache.upload import Uploads
 from clearmount.config import Config
 from clearmount.errors import ClearmountError
 from clearmount.log import recent_errors
@@ -174,6 +175,8 @@ class Monitor(FetchEvents):
         self.started_wall = time.time()
         self._started = time.monotonic()
         self.cache = CacheUse()
+        #: the mount's uploads (-o writable), set by the composition root
+        self.uploads: Uploads | None = None
         self.last_reload: Reload | None = None
         #: the fetches started and not ended yet, in the order they started
         self._tracked: dict[Fetch, _Tracked] = {}
@@ -342,6 +345,7 @@ class Monitor(FetchEvents):
             "shared": self._shared(),
             "options": dataclasses.asdict(self.options),
             "fetches": self.fetches(),
+            "uploads": self.uploads.in_flight() if self.uploads is not None else [],
             "cache": {
                 **dataclasses.asdict(self.cache),
                 "max_bytes": limits.max_bytes,
@@ -360,6 +364,7 @@ class Monitor(FetchEvents):
                 "evicted_bytes": counters.evicted_bytes,
                 "errors": {f"{op}:{kind}": n for (op, kind), n in counters.errors.items()},
                 "reloads": dict(counters.reloads),
+                **(self.uploads.counters() if self.uploads is not None else {}),
             },
             "errors": {"total": recent_errors.total, "recent": recent_errors.snapshot()},
             "reload": dataclasses.asdict(reload) if reload is not None else None,

@@ -215,6 +215,9 @@ class Namespace:
         # stores without a listing (plain HTTP): the names looked up in each directory
         self._looked_up: dict[MountPath, set[str]] = {}
         self._nursery: trio.Nursery | None = None
+        # made through the mount (-o writable): files being written and directories made
+        # by mkdir, by parent directory; they show until they exist on the server or go
+        self._local: dict[MountPath, dict[str, _Known]] = {}
         self.reload(config, direct)
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -369,6 +372,9 @@ class Namespace:
             return None
         path = parent.path.child(name)
         known = self._fresh(path)
+        local = self._local.get(parent.path)
+        if local and name in local:
+            known = local[name]
         if known is None:
             parts = path.parts
             direct = await self._direct(parts)
@@ -589,11 +595,20 @@ class Namespace:
             else:
                 listing = await self._list_prefix(node.parts)
             await self._install_listing(node.path, listing)
-        return [
+        entries = [
             (name, Entry(node.path.child(name), known.kind, known.info, known.target))
             for name, known in listing.names.items()
             if known.kind is not None
         ]
+        local = self._local.get(node.path)
+        if local:
+            entries += [
+                (name, Entry(node.path.child(name), known.kind, known.info))
+                for name, known in sorted(local.items())
+                if known.kind is not None
+                and (name not in listing.names or listing.names[name].kind is None)
+            ]
+        return entries
 
     async def _install_listing(self, path: MountPath, listing: _Listing) -> None:
         await self._apply_direct(path, listing)
@@ -778,3 +793,72 @@ class Namespace:
         names = {name: _Known(Kind.DIR, None, started) for name in dirs}
         names.update({name: _Known(Kind.FILE, info, started) for name, info in files.items()})
         return _Listing(dict(sorted(names.items())), started, skipped, complete=token is None)
+
+    # ----- changes made through the mount (-o writable) --------------------------------------
+
+    def add_local(self, parent: Node, name: str, info: ObjectInfo | None) -> Node:
+        """A file being written (`info`: its provisional version) or a directory made by
+        mkdir (`info` None): shown under `parent` until it is settled or removed."""
+        path = parent.path.child(name)
+        known = _Known(Kind.FILE if info is not None else Kind.DIR, info, time.monotonic())
+        self._local.setdefault(parent.path, {})[name] = known
+        return self._node(path, known.kind, info)  # type: ignore[arg-type]
+
+    def parent_of(self, node: Node) -> Node | None:
+        """The node of `node`'s directory, if the kernel was given one."""
+        return self._parent(node)
+
+    def _drop_local(self, path: MountPath) -> None:
+        parent = path.parent
+        local = self._local.get(parent) if parent is not None else None
+        if local is not None and path.name in local:
+            del local[path.name]
+            if not local and parent is not None:
+                del self._local[parent]
+
+    def is_local_dir(self, node: Node) -> bool:
+        parent = node.path.parent
+        local = self._local.get(parent) if parent is not None else None
+        return bool(local and node.path.name in local and local[node.path.name].kind is Kind.DIR)
+
+    def has_local_children(self, node: Node) -> bool:
+        return bool(self._local.get(node.path))
+
+    def settle(self, node: Node, info: ObjectInfo) -> None:
+        """`node` now stands for the object version `info` the mount just wrote."""
+        self._drop_local(node.path)
+        self._by_key.pop(_identity(node.path, node.info, node.target), None)
+        node.info = info
+        node.validated_at = time.monotonic()
+        self._by_key.setdefault(_identity(node.path, info, None), node.inode)
+        self._learn(node.path, _Known(Kind.FILE, info, time.monotonic()))
+
+    def moved(self, node: Node, parent: Node, name: str, info: ObjectInfo) -> None:
+        """`node`'s object was renamed to `name` in `parent` (the kernel moves its inode
+        along), where it is version `info`; whatever was there before is replaced."""
+        self.removed(node)
+        path = parent.path.child(name)
+        self._drop_local(path)
+        self._by_key.pop(_identity(node.path, node.info, node.target), None)
+        node.path = path
+        node.info = info
+        node.validated_at = time.monotonic()
+        self._by_key[_identity(path, info, None)] = node.inode
+        self._learn(path, _Known(Kind.FILE, info, time.monotonic()))
+
+    def removed(self, node: Node) -> None:
+        """`node`'s object (or local directory) is gone."""
+        self._drop_local(node.path)
+        self._learn(node.path, _Known(None, None, time.monotonic()))
+
+    def _learn(self, path: MountPath, known: _Known) -> None:
+        """What the mount itself just did to `path`: remembered, and shown by the listing of
+        its directory if one is kept."""
+        self._remember(path, known)
+        parent = path.parent
+        listing = self._listings.get(parent) if parent is not None else None
+        if listing is not None:
+            if known.kind is None:
+                listing.names.pop(path.name, None)
+            else:
+                listing.names[path.name] = known

@@ -31,7 +31,8 @@ class MountOptions:
     fetch_concurrency: int = 32
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
-    #: permission bits of files and directories (the kernel checks them: default_permissions)
+    #: permission bits of files and directories (the kernel checks them: default_permissions);
+    #: with `writable` and not given: 0644 and 0755
     file_mode: int = 0o444
     dir_mode: int = 0o555
     #: bits cleared from both modes, as with other mounts' umask=
@@ -54,6 +55,14 @@ class MountOptions:
     log_level: str = ""
     #: HOST:PORT of a Prometheus endpoint (GET /metrics); "" = none
     metrics: str = ""
+    #: accept writes: new files written sequentially are uploaded (README "Writing"); off, every
+    #: write is EROFS. `rw` and `defaults` (which mount(8) passes to every helper) never turn
+    #: it on; `ro` anywhere in the options turns it off
+    writable: bool = False
+    #: with `writable`: O_TRUNC of an existing object replaces it (else EPERM)
+    allow_overwrite: bool = False
+    #: with `writable`: unlink removes the object (else EPERM)
+    allow_delete: bool = False
     #: seconds after which a dead node's lease on a shared (L2) cache fetch is taken over
     l2_takeover: float = 30.0
     #: seconds one shared (L2) cache operation may take before the L2 is bypassed
@@ -62,8 +71,10 @@ class MountOptions:
     kernel_flags: tuple[str, ...] = ()
 
     def fuse_options(self) -> set[str]:
-        """The options handed to libfuse (read-only, permission checks by the kernel)."""
-        options = {"fsname=clearmount:", "subtype=clearmount", "ro", "default_permissions"}
+        """The options handed to libfuse (read-only unless `writable`, permission checks by
+        the kernel)."""
+        access = "rw" if self.writable else "ro"
+        options = {"fsname=clearmount:", "subtype=clearmount", access, "default_permissions"}
         if self.allow_other:
             options.add("allow_other")
         if self.allow_root:
@@ -73,7 +84,7 @@ class MountOptions:
 
 
 _FLAGS = {"allow_other", "allow_root", "nonempty", "nofile", "noverify"}
-_FLAGS |= {"allow_unlisted_endpoints"}
+_FLAGS |= {"allow_unlisted_endpoints", "writable", "allow_overwrite", "allow_delete"}
 # Options that mount(8) and fstab hand to every helper; they mean nothing to the daemon itself.
 _IGNORED = {"ro", "rw", "defaults", "auto", "noauto", "user", "users", "_netdev", "nofail", "dev"}
 _IGNORED |= {"nouser", "owner", "group", "suid", "exec", "atime", "relatime", "strictatime"}
@@ -90,10 +101,15 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 def parse_options(values: list[str]) -> MountOptions:
     """Parse `-o a,b=c` strings (any number of them) into `MountOptions`."""
     options = MountOptions()
+    read_only = False
+    given: set[str] = set()
     kinds = {f.name: f.type for f in fields(MountOptions) if f.name not in _NOT_OPTIONS}
     for value in values:
         for item in filter(None, (part.strip() for part in value.split(","))):
             name, has_value, raw = item.partition("=")
+            if name == "ro" and not has_value:
+                read_only = True  # wins over `writable`, wherever either stands
+                continue
             if name in _IGNORED or name.startswith(_IGNORED_PREFIXES):
                 continue
             if name in _KERNEL_FLAGS and not has_value:
@@ -111,6 +127,16 @@ def parse_options(values: list[str]) -> MountOptions:
             except ValueError:
                 raise UserError(f"bad value for -o {name}: {raw!r}", USAGE_EXIT) from None
             options = replace(options, **{name: converted})  # type: ignore[arg-type]
+            given.add(name)
+    if read_only and options.writable:
+        options = replace(options, writable=False)
+    if options.writable:
+        # files and folders can be made: the owner may write unless the modes were given
+        defaults = MountOptions()
+        if options.file_mode == defaults.file_mode and "file_mode" not in given:
+            options = replace(options, file_mode=0o644)
+        if options.dir_mode == defaults.dir_mode and "dir_mode" not in given:
+            options = replace(options, dir_mode=0o755)
     return options
 
 

@@ -4,6 +4,8 @@ never an open, pinned or partial file; what the index records per cache file."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -118,3 +120,25 @@ def test_the_index_records_the_version_of_each_file_and_keeps_pins(tmp_path: Pat
     assert index.pinned_names() == set()
     assert [entry.name for entry in index.all()] == ["f"]
     index.close()
+
+
+def test_two_connections_of_one_process_keep_their_writes_visible(tmp_path: Path) -> None:
+    """The daemon holds two index connections; a `clearmount cache` command that opens and
+    closes the index meanwhile must not take the daemon's -wal file away (its later writes
+    would be seen by no other process)."""
+    layout, daemon = cache(tmp_path)
+    evictor = CacheIndex(layout)  # the daemon's second connection
+    command = (
+        "import sys; from pathlib import Path; from clearmount.cache.index import CacheIndex; "
+        "from clearmount.cache.layout import ManagerLayout; "
+        "index = CacheIndex(ManagerLayout(Path(sys.argv[1]))); "
+        "print(sorted(e.name for e in index.all())); index.close()"
+    )
+    run = [sys.executable, "-c", command, str(layout.root)]
+    assert subprocess.run(run, capture_output=True, text=True, check=True).stdout == "[]\n"
+    daemon.put("a.bin", "s3://b/a.bin", '"v"', 1)
+    seen = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert seen == "['a.bin']\n"
+    assert (layout.state_dir / "index.sqlite3-wal").exists()
+    evictor.close()
+    daemon.close()

@@ -5,6 +5,7 @@ shared both ways with the real ClearML SDK through a real mount.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from clearmount.cache.limits import CacheLimits
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.mounts import hermetic_env
+from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 
@@ -85,6 +87,10 @@ def test_strategy_settings_and_the_secondary_cache(tmp_path: Path) -> None:
     assert cache.secondary.base_dir == Path("/shared/l2")
     # the L2's own size, and the L1's for what it does not say (as the SDK falls back)
     assert (cache.secondary.max_used_bytes, cache.secondary.min_free_bytes) == (10**11, 10**9)
+    # the L2's "just used" window: its own threshold, else 60 s (not the L1's)
+    assert cache.secondary.cleanup_seconds_threshold == 60
+    own = text.replace("secondary {", "secondary { cleanup_seconds_threshold: 7,")
+    assert load(tmp_path, own).cache.secondary.cleanup_seconds_threshold == 7  # type: ignore[union-attr]
     env = load(tmp_path, text, CLEARML_SECONDARY_CACHE_DIR="/env/l2").cache
     assert env.secondary is not None and env.secondary.base_dir == Path("/env/l2")
     assert env.secondary.source == "CLEARML_SECONDARY_CACHE_DIR"
@@ -292,3 +298,77 @@ def test_mount_and_sdk_share_the_2x_layout_both_ways(
     assert result.returncode == 0, result.stderr
     assert f"{base}/mount-first.bin" in result.stdout
     assert f"{base}/sdk-first.bin" in result.stdout
+
+
+def clearmount(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "clearmount", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_prefetch_pin_and_the_cache_commands_in_the_2x_layout(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    bucket = s3_server.make_bucket()
+    bodies = {name: os.urandom(100_000 + i) for i, name in enumerate(("a", "b", "c"))}
+    for name, body in bodies.items():
+        s3_server.put(bucket, f"set/{name}.bin", body)
+    cache = tmp_path / "cache"
+    conf_text = s3_conf(s3_proxy, s3_server.admin, sdk_extra=STRATEGY_ON)
+    conf = tmp_path / "clearml.conf"
+    conf.write_text(conf_text)
+    mount = mounted(conf_text, cache_dir=cache)
+    env = hermetic_env(tmp_path, {"CLEARML_CACHE_DIR": str(cache)})
+    base = f"s3://{s3_proxy.endpoint}/{bucket}/set"
+    folder = cache / "storage/s3" / s3_proxy.endpoint.replace(":", ".") / bucket / "set"
+    url = {name: f"{base}/{name}.bin" for name in bodies}
+
+    pinned = clearmount("prefetch", url["a"], "--pin", "--mountpoint", str(mount.path), env=env)
+    assert "prefetched 1 of 1 files" in pinned.stdout
+    for name in "bc":
+        assert mount.path_of(url[name]).read_bytes() == bodies[name]
+    names = lambda: sorted(p.name for p in folder.iterdir())  # noqa: E731
+    poll_until(lambda: names() == ["a.bin", "b.bin", "c.bin"], 30, "the fetches", diagnose=names)
+    # b was used before c (the 2.x layout orders by atime, mtime kept), a long before both
+    now = time.time()
+    for name, age in (("a", 3000), ("b", 2000), ("c", 1000)):
+        path = folder / f"{name}.bin"
+        os.utime(path, ns=(int((now - age) * 1e9), path.stat().st_mtime_ns))
+
+    # ls: every file, its URL and version, the pin
+    listed = clearmount("cache", "ls", "--json", "--config", str(conf), env=env).stdout
+    rows = {row["url"]: row for row in map(json.loads, listed.splitlines())}
+    assert set(rows) == set(url.values())
+    assert [rows[url[n]]["pinned"] for n in "abc"] == [True, False, False]
+    assert all(rows[url[n]]["size"] == len(bodies[n]) and rows[url[n]]["version"] for n in "abc")
+    table = clearmount("cache", "ls", base, "--config", str(conf), env=env).stdout
+    assert "pinned" in next(line for line in table.splitlines() if line.endswith("a.bin"))
+    du = clearmount("cache", "du", "--config", str(conf), env=env).stdout
+    assert str(cache / "storage") in du and "3 files" in du and "1 pinned" in du
+
+    # prune to two files' worth: the least recently used unpinned file goes (b, not a or c)
+    target = len(bodies["a"]) + len(bodies["c"])
+    clearmount("cache", "prune", "--to", str(target), "--config", str(conf), env=env)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "c.bin"]
+    listed = clearmount("cache", "ls", "--json", "--config", str(conf), env=env).stdout
+    assert {json.loads(row)["url"] for row in listed.splitlines()} == {url["a"], url["c"]}
+    # clear: all but the pinned file; unpin, then nothing is left
+    clearmount("cache", "clear", "--config", str(conf), env=env)
+    assert [p.name for p in folder.iterdir()] == ["a.bin"]
+    clearmount("cache", "unpin", url["a"], "--config", str(conf), env=env)
+    clearmount("cache", "prune", "--to", "0", "--config", str(conf), env=env)
+    assert list(folder.iterdir()) == []
+
+    # the mount still reads them right (the kernel's page cache may still hold some); the
+    # daemon's status names the layout
+    for name, body in bodies.items():
+        assert mount.path_of(url[name]).read_bytes() == body
+    status = clearmount("status", str(mount.path), env=env).stdout
+    assert f"{cache} (layout: storage)" in status

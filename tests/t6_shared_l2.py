@@ -9,8 +9,10 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,10 +30,10 @@ from support import Mount
 MIB = 1 << 20
 
 
-def l2_conf(proxy: Proxy, server: S3Server, l2: Path) -> str:
+def l2_conf(proxy: Proxy, server: S3Server, l2: Path, secondary: str = "") -> str:
     extra = (
         "storage { cache { disk_space_file_size_strategy { enabled: true, "
-        f'secondary {{ default_base_dir: "{l2}" }} }} }} }}'
+        f'secondary {{ default_base_dir: "{l2}"\n{secondary} }} }} }} }}'
     )
     return s3_conf(proxy, server.admin, sdk_extra=extra)
 
@@ -51,6 +53,19 @@ def node(mounted: MountFactory, conf: str, tmp_path: Path, name: str, *options: 
         env={"CLEARMOUNT_NODE_NAME": name},
         options=[",".join(options)] if options else (),
     )
+
+
+def shared_status(mount: Mount) -> dict[str, int]:
+    """The L2 figures of `clearmount status --json`."""
+    result = subprocess.run(
+        [sys.executable, "-m", "clearmount", "status", "--json", str(mount.path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    shared: dict[str, int] = json.loads(result.stdout)["shared"]
+    return shared
 
 
 SDK_SCRIPT = """
@@ -306,3 +321,167 @@ def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) ->
     left = sorted(p.name for p in folder.iterdir())
     assert left == ["f0.bin", "f8.bin", "f9.bin", "fresh.bin"]
     assert not list((l2 / "clearmount/evictor").glob("*"))
+
+
+def l2_files(l2: Path) -> dict[str, os.stat_result]:
+    """The complete files in the L2's storage tree, by path relative to it."""
+    found = {}
+    for path in (l2 / "storage").rglob("*"):
+        if not path.name.endswith(".partially"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found[str(path.relative_to(l2 / "storage"))] = st
+    return found
+
+
+class Watcher:
+    """Looks at the L2 tree every few milliseconds: when each file was last seen with which
+    mtime, and when it was first missed."""
+
+    def __init__(self, l2: Path) -> None:
+        self.l2 = l2
+        self.mtime: dict[str, float] = {}
+        self.gone: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            files = l2_files(self.l2)
+            now = time.time()
+            for rel, st in files.items():
+                self.mtime[rel] = st.st_mtime
+                self.gone.pop(rel, None)
+            for rel in self.mtime.keys() - files.keys():
+                self.gone.setdefault(rel, now)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_l2_size_limit_through_daemons_spares_leased_and_fresh_files(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    """secondary.size through running daemons: after reading more than the L2 holds, it is
+    back within its limit; a file under another node's live lease and a file published less
+    than cleanup_seconds_threshold ago are never removed; every read is right."""
+    bucket = s3_server.make_bucket()
+    size, fresh = 2 * MIB, 2.0
+    shards = {f"s{i}.bin": os.urandom(size) for i in range(6)}
+    old, new = os.urandom(size), os.urandom(size)
+    s3_server.put(bucket, "leased.bin", old)
+    for key, body in shards.items():
+        s3_server.put(bucket, key, body)
+    l2 = tmp_path / "l2"
+    limit = 3 * size
+    conf = l2_conf(
+        s3_proxy,
+        s3_server,
+        l2,
+        f"size {{ max_used_bytes: {limit}, cleanup_margin_percent: 0 }}\n"
+        f"cleanup_seconds_threshold: {fresh}",
+    )
+    base = f"s3://{s3_proxy.endpoint}/{bucket}"
+    host = s3_proxy.endpoint.replace(":", ".")
+    leased_rel = f"s3/{host}/{bucket}/leased.bin"
+    reader = node(mounted, conf, tmp_path, "reader")
+    assert reader.path_of(f"{base}/leased.bin").read_bytes() == old
+    poll_until(lambda: leased_rel in l2_files(l2), 30, "the publication of leased.bin")
+    # the object changes; another node fetches its new version under a lease, held up at
+    # the bucket, while the L2 still holds the old file, the least recently used one
+    s3_server.put(bucket, "leased.bin", new)
+    fetcher = node(mounted, conf, tmp_path, "fetcher")
+    stall = s3_proxy.stall(MIB, 120, None, method="GET", path=f"/{bucket}/leased.bin")
+    slow = subprocess.Popen(
+        ["cat", str(fetcher.path_of(f"{base}/leased.bin"))], stdout=subprocess.PIPE
+    )
+    watcher = Watcher(l2)
+    try:
+        poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
+        # the reader reads three times what the L2 holds
+        for key, body in shards.items():
+            assert reader.path_of(f"{base}/{key}").read_bytes() == body
+        poll_until(
+            lambda: sum(st.st_size for st in l2_files(l2).values()) <= limit,
+            30,
+            "the L2 back within its limit",
+            interval=0.2,
+            diagnose=lambda: f"{sorted(l2_files(l2))}\n{reader.log_text()[-2000:]}",
+        )
+        assert leased_rel in l2_files(l2)  # its lease is live: kept
+        last = f"s3/{host}/{bucket}/s5.bin"
+        assert last in l2_files(l2)  # the newest shard stays, as LRU says
+        stall.remaining = 0
+        s3_proxy.release()
+        out, _ = slow.communicate(timeout=60)
+        assert out == new
+    finally:
+        watcher.close()
+        slow.kill()
+        stall.remaining = 0
+        s3_proxy.release()
+    # what the watcher saw: nothing went before it was cleanup_seconds_threshold old, and
+    # the leased file never went
+    assert len(watcher.mtime) == 1 + len(shards), sorted(watcher.mtime)
+    assert leased_rel not in watcher.gone
+    evicted = {rel: at - watcher.mtime[rel] for rel, at in watcher.gone.items()}
+    assert len(evicted) >= 3, evicted
+    assert all(age >= fresh for age in evicted.values()), evicted
+    assert "evicted" in reader.log_text() + fetcher.log_text()
+    # every shard still reads right on a third node (from the L2 or the bucket)
+    late = node(mounted, conf, tmp_path, "late")
+    for key, body in shards.items():
+        assert late.path_of(f"{base}/{key}").read_bytes() == body
+    assert late.path_of(f"{base}/leased.bin").read_bytes() == new
+
+
+def test_a_dead_lease_holder_on_the_same_node_is_taken_over_at_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    """Two daemons of one node (same node name): the lease holder is killed mid-fetch; the
+    other sees its pid is gone and takes over without waiting for the lease to expire (an
+    hour here), and its reader gets the right bytes."""
+    bucket = s3_server.make_bucket()
+    data = os.urandom(8 * MIB)
+    s3_server.put(bucket, "big.bin", data)
+    l2 = tmp_path / "l2"
+    conf = l2_conf(s3_proxy, s3_server, l2)
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/big.bin"
+    hour = "l2_takeover=3600"
+    holder = mounted(
+        conf, cache_dir=tmp_path / "l1-a", env={"CLEARMOUNT_NODE_NAME": "gpu1"}, options=[hour]
+    )
+    waiter = mounted(
+        conf, cache_dir=tmp_path / "l1-b", env={"CLEARMOUNT_NODE_NAME": "gpu1"}, options=[hour]
+    )
+    assert holder.proc is not None
+    stall = s3_proxy.stall(1 << 20, 120, None, method="GET")  # the holder stalls
+    reader = subprocess.Popen(["cat", str(holder.path_of(url))], stdout=subprocess.DEVNULL)
+    leases = poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
+    lease = json.loads(leases[0].read_text())
+    assert (lease["node"], lease["pid"]) == ("gpu1", holder.proc.pid)
+    assert lease["expires"] > time.time() + 3000
+    # the other daemon's reader waits for the holder's publication
+    waiting = subprocess.Popen(["cat", str(waiter.path_of(url))], stdout=subprocess.PIPE)
+    poll_until(lambda: shared_status(waiter)["lease_waits"] == 1, 30, "a lease wait")
+    holder.proc.kill()
+    holder.proc.wait()  # reaped: its pid is gone from this node
+    reader.kill()
+    stall.remaining = 0
+    s3_proxy.release()
+    # bounded by the timeout, far below the lease's hour
+    out, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and out == data
+    assert "took over the shared cache fetch" in waiter.log_text()
+    status = shared_status(waiter)
+    assert status["takeovers"] == 1
+    assert status["misses"] == 1  # it fetched for the fleet, under generation 2
+    host = s3_proxy.endpoint.replace(":", ".")
+    published = l2 / "storage/s3" / host / bucket / "big.bin"
+    poll_until(published.exists, 30, "the publication")
+    assert published.read_bytes() == data

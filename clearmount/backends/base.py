@@ -17,6 +17,14 @@ Contract, for every implementation:
   Last-Modified): if the object no longer has that version it raises `Stale`, so bytes of two
   versions never mix.
 
+Writing (`-o writable`; `clearmount.cache.upload` drives it): a store with `writable` True
+takes streamed uploads: `start_upload` → `upload_part` for parts 1, 2, ... (S3 multipart
+parts, Azure staged blocks, GCS resumable chunks) → `complete_upload`, which makes the object
+appear at once and whole, or `abort_upload`, which leaves neither an object nor anything
+billed behind (the multipart upload aborted, uncommitted blocks dropped, the GCS session
+cancelled); `put_file` sends a small file in one request; `copy` and `delete` serve rename
+and unlink. No object is visible before `complete_upload` or `put_file` returns.
+
 Two things a store may lack, said by the store rather than guessed by its callers:
 - `listable` False (a plain HTTP server): `list_page` has nothing to list, a name the server
   does not have as an object is taken as a directory, and a directory shows the names looked
@@ -80,6 +88,15 @@ class ObjectStore(abc.ABC):
     #: the fetch bound whole lookups and downloads by them (README "Guarantees")
     deadlines: Deadlines = Deadlines()
 
+    #: the store takes uploads (the writing methods below); False: writes are ENOTSUP
+    writable: bool = False
+    #: bytes per streamed part, and parts sent at once per upload (`upload_part`)
+    part_size: int = 8 << 20
+    part_concurrency: int = 4
+    #: False: the object is sent in one request when the file is closed (`put_file`), never
+    #: streamed in parts (an S3 host entry with `multipart: false`)
+    multipart: bool = True
+
     @abc.abstractmethod
     def exists(self) -> bool:
         """Whether the bucket exists and these credentials can reach it (False on NotFound)."""
@@ -100,6 +117,44 @@ class ObjectStore(abc.ABC):
 
         Raises `Stale` (before or during the stream) when the object is no longer `version`.
         """
+
+    # ----- writing (only when `writable`) --------------------------------------------------
+
+    def start_upload(self, key: str) -> str:
+        """Begin a streamed upload to `key`; its id (nothing is visible at `key` yet)."""
+        raise NotImplementedError
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
+    ) -> str:
+        """Send part `number` (1, 2, ...), the bytes from `offset` on (every part but the
+        `last` one a multiple of `part_size` bytes); the token `complete_upload` wants for
+        it. Parts are sent at most `part_concurrency` at once, in order when that is 1."""
+        raise NotImplementedError
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[str], size: int) -> ObjectInfo:
+        """Make the object of these parts, in order, appear at `key`; its new version."""
+        raise NotImplementedError
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        """Drop an unfinished upload and every part sent (no error if it is already gone)."""
+        raise NotImplementedError
+
+    def pending_uploads(self, key: str) -> list[str]:
+        """The ids of unfinished uploads to exactly `key` (a crash's leftovers)."""
+        return []
+
+    def put_file(self, key: str, path: str, size: int) -> ObjectInfo:
+        """Upload the local file `path` (`size` bytes) as `key` in one request."""
+        raise NotImplementedError
+
+    def copy(self, source: str, key: str, size: int) -> ObjectInfo:
+        """Copy object `source` (`size` bytes) to `key` on the server; the copy's version."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove the object `key` (no error if there is none)."""
+        raise NotImplementedError
 
 
 #: An adapter's error table: the `StoreError` for an exception its SDK raised, or None when

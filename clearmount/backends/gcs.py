@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +40,8 @@ from clearmount.urls import StorageURL, match_gcs
 log = logging.getLogger(__name__)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
+# read_write: `-o writable` uploads with the same credentials (a read-only key still reads)
+_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 # Bounded time. Every request has a connect deadline and a read deadline (the wait for the
 # first byte and every stall between bytes): the mount's (`Deadlines`). The SDK's own retry
 # policy retries 429/5xx, connection errors and timeouts with jittered exponential backoff (a
@@ -193,6 +195,9 @@ class GcsStore(ObjectStore):
         # the client is built at the first request, in its worker thread: the store itself is
         # made on the trio loop, and google.auth.default() may ask a metadata server
         self.entry = match_gcs(gcs, StorageURL("gs", "", self._name, "")).source
+        # a resumable upload takes its chunks in order, one at a time
+        self.writable = True
+        self.part_concurrency = 1
 
     @property
     def _bucket(self) -> Any:
@@ -288,6 +293,66 @@ class GcsStore(ObjectStore):
             offset = stop
             for at in range(0, len(data), chunk_size):
                 yield data[at : at + chunk_size]
+
+    # ----- writing: a resumable upload session ------------------------------------------
+    # The session URI is the upload id: it lets anyone holding it upload, so it is kept
+    # only in the upload's crash record (0600) and never logged.
+
+    def start_upload(self, key: str) -> str:
+        bucket, entry = self._serving(key)
+        with _border(self._url(key), entry):
+            session: str = bucket.blob(key).create_resumable_upload_session(timeout=self._timeout)
+        return session
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
+    ) -> str:
+        bucket, entry = self._serving(key)
+        end = offset + len(data)
+        total = str(end) if last else "*"
+        span = f"bytes {offset}-{end - 1}/{total}" if data else f"bytes */{total}"
+        with _border(self._url(key), entry):
+            response = bucket.client._http.put(
+                upload_id, data=data, headers={"Content-Range": span}, timeout=self._timeout
+            )
+            if response.status_code == 308 and not last:
+                return ""
+            if response.status_code in (200, 201) and last:
+                return str(response.json()["generation"])
+            raise api_exceptions.from_http_response(response)  # type: ignore[no-untyped-call]
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[str], size: int) -> ObjectInfo:
+        # the last chunk, sent with the total size, completed the object
+        return ObjectInfo(key, size, parts[-1], time.time())
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        bucket, entry = self._serving(key)
+        with _border(self._url(key), entry):
+            response = bucket.client._http.delete(upload_id, timeout=self._timeout)
+        # 499: cancelled; 404/410: gone already. A server error or none: asked again.
+        if response.status_code >= 500:
+            raise Unavailable(f"server error {response.status_code}", self._url(key), entry)
+
+    def put_file(self, key: str, path: str, size: int) -> ObjectInfo:
+        bucket, entry = self._serving(key)
+        blob = bucket.blob(key)
+        with _border(self._url(key), entry):
+            blob.upload_from_filename(path, timeout=self._timeout)
+        return _info(blob)
+
+    def copy(self, source: str, key: str, size: int) -> ObjectInfo:
+        bucket, entry = self._serving(key)
+        origin, target = bucket.blob(source), bucket.blob(key)
+        with _border(self._url(key), entry):
+            token, _, _ = target.rewrite(origin, timeout=self._timeout)
+            while token is not None:
+                token, _, _ = target.rewrite(origin, token=token, timeout=self._timeout)
+        return _info(target)
+
+    def delete(self, key: str) -> None:
+        bucket, entry = self._serving(key)
+        with _border(self._url(key), entry), contextlib.suppress(api_exceptions.NotFound):
+            bucket.delete_blob(key, timeout=self._timeout, retry=_RETRY)
 
     def _gone(self, key: str, version: str, error: NotFound) -> StoreError:
         """Why generation `version` of `key` is not found: `Stale` if another one is live."""

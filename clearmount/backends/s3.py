@@ -34,6 +34,7 @@ import datetime
 import logging
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any, cast
@@ -54,6 +55,7 @@ from clearmount.errors import (
     AccessDenied,
     NotFound,
     ProtocolError,
+    QuotaExceeded,
     Stale,
     StoreError,
     Unavailable,
@@ -70,6 +72,11 @@ _DENIED = {
     "AllAccessDisabled",
 }
 _STALE = {"412", "PreconditionFailed"}
+_QUOTA = {"QuotaExceeded", "EntityTooLarge", "XMinioStorageFull", "InsufficientStorage"}
+#: S3 parts: at least 5 MiB (all but the last); CopyObject copies at most 5 GiB at once
+_MIN_PART = 5 << 20
+_MAX_COPY = 5 << 30
+_COPY_PART = 512 << 20
 _TIMEOUTS = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
 
 #: Attempts per request, the first one included, when neither AWS_MAX_ATTEMPTS nor the AWS
@@ -216,6 +223,10 @@ def translate(exc: Exception, url: str, entry: str) -> StoreError | None:
             return AccessDenied(f"access denied ({code or status})", url, entry)
         if code in _STALE or status == "412":
             return Stale("object changed while being read", url, entry)
+        if code in _QUOTA or status == "507":
+            return QuotaExceeded(f"the server refused to store more ({code or status})", url, entry)
+        if code == "NoSuchUpload":
+            return NotFound("no such upload", url, entry)
         return Unavailable(f"server error {code or status}", url, entry)
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return AccessDenied("no credentials configured", url, entry)
@@ -248,6 +259,10 @@ class S3Store(ObjectStore):
         self.bucket = bucket
         self.entry = entry.source
         self.deadlines = settings.deadlines
+        self.writable = True
+        self.part_size = max(settings.multipart_chunksize, _MIN_PART)
+        self.part_concurrency = max(1, settings.max_multipart_concurrency)
+        self.multipart = entry.multipart
         # Built at the first request, in its worker thread: the store itself is made on the
         # trio loop (`Namespace.store_for`), and building a client takes ~10 ms of botocore
         # model loading, or waits for the warm-up's (see `client_for`).
@@ -428,6 +443,80 @@ class S3Store(ObjectStore):
             self._signer_tried = True
             self._signer = _QuerySigner.learn(self._client, key, presigned)
         return presigned, False
+
+    # ----- writing ----------------------------------------------------------------------
+
+    def start_upload(self, key: str) -> str:
+        with _border(self._url(key), self.entry):
+            reply = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        return str(reply["UploadId"])
+
+    def upload_part(
+        self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
+    ) -> str:
+        with _border(self._url(key), self.entry):
+            reply = self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+        return _etag(reply)
+
+    def complete_upload(self, key: str, upload_id: str, parts: list[str], size: int) -> ObjectInfo:
+        listed = [{"ETag": etag, "PartNumber": n} for n, etag in enumerate(parts, 1)]
+        with _border(self._url(key), self.entry):
+            reply = self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            )
+        return ObjectInfo(key=key, size=size, version=_etag(reply), mtime=time.time())
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            with _border(self._url(key), self.entry):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except NotFound:
+            pass
+
+    def pending_uploads(self, key: str) -> list[str]:
+        with _border(self._url(key), self.entry):
+            reply = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        return [u["UploadId"] for u in reply.get("Uploads", ()) if u.get("Key") == key]
+
+    def put_file(self, key: str, path: str, size: int) -> ObjectInfo:
+        with open(path, "rb") as body, _border(self._url(key), self.entry):
+            reply = self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+        return ObjectInfo(key=key, size=size, version=_etag(reply), mtime=time.time())
+
+    def copy(self, source: str, key: str, size: int) -> ObjectInfo:
+        origin = {"Bucket": self.bucket, "Key": source}
+        url = self._url(key)
+        if size <= _MAX_COPY:
+            with _border(url, self.entry):
+                reply = self._client.copy_object(Bucket=self.bucket, Key=key, CopySource=origin)
+            version = _etag(reply.get("CopyObjectResult", {}))
+            return ObjectInfo(key=key, size=size, version=version, mtime=time.time())
+        upload_id = self.start_upload(key)
+        try:
+            parts = []
+            for number, start in enumerate(range(0, size, _COPY_PART), 1):
+                end = min(start + _COPY_PART, size) - 1
+                with _border(url, self.entry):
+                    reply = self._client.upload_part_copy(
+                        Bucket=self.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        CopySource=origin,
+                        CopySourceRange=f"bytes={start}-{end}",
+                    )
+                parts.append(_etag(reply.get("CopyPartResult", {})))
+            return self.complete_upload(key, upload_id, parts, size)
+        except BaseException:
+            with contextlib.suppress(StoreError):
+                self.abort_upload(key, upload_id)
+            raise
+
+    def delete(self, key: str) -> None:
+        with _border(self._url(key), self.entry):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
 
     def _check_answer(
         self, reply: dict[str, Any], url: str, version: str, start: int, end: int

@@ -716,6 +716,8 @@ class Fetcher:
         self.verify = verify
         #: set whenever a fetch starts or ends: the evictor waits on it
         self.changed = trio.Event()
+        #: how many times `changed` was set: a waiter busy elsewhere meanwhile sees it moved
+        self.changes = 0
         #: bytes the cache held at the last eviction pass (for `CacheLimits.fits`)
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
@@ -791,6 +793,10 @@ class Fetcher:
                     del self._lookups[key]
             if isinstance(found, int):
                 self._note_source(url, "l1")
+                if self.index.pending:
+                    # an adopted file's row waits for a batch: the eviction loop writes it
+                    # within its check gap, not at its next periodic check
+                    self._changed()
                 return CachedReader(found)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
@@ -823,6 +829,7 @@ class Fetcher:
         return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
 
     def _changed(self) -> None:
+        self.changes += 1
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 

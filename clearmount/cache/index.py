@@ -74,20 +74,17 @@ class CacheIndex:
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
         """Connect (creating the database if need be) and return the (device, inode) of the
         file connected to."""
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
-            # Private like the cache files; SQLite gives its -wal and -shm files the same mode.
-            fd = os.open(self.path, flags, self.layout.file_mode)
-        except FileNotFoundError:  # its folder was removed
-            self.layout.make_folders()
-            fd = os.open(self.path, flags, self.layout.file_mode)
-        try:
-            stat = os.fstat(fd)
-            db = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
-            )
-        finally:
-            os.close(fd)
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            stat = self._create()
+        # No descriptor of our own on an existing database: closing one would drop every
+        # POSIX lock this process holds on it, the other connection's (the daemon has two)
+        # included; another process's SQLite, closing, would then find the database unused
+        # and delete the -wal and -shm files under us, and our writes would go unseen.
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout
+        )
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
@@ -104,6 +101,20 @@ class CacheIndex:
             db.close()
             raise
         return db, (stat.st_dev, stat.st_ino)
+
+    def _create(self) -> os.stat_result:
+        """Create the database file, private like the cache files (SQLite gives its -wal and
+        -shm files the same mode)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, self.layout.file_mode)
+        except FileNotFoundError:  # its folder was removed
+            self.layout.make_folders()
+            fd = os.open(self.path, flags, self.layout.file_mode)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)  # a new file: no connection of this process holds a lock on it
 
     def _current(self) -> sqlite3.Connection:
         """The connection, reopened first if the database file was removed or replaced.

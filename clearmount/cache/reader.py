@@ -50,6 +50,7 @@ class Outcome(enum.Enum):
     FETCHED = "fetched"  # this open started a fetch
     JOINED = "joined"  # a fetch of this version was in flight already
     STREAMED = "streamed"  # too large for the cache: ranged GETs straight to the reader
+    WRITTEN = "written"  # a file being written through the mount (`cache/upload.py`)
 
 
 class ObjectReader(abc.ABC):

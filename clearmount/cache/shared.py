@@ -69,8 +69,11 @@ POLL_SECONDS = 0.1
 POLL_MAX_SECONDS = 2.0
 #: At most one WARNING about a sick L2 per this many seconds.
 WARN_EVERY = 60.0
-#: Seconds between the L2 evictor's rounds (each node tries; one holds the evictor lease).
+#: Seconds between the L2 evictor's rounds (each node tries; one holds the evictor lease)...
 EVICT_EVERY = 60.0
+#: ...and a node's publication starts a round at once, but one node starts at most one round
+#: per this many seconds (each round walks the L2).
+EVICT_SPACING = 5.0
 #: Bytes per L2 read.
 _CHUNK = 1 << 20
 
@@ -95,7 +98,8 @@ class L2Limits:
     max_bytes: int | None = None
     min_free_bytes: int = 0
     margin: float = 0.05
-    #: a file published or used this recently is never evicted
+    #: a file published or used this recently is never evicted (secondary's
+    #: cleanup_seconds_threshold)
     recent_seconds: float = 60.0
 
 
@@ -152,6 +156,10 @@ class SharedCache:
         self._fetching: dict[Fetch, _Fetching] = {}
         self._warned = -WARN_EVERY
         self._nursery: trio.Nursery | None = None
+        #: set by a publication: the L2 may have gone over its limits
+        self._published = trio.Event()
+        #: the last eviction round stopped over the limits (files too recent, or leased)
+        self.over_limits = False
 
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
@@ -245,6 +253,7 @@ class SharedCache:
                 )
                 if published:
                     self.stats.publications += 1
+                    self._published.set()
         except (OSError, ClearmountError) as exc:
             self.fault("publish", exc)
         finally:
@@ -271,20 +280,31 @@ class SharedCache:
                 log.info("lost the shared cache lease of %s to another node", fetch.url)
                 return
 
-    async def keep_within_limits(self, interval: float = EVICT_EVERY) -> None:
-        """Every `interval` seconds, evict the L2 down to its limits if this node gets the
-        evictor lease (one evictor at a time over the fleet)."""
+    async def keep_within_limits(
+        self, interval: float = EVICT_EVERY, spacing: float = EVICT_SPACING
+    ) -> None:
+        """After each publication of this node (at most one round per `spacing` seconds),
+        and every `interval` seconds, evict the L2 down to its limits if this node gets the
+        evictor lease (one evictor at a time over the fleet). A round that had to leave the
+        L2 over its limits (its files were too recent, or leased) is followed by another
+        once they are no longer recent."""
         if self.limits.max_bytes is None and not self.limits.min_free_bytes:
             return
         while True:
-            await trio.sleep(interval)
+            wait = interval
+            if self.over_limits:
+                wait = min(interval, max(0.0, self.limits.recent_seconds - spacing))
+            with trio.move_on_after(wait):
+                await self._published.wait()
+            self._published = trio.Event()
             try:
                 removed = await self._io(self.evict_once, deadline=self.timeout + 60)
             except (OSError, ClearmountError) as exc:
                 self.fault("eviction", exc)
-                continue
-            if removed:
-                log.info("evicted %d file(s) from the shared cache", removed)
+            else:
+                if removed:
+                    log.info("evicted %d file(s) from the shared cache", removed)
+            await trio.sleep(spacing)
 
     # ----- blocking operations (worker threads, with deadlines) ------------------------------
 
@@ -295,6 +315,7 @@ class SharedCache:
         takeover times. Returns how many files were removed (0 without the lease)."""
         lease = self._acquire(self.evictor_dir)
         if not isinstance(lease, Lease):
+            self.over_limits = False  # the node that holds it evicts
             return 0
         try:
             return self._evict_under_lease()
@@ -331,6 +352,7 @@ class SharedCache:
                 return True
             return bool(limits.min_free_bytes) and free < limits.min_free_bytes * (1 + margin)
 
+        self.over_limits = False
         if not over(0.0):
             return 0
         removed = 0
@@ -352,6 +374,7 @@ class SharedCache:
                 free += size
                 with contextlib.suppress(OSError):
                     os.unlink(self._record_path(rel))
+        self.over_limits = over(0.0)
         return removed
 
     def _look(self, rel: str, url: str, info: ObjectInfo, verify: bool) -> Path | Lease | Holder:

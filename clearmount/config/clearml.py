@@ -727,12 +727,18 @@ def _read_secondary(
         ((*nested_at, "size"), r.section(nested, nested_at, "size", _SIZE_KEYS)),
     ]
     limits = {**l1_limits, **_size_limits(r, sizes)}
+    # the strategy's secondary section, else the legacy one (as the SDK's `_config`)
+    threshold = 60.0
+    for section, section_at in ((legacy, legacy_at), (nested, nested_at)):
+        if section.get("cleanup_seconds_threshold") is not None:
+            threshold = r.number(section, section_at, "cleanup_seconds_threshold", threshold)
     return SecondarySettings(
         base_dir=expand_path(text, environ),
         source=dotted(nested_at) if source.endswith("secondary") else source,
         max_used_bytes=limits.get("max_used_bytes"),
         min_free_bytes=limits.get("min_free_bytes"),
         cleanup_margin=_margin(r, sizes, l1_margin),
+        cleanup_seconds_threshold=threshold,
     )
 
 

@@ -247,6 +247,10 @@ class SecondarySettings:
     max_used_bytes: int | None = None
     min_free_bytes: int | None = None
     cleanup_margin: float = 0.05
+    #: secondary.cleanup_seconds_threshold: the L2's evictor never removes a file published or
+    #: used this recently (the SDK falls back to the L1's 20 s; clearmount to 60 s, since the
+    #: clocks of the nodes and of the file server differ)
+    cleanup_seconds_threshold: float = 60.0
 
 
 @dataclass(frozen=True)
