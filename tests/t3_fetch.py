@@ -20,7 +20,7 @@ import trio
 
 from clearmount import config
 from clearmount.cache.events import FetchEvents
-from clearmount.cache.fetch import Fetch
+from clearmount.cache.fetch import FIRST_WINDOW, Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import ManagerLayout
 from clearmount.cache.limits import CacheLimits
@@ -53,20 +53,65 @@ async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> 
     assert list(fetcher.layout.global_dir.iterdir()) == []
 
 
-async def test_a_read_far_ahead_moves_its_part_first(tmp_path: Path) -> None:
-    data = bytes(range(256)) * (64 * 1024)  # 16 MiB, 16 parts of 1 MiB
+async def test_a_read_far_ahead_is_served_by_its_own_get_at_once(tmp_path: Path) -> None:
+    # torch.load reads a zip's directory at the end first: its bytes must not wait behind
+    # the parts before them, nor behind GETs of bytes nobody asked for yet
+    data = bytes(range(256)) * (64 * 1024)  # 16 MiB, parts of 1 MiB
     store = MemoryStore({"k": data})
     fetcher = make_fetcher(tmp_path)
-    fetcher.parallel = 1  # one part at a time, so the order is observable
+    fetcher.parallel = 1  # one part at a time: a jump must not wait for it
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await fetch.wait_for(len(data) - 10, len(data))
-        assert store.ranges[0] == (15 << 20, 16 << 20)  # before every part ahead of it
-        await fetch.wait_for(0, len(data))
+        # asked for: the opener's first window and a GET from the read's own offset
+        assert (len(data) - 10, len(data)) in store.ranges[:2]
+        assert sum(end - start for start, end in store.ranges) <= FIRST_WINDOW + 10
+        await ended(fetch)
+    # and the rest is still fetched: the file is complete, every byte asked for once
     final = fetcher.layout.final_path("s3://memory/k")
     assert final.read_bytes() == data
-    assert sorted(store.ranges) == [(i << 20, (i + 1) << 20) for i in range(16)]
+    assert sum(end - start for start, end in store.ranges) == len(data)
+
+
+async def test_bytes_nobody_asked_for_wait_until_readers_are_quiet(tmp_path: Path) -> None:
+    # a tensor in the middle of a checkpoint: its read shares the link with nothing but the
+    # opener's first window; the rest comes afterwards, and the file ends up whole
+    data = os.urandom(32 << 20)
+    store = MemoryStore({"k": data})
+    fetcher = make_fetcher(tmp_path)
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        with trio.fail_after(10):
+            assert await reader.read(20 << 20, 4096) == data[20 << 20 : (20 << 20) + 4096]
+        jump = (20 << 20, (20 << 20) + (1 << 20))  # its own GET (of one part, here)
+        assert jump in store.ranges
+        assert set(store.ranges) <= {(0, 1 << 20), jump}  # and the opener's first part
+        reader.close()
+        await ended(fetch_of(reader))
+    assert fetch_of(reader).complete
+    assert fetcher.layout.final_path("s3://memory/k").read_bytes() == data
+    assert sum(end - start for start, end in store.ranges) == len(data)  # each byte once
+
+
+async def test_a_sequential_reader_is_fetched_ahead_in_parts_not_per_read(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(24 << 20)
+    store = MemoryStore({"k": data})
+    fetcher = make_fetcher(tmp_path)  # parts of 1 MiB, 4 at a time
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        with trio.fail_after(20):
+            for offset in range(0, len(data), 128 << 10):
+                assert await reader.read(offset, 128 << 10) == data[offset : offset + (128 << 10)]
+        reader.close()
+        await ended(fetch_of(reader))
+    # 192 reads: no GET per read, no byte twice
+    assert len(store.ranges) <= len(data) // (1 << 20) + 1
+    assert sum(end - start for start, end in store.ranges) == len(data)
 
 
 @pytest.mark.parametrize("size", [0, 1, (1 << 20) + 1])

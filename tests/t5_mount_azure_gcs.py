@@ -95,13 +95,16 @@ def byte_ranges(requests: list[Seen], size: int) -> list[tuple[int, int]]:
     return sorted(ranges)
 
 
-def assert_each_byte_fetched_once(requests: list[Seen], size: int) -> None:
+def assert_each_byte_fetched_about_once(requests: list[Seen], size: int) -> None:
+    """The GETs cover the object with no gap; they overlap only where a reader's jump cut a
+    GET in flight (its bytes past the cut asked for again), far less than the object."""
     ranges = byte_ranges(requests, size)
     at = 0
     for start, end in ranges:
-        assert start == at, f"ranges {ranges} overlap or leave a gap at {at}"
-        at = end
+        assert start <= at, f"ranges {ranges} leave a gap at {at}"
+        at = max(at, end)
     assert at == size
+    assert sum(end - start for start, end in ranges) < size + size // 4, ranges
 
 
 # ----------------------------------------------------------------------------- the clouds
@@ -306,7 +309,7 @@ def test_bytes_equal_for_small_odd_and_large_objects(
         assert f.read(10) == data[-1:]
     assert sha256(read_file(path)) == sha256(data)
     # ranged GETs, each byte fetched once
-    assert_each_byte_fetched_once(cloud.data_gets(proxy, key), len(data))
+    assert_each_byte_fetched_about_once(cloud.data_gets(proxy, key), len(data))
 
 
 def test_listing_is_complete_paginated_and_nested(

@@ -119,10 +119,10 @@ def test_bytes_equal_by_parallel_ranged_gets_and_by_one_get_without_ranges(
 
     assert sha(mount.path_of(f"{base}/{folder}/big.bin").read_bytes()) == sha(big)
     gets = proxy.requests("GET", f"/{folder}/big.bin")
-    # 8 MiB parts (multipart_chunksize), fetched in parallel
-    assert len(gets) == 5 and all(g.ranged and g.status == 206 for g in gets), [
-        (g.range, g.status, g.body_bytes) for g in gets
-    ]
+    # ranged GETs of at most 8 MiB (multipart_chunksize), each byte about once
+    assert all(g.ranged and g.status == 206 for g in gets), [(g.range, g.status) for g in gets]
+    assert len(big) <= sum(g.body_bytes for g in gets) < len(big) + 8 * MiB
+    assert len(gets) >= len(big) // (8 * MiB)
     assert mount.path_of(f"{base}/{folder}/small.bin").read_bytes() == small
     assert proxy.count("GET", f"/{folder}/small.bin") == 1
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from clearmount.cache.fetch import FIRST_WINDOW
 from conftest import MountFactory
 from devkit.confs import s3_conf
 from devkit.processes import poll_until, unique_name
-from devkit.proxy import Proxy
+from devkit.proxy import Proxy, Seen
 from devkit.s3 import S3Server
 from support import Mount, status_json
 
 MIB = 1 << 20
-PART = 8 * MIB  # ClearML's default multipart_chunksize
 
 
 def sha256(data: bytes) -> str:
@@ -86,10 +86,52 @@ def test_bytes_equal_for_small_odd_and_large_objects(
         f.seek(len(data) - 1)
         assert f.read(10) == data[-1:]
     assert sha256(read_file(path)) == sha256(data)
-    # parallel ranged GETs, each byte fetched once
+    # ranged GETs only, and the object was not pulled twice over for those jumps
     gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
-    assert len(gets) == -(-len(data) // PART)
     assert all(g.ranged for g in gets)
+    assert sum(g.body_bytes for g in gets) < 2 * len(data)
+
+
+def requested(gets: list[Seen]) -> list[tuple[int, int]]:
+    """The byte ranges [start, end) the GETs asked for, in the order they came."""
+    ranges = []
+    for get in gets:
+        assert get.range is not None, "a GET of the whole object"
+        first, _, last = get.range.removeprefix("bytes=").partition("-")
+        ranges.append((int(first), int(last) + 1))
+    return ranges
+
+
+def test_a_read_at_the_end_of_a_cold_object_is_served_by_its_own_small_get(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, big_object
+) -> None:
+    # torch.load and zip readers read the directory at the end first: that byte must not
+    # wait behind (nor pay for) parallel GETs of the whole object from its start
+    key, data = big_object
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    size = path.stat().st_size
+    s3_proxy.reset()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 1, size - 1) == data[-1:]
+        # what the server had been asked for when the byte came back
+        asked = requested(s3_proxy.requests("GET", f"/{bucket}/{key}"))
+    finally:
+        os.close(fd)
+    # a GET of its own from near the end, and at most the opener's first window besides
+    # (which a reader from the start would want): not 16 parts of 8 MiB from offset 0
+    assert any(end == size and start >= size - FIRST_WINDOW for start, end in asked), asked
+    assert sum(end - start for start, end in asked) <= 2 * FIRST_WINDOW, asked
+    # the file opened is still fetched whole into the cache, each byte about once
+    poll_until(
+        lambda: int(os.getxattr(path, "user.clearmount.cached")) == size,
+        120,
+        "the whole object in the cache",
+    )
+    assert sha256(read_file(path)) == sha256(data)
+    gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
+    assert sum(g.body_bytes for g in gets) <= size + 2 * FIRST_WINDOW
 
 
 def test_listing_is_complete_paginated_and_nested(
@@ -386,7 +428,9 @@ def test_concurrent_threads_random_reads_during_fetch(
     for t in threads:
         t.join(120)
     assert errors == []
-    assert s3_proxy.count("GET", f"/{bucket}/{key}") == -(-len(data) // PART)
+    # one fetch served every thread: the object was not pulled once per reader
+    gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
+    assert sum(g.body_bytes for g in gets) < 2 * len(data)
 
 
 def daemon_reads(mount: Mount) -> int:

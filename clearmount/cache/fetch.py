@@ -1,28 +1,36 @@
 """Fetching objects into the cache while readers read them.
 
 Owns: `Fetcher`, the single-flight table (one `Fetch` per URL and object version, however
-many opens), and `Fetch`, which streams an object into its `.partially` file with parallel
-ranged GETs, tells waiting readers when their bytes are on disk, then verifies the size and
-renames the file into place. A reader never waits for more than the bytes it asked for.
-`Fetcher.open` decides where an open file's bytes come from (a complete cache file, a fetch
-it starts or joins, or a stream) and returns the `cache.reader.ObjectReader` that reads them.
+many opens), and `Fetch`, which streams an object into its `.partially` file with ranged
+GETs in the order its readers ask for the bytes, tells waiting readers when their bytes are
+on disk, then verifies the size and renames the file into place. A reader never waits for
+more than the bytes it asked for. `Fetcher.open` decides where an open file's bytes come
+from (a complete cache file, a fetch it starts or joins, or a stream) and returns the
+`cache.reader.ObjectReader` that reads them.
 With a shared L2 cache (`cache.shared`), a fetch asks it where its bytes come from before it
 runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result after
 (`SharedCache.finish`: publication); nothing else here knows the L2.
 
-Threads: each part is downloaded in a worker thread (through `Transfer.in_thread`) that opens its
-own descriptor of the partial file, so a thread abandoned at shutdown can only ever write to
-that file. Progress goes back to the trio loop without waiting for it (`run_sync_soon`, in
-order, before the thread's own completion): the thread reads on while readers wake. The
+Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
+read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
+that reads on gets a window ahead of it that doubles with what it has read in a row; the
+bytes nobody asked for are fetched by background GETs that give way while readers wait.
+
+Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
+that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
+ever write to that file. Progress goes back to the trio loop without waiting for it
+(`run_sync_soon`, in order, before the thread's own completion), as soon as a waiting
+reader's bytes are in, else every `_REPORT_EVERY` bytes: the thread reads on while readers
+wake, and a background download costs the loop one wake-up per 4 MiB. The
 local blocking work of an open (opening, locking and touching cache files, the index, the
 free space) runs in worker threads too, through `Transfer.local`.
 
-Bounded time: each part is downloaded in attempts, each one watched (`Progress`): an attempt
+Bounded time: each run is downloaded in attempts, each one watched (`Progress`): an attempt
 must receive every MiB within the store's stall window, or it is given up. A failed or
 stalled attempt is resumed from the last byte received, with jittered exponential backoff,
-until the part has gone `Deadlines.operation` seconds (or `_TRIES` tries in a row) without
+until the run has gone `Deadlines.operation` seconds (or `_TRIES` tries in a row) without
 receiving 1 MiB; then its readers get EIO. The thread of an attempt given up may run on for a
-while: its bytes are dropped (`attempts`).
+while: its later bytes are dropped (`_Run.attempt`).
 
 Counting: each fetch reports its start, every chunk that lands and its one end (completed,
 failed or stopped) to the `FetchEvents` the composition root gave the `Fetcher`, where they
@@ -35,11 +43,13 @@ not at a reader's expense: once no open file reads a fetch, it gives up its tran
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import random
 import time
@@ -78,26 +88,77 @@ def _backoff(tries: int) -> float:
     return random.uniform(0, min(8.0, 0.25 * 2 ** (tries - 1)))
 
 
-# At most this long the other parts wait for the first part's first bytes.
-_FIRST_BYTES_HEAD_START = 0.05
-# Bytes per progress report: small for the first part, so the first read returns early.
-_FIRST_PART_CHUNK = 128 << 10
+#: The first reader window: bytes fetched from where a reader starts (or jumps to). The
+#: kernel's own readahead asks for 1-2 MiB past a jump's first read at once: one GET brings it.
+FIRST_WINDOW = 4 << 20
+#: A reader run this close behind the bytes a reader needs is waited for, not split.
+_NEAR = 1 << 20
+#: For this long after a reader waited, no background run starts.
+_QUIET = 0.5
+#: Chunks asked of the store: reader runs get their first bytes early; background runs make
+#: fewer, larger steps.
+_READER_CHUNK = 256 << 10
 _CHUNK = 1 << 20
+#: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
+#: reader's bytes are in, and at the end of its run).
+_REPORT_EVERY = 4 << 20
 
 
-def _chunk_size(part: int, object_size: int) -> int:
+def _chunk_size(run: _Run, object_size: int) -> int:
     if object_size <= _CHUNK:
-        # one progress report, not two: the first READ of a small file (1 MiB readahead)
-        # wants all of it anyway
+        # one chunk, not two: the first READ of a small file (1 MiB readahead) wants it all
         return max(object_size, 1)
-    return _FIRST_PART_CHUNK if part == 0 else _CHUNK
+    return _READER_CHUNK if run.reader else _CHUNK
 
 
 class _Aborted(Exception):
     """Raised inside a worker thread when its fetch no longer wants bytes."""
 
 
+class _Run:
+    """The share of one ranged GET (and its resumes): bytes [start, end) of the object, on
+    disk from `start` up to `front`. Only the loop changes `end` (lowering it: a reader jumped
+    into the run, far ahead of its front) and `front`; the worker thread reads `end` before
+    each chunk and stops there."""
+
+    __slots__ = ("attempt", "end", "front", "need", "reader", "start", "whole", "written")
+
+    def __init__(self, start: int, end: int, reader: bool, whole: bool = False) -> None:
+        self.start = start
+        self.end = end
+        self.front = start
+        #: a reader asked for these bytes (they go before background runs)
+        self.reader = reader
+        #: the current attempt; the thread of an earlier, abandoned one drops its bytes
+        self.attempt = 0
+        #: a reader waits for the bytes up to here: the thread tells the loop once it has them
+        self.need = math.inf
+        #: the whole object in one GET: hashed as it arrives, sealed by its thread
+        self.whole = whole
+        #: bytes on disk up to here, as the worker thread knows before it tells the loop
+        self.written = start
+
+
 class Fetch:
+    """One object version streaming into its partial file.
+
+    The object is fetched in runs, each one ranged GET (resumed after a stall) of at most
+    `part_size` bytes; an object of one part is one run, hashed as it arrives. Readers
+    decide the order:
+    - the opener's first `FIRST_WINDOW` bytes are asked for at open (most readers start
+      there: time to first byte);
+    - a read of bytes no run brings starts a run at its own offset (`FIRST_WINDOW` long, the
+      kernel's readahead wants that much after a jump) at once, in one slot beyond the
+      `parallel` limit; one inside a run whose front is far behind it cuts that run there;
+    - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
+      has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
+      `parallel` at a time;
+    - the bytes nobody asked for yet are fetched by background runs, in order from past
+      the last reader run: none starts while a reader run is in flight or a reader waited in the
+      last `_QUIET` seconds, `parallel` at a time otherwise. So an opened file still ends up
+      complete in the cache, and a reader never shares the link with bytes nobody wants yet.
+    """
+
     def __init__(
         self,
         url: str,
@@ -123,63 +184,233 @@ class Fetch:
         self.part_size = part_size
         parts = -(-info.size // part_size)
         self.parallel = max(1, min(parallel, parts))
-        # fronts[i]: the end of the bytes already on disk in part i (written from its start)
-        self.fronts = [i * part_size for i in range(parts)]
-        # attempts[i]: the current attempt at part i; the thread of an earlier, abandoned one
-        # may still run, and its bytes are dropped
-        self.attempts = [0] * parts
-        self._pending = collections.deque(range(parts))
+        self._done = 0
+        # the runs, ordered by start, never overlapping; `_starts` their starts (for bisect)
+        self._runs: list[_Run] = []
+        self._starts: list[int] = []
+        # reader runs not started yet, first come first: bytes a reader waits for now (started
+        # at once), and bytes ahead of a reader (up to `parallel` at a time)
+        self._urgent: collections.deque[_Run] = collections.deque()
+        self._queue: collections.deque[_Run] = collections.deque()
+        self._readers_active = 0
+        self._background_active = 0
+        # reader runs started that have not received their first bytes yet
+        self._starting = 0
+        # where background runs go on from: the end of the last reader run
+        self._cursor = 0
+        #: when a reader last waited for bytes
+        self._demand_at = time.monotonic()
         self._changed = trio.Event()
+        self._settled = trio.Event()
         self.error: ClearmountError | None = None
         self.complete = False
         #: set once `run` is over: `complete`, or `error` says why not
         self.ended = trio.Event()
-        # A single-part download is hashed as it arrives; parallel parts are hashed at the
-        # end (only S3 ETags of single-part uploads are MD5s).
-        self._digest = hashlib.md5() if verify and parts == 1 and _md5_of(info.version) else None
+        whole = parts <= 1
+        # A one-run download is hashed as it arrives; other downloads are hashed at the end
+        # (only S3 ETags of single-part uploads are MD5s).
+        self._digest = hashlib.md5() if verify and whole and _md5_of(info.version) else None
         self.aborted = False
         #: verified, renamed into place and recorded in the index
         self.sealed = False
         #: where `_seal` records the file (given by `run`)
         self._index: CacheIndex
+        self._transfer: Transfer
+        self._nursery: trio.Nursery | None = None
         #: open files reading this fetch
         self.readers = 0
         #: stopped because nobody read it any more and a reader needed its transfer slots
         self.stopped = False
         self._scope: trio.CancelScope | None = None
         self._report: Callable[..., None] = lambda *args: None  # set by run(), on the loop
+        #: the most bytes a sequential reader is fetched ahead
+        self.max_window = max(FIRST_WINDOW, self.parallel * part_size)
+        if info.size:
+            # the opener reads from the start, mostly: its first bytes are asked for at once
+            first = _Run(0, info.size if whole else min(FIRST_WINDOW, part_size), True, whole)
+            self._insert(first)
+            self._queue.append(first)
 
     @property
     def bytes_done(self) -> int:
-        return sum(front - i * self.part_size for i, front in enumerate(self.fronts))
+        return self._done
+
+    # ----- where the bytes are
+
+    def _index_at(self, offset: int) -> int:
+        """The index of the run holding `offset`, or -1."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0 and offset < self._runs[i].end:
+            return i
+        return -1
+
+    def _insert(self, run: _Run) -> None:
+        i = bisect.bisect_left(self._starts, run.start)
+        self._starts.insert(i, run.start)
+        self._runs.insert(i, run)
 
     def has(self, start: int, end: int) -> bool:
         """Whether bytes [start, end) are on disk."""
-        if self.complete:
-            return True
-        end = min(end, self.info.size)
-        if start >= end:
-            return True
-        for i in range(start // self.part_size, (end - 1) // self.part_size + 1):
-            if self.fronts[i] < min((i + 1) * self.part_size, end):
-                return False
-        return True
+        return self.complete or self._missing(start, end) is None
 
-    async def wait_for(self, start: int, end: int) -> None:
+    def _missing(self, start: int, end: int) -> tuple[int, _Run | None] | None:
+        """The first byte of [start, end) not on disk and the run that will bring it (None:
+        no run yet); None when every byte is there."""
+        end = min(end, self.info.size)
+        at = start
+        runs = self._runs
+        i = self._index_at(at)
+        while at < end:
+            if i < 0 or i >= len(runs) or runs[i].start > at:
+                return at, None
+            run = runs[i]
+            if run.front <= at:
+                return at, run if at < run.end else None
+            at = run.front
+            if run.front < run.end:
+                return (at, run) if at < end else None
+            i += 1
+        return None
+
+    # ----- readers
+
+    async def wait_for(self, start: int, end: int, ahead: int = 0) -> None:
         """Return once bytes [start, end) are on disk; raise the fetch's error if they never
-        will be."""
-        while not self.has(start, end):
+        will be. `ahead`: how many bytes past `end` the reader will want next (its window)."""
+        missing = self._missing(start, end)
+        if missing is not None and self.error is None:
+            self._demand_at = time.monotonic()
+            self._want(missing[0], end)
+        if ahead and self.error is None:
+            self._want(end, end + ahead, ahead=True)
+        self._pump()
+        while missing is not None:
             if self.error is not None:
                 raise self.error
-            self._prioritize(start // self.part_size)
+            at, run = missing
+            if run is not None:
+                # its thread tells the loop as soon as these bytes are in; it may have
+                # written them already and not told (it looks at `need` after `written`;
+                # a whole-object run tells its last bytes once the file is in place)
+                run.need = min(run.need, min(end, run.end))
+                if run.written > run.front and not run.whole:
+                    self._advance(run, run.written, run.attempt, 0)
+                    missing = self._missing(start, end)
+                    continue
+            elif self.aborted:
+                raise self.error or Unavailable("fetch aborted", self.url)
+            else:
+                self._want(at, end)
+                self._pump()
+                missing = self._missing(start, end)
+                continue
             await self._changed.wait()
+            missing = self._missing(start, end)
 
-    def _prioritize(self, part: int) -> None:
-        # A reader jumped ahead (torch.load reads a zip's directory at the end first): its
-        # part goes next instead of waiting behind every part before it.
-        if self._pending and self._pending[0] != part and part in self._pending:
-            self._pending.remove(part)
-            self._pending.appendleft(part)
+    def _want(self, start: int, end: int, ahead: bool = False) -> None:
+        """Make sure runs will bring bytes [start, end): new reader runs for the gaps; for
+        bytes needed now (not `ahead`), a background run far behind them is cut there."""
+        end = min(end, self.info.size)
+        at = start
+        while at < end:
+            i = self._index_at(at)
+            if i < 0:
+                j = bisect.bisect_right(self._starts, at)
+                gap_end = self._starts[j] if j < len(self._starts) else self.info.size
+                stop = min(gap_end, end)
+                if (
+                    ahead
+                    and stop < self.info.size
+                    and stop - at < min(self.part_size, (end - start) // 2)
+                ):
+                    # a window moving on by a read's size: wait until a whole part is due
+                    at = gap_end
+                    continue
+                run = _Run(
+                    at,
+                    min(
+                        gap_end, end if ahead else max(end, at + FIRST_WINDOW), at + self.part_size
+                    ),
+                    True,
+                )
+                self._insert(run)
+                (self._queue if ahead else self._urgent).append(run)
+                self._cursor = max(self._cursor, run.end)
+                at = run.end
+                continue
+            run = self._runs[i]
+            far = at - run.front
+            if (
+                not ahead
+                and at > run.start
+                and far > _NEAR
+                and not run.whole
+                and (not run.reader or far > 2 * _NEAR or run.front == run.start)
+            ):
+                # a jump into the far part of a run: its own run serves it now
+                # (the first window only: the rest is a gap again, for later)
+                tail = _Run(at, min(run.end, max(end, at + FIRST_WINDOW)), True)
+                run.end = at
+                self._insert(tail)
+                self._urgent.append(tail)
+                self._cursor = max(self._cursor, tail.end)
+                at = tail.end
+                continue
+            if not ahead and run.front == run.start and run in self._queue:
+                # a window run not started yet: a reader waits for it now
+                self._queue.remove(run)
+                self._urgent.append(run)
+            at = run.end
+
+    def _pump(self) -> None:
+        """Start the runs the priorities allow: the bytes readers wait for at once, then
+        their windows up to `parallel` runs, then background runs, only once readers are
+        quiet (up to `parallel`)."""
+        nursery = self._nursery
+        if nursery is None or self.error is not None:
+            return
+        # the bytes a reader waits for get one run more than `parallel`: a jump never waits
+        # behind the window runs of a sequential reader
+        while (self._urgent and self._readers_active <= self.parallel) or (
+            self._queue and self._readers_active < self.parallel
+        ):
+            run = (self._urgent or self._queue).popleft()
+            if run.front >= run.end:
+                continue
+            self._readers_active += 1
+            self._starting += 1
+            nursery.start_soon(self._runner, run)
+        if self._starting:
+            allowed = 0  # a reader's first bytes go out before the link is shared
+        elif self._readers_active or time.monotonic() - self._demand_at < _QUIET:
+            allowed = 0  # readers came lately: the link is theirs
+        else:
+            allowed = self.parallel
+        while self._background_active < allowed:
+            gap = self._next_gap()
+            if gap is None:
+                return
+            run = _Run(gap[0], min(gap[1], gap[0] + self.part_size), False)
+            self._insert(run)
+            self._background_active += 1
+            nursery.start_soon(self._runner, run)
+
+    def _next_gap(self) -> tuple[int, int] | None:
+        """The first bytes no run claims, from the cursor on, else from the start."""
+        for origin in (self._cursor, 0):
+            at = origin
+            i = bisect.bisect_right(self._starts, at) - 1
+            while at < self.info.size:
+                if i >= 0 and i < len(self._runs) and self._runs[i].start <= at < self._runs[i].end:
+                    at = self._runs[i].end
+                    i += 1
+                    continue
+                j = bisect.bisect_right(self._starts, at)
+                gap_end = self._starts[j] if j < len(self._starts) else self.info.size
+                if gap_end > at:
+                    return at, gap_end
+                i = j
+        return None
 
     def _wake(self) -> None:
         changed, self._changed = self._changed, trio.Event()
@@ -194,28 +425,40 @@ class Fetch:
         if self._scope is not None:
             self._scope.cancel()
 
-    def _advance(self, part: int, front: int, attempt: int, received: int) -> None:
+    def _advance(self, run: _Run, front: int, attempt: int, received: int) -> None:
         # Runs as a trio system callback: must never raise.
-        if not self.aborted and attempt == self.attempts[part]:
-            self.fronts[part] = front
+        if not self.aborted and attempt == run.attempt:
+            front = min(front, run.end)
+            if front > run.front:
+                if run.front == run.start and run.reader:
+                    self._starting -= 1
+                    if not self._starting:
+                        self._pump()  # background runs may start now
+                self._done += front - run.front
+                run.front = front
+            if run.front >= run.need:
+                run.need = math.inf
             self._wake()
         tell(self.events.fetch_received, self, received)
 
+    # ----- the download
+
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         self._index = index
+        self._transfer = transfer
         try:
             self._report = trio.lowlevel.current_trio_token().run_sync_soon
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
-                if self.parallel > 1:
-                    # The first part's first bytes go out before the other parts compete for
-                    # the link and the CPU: a reader's first read is waiting for them.
-                    with trio.move_on_after(_FIRST_BYTES_HEAD_START):
-                        while not self.bytes_done and self.error is None:
-                            await self._changed.wait()
-                for _ in range(self.parallel - 1):
-                    nursery.start_soon(self._worker, transfer, nursery.cancel_scope)
+                self._nursery = nursery
+                self._pump()
+                while self.error is None and not self.has(0, self.info.size):
+                    quiet_in = self._demand_at + _QUIET - time.monotonic()
+                    with trio.move_on_after(quiet_in if quiet_in > 0 else math.inf):
+                        await self._settled.wait()
+                    self._settled = trio.Event()
+                    self._pump()
+                self._nursery = None
             if self.error is None:
                 await self._install(transfer)
         except (ClearmountError, OSError) as exc:
@@ -232,47 +475,65 @@ class Fetch:
                 self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
             raise
         finally:
+            self._nursery = None
             self.ended.set()
             self._wake()
 
-    async def _worker(self, transfer: Transfer, siblings: trio.CancelScope) -> None:
+    async def _runner(self, run: _Run) -> None:
+        transfer = self._transfer
         try:
-            while self._pending and self.error is None:
-                part = self._pending.popleft()
-                async with transfer.data_slot(for_reader=self.readers > 0):
-                    await self._download(transfer, part)
+            async with transfer.data_slot(for_reader=self.readers > 0):
+                await self._download(transfer, run)
         except (ClearmountError, OSError, _Aborted) as exc:
             if self.error is None:
                 self._fail(exc)
-            siblings.cancel()
+            if self._scope is not None:
+                self._scope.cancel()
+        except trio.Cancelled:
+            self._nursery = None  # start nothing more: the fetch is being cancelled
+            raise
+        finally:
+            if run.reader:
+                self._readers_active -= 1
+                if run.front == run.start:
+                    self._starting -= 1
+            else:
+                self._background_active -= 1
+            if run.front < run.end and self.error is None:
+                # cut short: the rest is a gap again
+                run.end = run.front
+                if run.end <= run.start:
+                    i = self._runs.index(run)
+                    del self._runs[i], self._starts[i]
+            if self.error is None:
+                # (a failed fetch wakes its readers once it has ended and been forgotten)
+                self._wake()
+            settled, self._settled = self._settled, trio.Event()
+            settled.set()
+            self._pump()
 
-    async def _download(self, transfer: Transfer, part: int) -> None:
-        """Download one part, resuming it from the last byte received after a failure or a
+    async def _download(self, transfer: Transfer, run: _Run) -> None:
+        """Download one run, resuming it from the last byte received after a failure or a
         stall, until it has gone `operation` seconds or `_TRIES` tries without a MiB."""
         deadlines = self.store.deadlines
-        end = min((part + 1) * self.part_size, self.info.size)
         progress = Progress(deadlines.stall_window, deadlines.operation, self.url)
         tries = 0
-        while self.fronts[part] < end:
-            start, started = self.fronts[part], time.monotonic()
-            self.attempts[part] += 1
+        while run.front < run.end:
+            started = time.monotonic()
+            run.attempt += 1
             try:
                 await transfer.in_thread(
-                    self._fetch_range,
-                    part,
-                    self.attempts[part],
-                    start,
-                    end,
-                    progress,
-                    progress=progress,
+                    self._fetch_range, run, run.attempt, run.front, progress, progress=progress
                 )
                 return
             except Unavailable as exc:
+                # the bytes its thread wrote and has not told yet count too
+                self._advance(run, run.written, run.attempt, 0)
                 if progress.stalled:
                     # the abandoned thread may run on: its bytes (and its seal) no longer count
-                    self.attempts[part] += 1
+                    run.attempt += 1
                     self._digest = None
-                    if self.fronts[part] >= end:
+                    if run.front >= run.end:
                         return  # it had every byte: given up just as it ended
                 if progress.last_step > started:
                     tries = 0  # it brought a whole step: the budget starts again
@@ -280,38 +541,62 @@ class Fetch:
                 left = progress.left()
                 if tries >= _TRIES or left <= 0 or self.aborted:
                     raise
-                log.warning("resuming %s at byte %d: %s", self.url, self.fronts[part], exc)
+                log.warning("resuming %s at byte %d: %s", self.url, run.front, exc)
                 await trio.sleep(min(_backoff(tries), left))
 
-    def _fetch_range(
-        self, part: int, attempt: int, position: int, end: int, progress: Progress
-    ) -> None:
-        """One attempt at bytes [position, end) of a part, into the partial file (runs in a
-        worker thread)."""
-        digest = self._digest
+    def _fetch_range(self, run: _Run, attempt: int, position: int, progress: Progress) -> None:
+        """One attempt at the bytes of `run` from `position`, into the partial file (runs in a
+        worker thread). Stops early where the loop cut the run."""
+        digest = self._digest if run.whole else None
         fd = os.open(self.partial, os.O_WRONLY | os.O_CLOEXEC)
+        chunks = self.store.read_range(
+            self.info.key,
+            self.info.version,
+            position,
+            run.end,
+            _chunk_size(run, self.info.size),
+        )
+        # told after the first chunk (a reader may be about to wait for it), then as above
+        told = first = position
         try:
-            chunks = self.store.read_range(
-                self.info.key,
-                self.info.version,
-                position,
-                end,
-                _chunk_size(part, self.info.size),
-            )
             for chunk in chunks:
-                if self.aborted or attempt != self.attempts[part]:
+                if self.aborted or attempt != run.attempt:
                     raise _Aborted
+                end = run.end
+                if position + len(chunk) > end:
+                    chunk = chunk[: max(0, end - position)]
                 if digest is not None:
                     digest.update(chunk)
-                os.pwrite(fd, chunk, position)
-                position += len(chunk)
-                progress.add(len(chunk))
-                self._report(self._advance, part, position, attempt, len(chunk))
-            if len(self.fronts) == 1 and not self.aborted and attempt == self.attempts[part]:
+                if chunk:
+                    os.pwrite(fd, chunk, position)
+                    position += len(chunk)
+                    run.written = position
+                    progress.add(len(chunk))
+                if position >= end:
+                    break
+                if told == first or position >= run.need or position - told >= _REPORT_EVERY:
+                    self._report(self._advance, run, position, attempt, position - told)
+                    told = position
+            if (
+                run.whole
+                and position >= self.info.size
+                and not self.aborted
+                and attempt == run.attempt
+            ):
                 # the whole object: seal it here, sparing the loop a thread hop and the stat
-                # and rename (an ext4 rename in a big folder is ~0.1 ms)
+                # and rename (an ext4 rename in a big folder is ~0.1 ms), before its last
+                # bytes are told: a file read to its end is in place, whatever comes next
                 self._seal()
+            if position > told:
+                self._report(self._advance, run, position, attempt, position - told)
+                told = position
         finally:
+            if position > told:
+                # given up: its bytes were still downloaded (and count as such)
+                self._report(self._advance, run, position, attempt, position - told)
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
             os.close(fd)
 
     def _seal(self) -> None:

@@ -4,7 +4,10 @@ Owns: `ObjectReader`, what an open file reads through (`read(offset, size)`, `cl
 the `outcome` of the open that made it), and its three kinds:
 - `CachedReader`: a complete cache file of the object's version;
 - `FetchReader`: the file a `Fetch` is filling, started by this open or joined; each read
-  waits only for its own bytes, then reads them from the file;
+  waits only for its own bytes, then reads them from the file. It tells the fetch where
+  this file reads and how far ahead: a read that continues the last ones (within
+  `_SEQUENTIAL`) asks for a window twice what it has read in a row, once that is more than
+  a jump's first GET brings; a jump asks for nothing ahead;
 - `StreamReader`: an object too large for the cache, read through a `Stream`.
 A file reader holds a shared-locked descriptor (eviction leaves an open file alone) and
 `pread`s it on the loop: the bytes are on local disk, mostly in the page cache, where a 1 MiB
@@ -33,6 +36,11 @@ from clearmount.errors import Stale
 
 if TYPE_CHECKING:
     from clearmount.cache.fetch import Fetch
+
+#: the bytes a jump's own GET brings (`cache.fetch.FIRST_WINDOW`)
+FIRST_WINDOW = 4 << 20
+#: a read at most this far from where the last one ended continues it
+_SEQUENTIAL = 1 << 20
 
 
 class Outcome(enum.Enum):
@@ -97,12 +105,26 @@ class FetchReader(_FileReader):
         self.outcome = Outcome.FETCHED if started else Outcome.JOINED
         self._release = release
         self._on_stale = on_stale
+        # where a read continuing this file's reads would start, and where this run of
+        # sequential reads began: the window fetched ahead is twice what it has read (once that
+        # is more than a jump's first GET brings)
+        self._next = -1
+        self._streak = 0
+        self._window = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         fetch = self.fetch
         if not fetch.complete:
+            # the kernel's readahead may send a few reads at once, slightly out of order
+            if self._next >= 0 and abs(offset - self._next) <= _SEQUENTIAL:
+                self._next = max(self._next, offset + size)
+                read = self._next - self._streak
+                # a jump's own GET brings its first window; past two, the reader reads on
+                self._window = min(2 * read, fetch.max_window) if read > 2 * FIRST_WINDOW else 0
+            else:
+                self._streak, self._next, self._window = offset, offset + size, 0
             try:
-                await fetch.wait_for(offset, offset + size)
+                await fetch.wait_for(offset, offset + size, self._window)
             except Stale:
                 # the next open must ask the server instead of trusting the old version
                 self._on_stale()
