@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import prometheus_client
 import trio
@@ -50,6 +50,14 @@ def bind(text: str) -> socket.socket:
     return sock
 
 
+def _by_label(name: str, help_text: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """A counter family with one sample per key of `counts`, labelled `label`."""
+    family = CounterMetricFamily(name, help_text, labels=[label])
+    for key, count in sorted(counts.items()):
+        family.add_metric([key], count)
+    return family
+
+
 def _histogram(name: str, help_text: str, histogram: Histogram) -> HistogramMetricFamily:
     buckets = [("+Inf" if b == float("inf") else repr(b), n) for b, n in histogram.cumulative()]
     return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=histogram.sum)
@@ -75,14 +83,12 @@ class _MountCollector(Collector):
         yield CounterMetricFamily(
             "clearmount_read_bytes", "Bytes returned by read()", value=counters.read_bytes
         )
-        opens = CounterMetricFamily(
+        yield _by_label(
             "clearmount_opens",
             "open() calls by where the bytes came from (cached, fetched, joined, streamed)",
-            labels=["result"],
+            "result",
+            counters.opens,
         )
-        for result, count in sorted(counters.opens.items()):
-            opens.add_metric([result], count)
-        yield opens
         yield CounterMetricFamily(
             "clearmount_cache_hits", "Opens served from the cache", value=counters.opens["cached"]
         )
@@ -98,12 +104,12 @@ class _MountCollector(Collector):
             "Fetches that completed",
             value=counters.fetches_completed,
         )
-        failed = CounterMetricFamily(
-            "clearmount_fetches_failed", "Fetches that failed, by error kind", labels=["kind"]
+        yield _by_label(
+            "clearmount_fetches_failed",
+            "Fetches that failed, by error kind",
+            "kind",
+            counters.fetches_failed,
         )
-        for kind, count in sorted(counters.fetches_failed.items()):
-            failed.add_metric([kind], count)
-        yield failed
         yield CounterMetricFamily(
             "clearmount_fetches_stopped",
             "Fetches given up after their files were closed, to make room for a reader",
@@ -132,12 +138,12 @@ class _MountCollector(Collector):
                 "Uploads complete on the server",
                 value=uploads.completed,
             )
-            upload_failures = CounterMetricFamily(
-                "clearmount_uploads_failed", "Uploads that failed, by error kind", labels=["kind"]
+            yield _by_label(
+                "clearmount_uploads_failed",
+                "Uploads that failed, by error kind",
+                "kind",
+                uploads.failures,
             )
-            for kind, count in sorted(uploads.failures.items()):
-                upload_failures.add_metric([kind], count)
-            yield upload_failures
             yield CounterMetricFamily(
                 "clearmount_uploaded_bytes",
                 "Bytes the servers acknowledged (parts and whole objects)",
