@@ -3,6 +3,8 @@
 - `Mount`/`start_mount`: ``python -m clearmount MOUNTPOINT --foreground ...`` as a
   subprocess, waited for in /proc/self/mountinfo, unmounted and reaped by `Mount.stop`.
 - `status_json`: ``clearmount status --json`` of a mount.
+- `sdk_local_copy`: the real ClearML SDK's ``StorageManager.get_local_copy`` of a URL, in a
+  subprocess with a given clearml.conf and cache folder.
 - `SecretGuard`: the test identities' secrets and the daemon logs; reports any leak.
 
 The servers and the conf texts are in the ``devkit`` package at the repository root.
@@ -38,6 +40,34 @@ def status_json(mountpoint: Path, env: Mapping[str, str]) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     reply: dict[str, object] = json.loads(result.stdout)
     return reply
+
+
+SDK_SCRIPT = """
+import sys
+from clearml import StorageManager
+print(StorageManager.get_local_copy(sys.argv[1], extract_archive=False))
+"""
+
+
+def sdk_local_copy(tmp_path: Path, conf: Path, cache: Path, url: str) -> Path:
+    """The local copy the real ClearML SDK makes of `url` (offline, with the clearml.conf
+    `conf` and the cache folder `cache`), run in a subprocess; asserts that it succeeded."""
+    env = dict(
+        hermetic_env(tmp_path),
+        CLEARML_OFFLINE_MODE="1",
+        CLEARML_CONFIG_FILE=str(conf),
+        CLEARML_CACHE_DIR=str(cache),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", SDK_SCRIPT, url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
 
 
 @dataclass

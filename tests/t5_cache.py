@@ -24,6 +24,7 @@ from devkit.mounts import hermetic_env, mount_points
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
+from support import sdk_local_copy
 
 MIB = 1 << 20
 
@@ -343,43 +344,13 @@ def test_size_mismatch_found_at_start_is_discarded_with_a_warning(
     assert second.path_of(url).read_bytes() == b"right bytes"
 
 
-SDK_SCRIPT = """
-import sys
-from clearml import StorageManager
-path = StorageManager.get_local_copy(sys.argv[1], extract_archive=False)
-print(path)
-"""
-
-
-@pytest.fixture
-def sdk_env(tmp_path: Path) -> dict[str, str]:
-    pytest.importorskip("clearml")
-    env = hermetic_env(tmp_path)
-    env["CLEARML_OFFLINE_MODE"] = "1"
-    return env
-
-
-def run_sdk(env: dict[str, str], conf: Path, cache: Path, url: str) -> str:
-    env = dict(env, CLEARML_CONFIG_FILE=str(conf), CLEARML_CACHE_DIR=str(cache))
-    result = subprocess.run(
-        [sys.executable, "-c", SDK_SCRIPT, url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
-
-
 def test_clearml_sdk_and_mount_share_downloads_both_ways(
     mounted: MountFactory,
     s3_server: S3Server,
     s3_proxy: Proxy,
     tmp_path: Path,
-    sdk_env: dict[str, str],
 ) -> None:
+    pytest.importorskip("clearml")
     bucket = s3_server.make_bucket()
     mount_first, sdk_first = os.urandom(300_000), os.urandom(200_000)
     s3_server.put(bucket, "mount-first.bin", mount_first)
@@ -393,13 +364,13 @@ def test_clearml_sdk_and_mount_share_downloads_both_ways(
 
     # the mount fetches, the SDK reuses
     assert mount.path_of(f"{base}/mount-first.bin").read_bytes() == mount_first
-    local = run_sdk(sdk_env, conf, cache, f"{base}/mount-first.bin")
-    assert Path(local).read_bytes() == mount_first
-    assert Path(local).parent == cache / "storage_manager/global"
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/mount-first.bin")
+    assert local.read_bytes() == mount_first
+    assert local.parent == cache / "storage_manager/global"
     assert s3_proxy.count("GET", f"/{bucket}/mount-first.bin") == 1
 
     # the SDK fetches, the mount reuses
-    local = run_sdk(sdk_env, conf, cache, f"{base}/sdk-first.bin")
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/sdk-first.bin")
     sdk_gets = s3_proxy.count("GET", f"/{bucket}/sdk-first.bin")
     assert sdk_gets >= 1
     assert mount.path_of(f"{base}/sdk-first.bin").read_bytes() == sdk_first
@@ -407,7 +378,7 @@ def test_clearml_sdk_and_mount_share_downloads_both_ways(
     print(f"GETs: mount-first 1 (mount) + 0 (SDK); sdk-first {sdk_gets} (SDK) + 0 (mount)")
 
     # the SDK's own clean-up deleting our file is a plain miss
-    Path(local).unlink()
+    local.unlink()
     for path in (cache / "storage_manager/global").iterdir():
         path.unlink()
     fresh = unique_name("after-cleanup")

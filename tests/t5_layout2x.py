@@ -30,6 +30,7 @@ from devkit.mounts import hermetic_env
 from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
+from support import sdk_local_copy
 
 STRATEGY_ON = "storage { cache { disk_space_file_size_strategy { enabled: true } } }"
 
@@ -223,33 +224,6 @@ def test_crash_leftovers_in_the_tree_are_swept_and_reconciled(tmp_path: Path) ->
 # ----- through a real mount, with the real SDK
 
 
-SDK_SCRIPT = """
-import sys
-from clearml import StorageManager
-path = StorageManager.get_local_copy(sys.argv[1], extract_archive=False)
-print(path)
-"""
-
-
-def run_sdk(tmp_path: Path, conf: Path, cache: Path, url: str) -> str:
-    env = dict(
-        hermetic_env(tmp_path),
-        CLEARML_OFFLINE_MODE="1",
-        CLEARML_CONFIG_FILE=str(conf),
-        CLEARML_CACHE_DIR=str(cache),
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SDK_SCRIPT, url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
-
-
 def test_mount_and_sdk_share_the_2x_layout_both_ways(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
 ) -> None:
@@ -269,16 +243,16 @@ def test_mount_and_sdk_share_the_2x_layout_both_ways(
     # the mount fetches into <cache>/storage/s3/<host>/<bucket>/..., the SDK reuses: 0 GET
     assert mount.path_of(f"{base}/mount-first.bin").read_bytes() == mount_first
     assert os.getxattr(mount.path, "user.clearmount.cache_layout") == b"storage"
-    local = run_sdk(tmp_path, conf, cache, f"{base}/mount-first.bin")
-    assert Path(local) == cache / "storage/s3" / host / bucket / "run/mount-first.bin"
-    assert Path(local).read_bytes() == mount_first
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/mount-first.bin")
+    assert local == cache / "storage/s3" / host / bucket / "run/mount-first.bin"
+    assert local.read_bytes() == mount_first
     assert s3_proxy.count("GET", f"/{bucket}/run/mount-first.bin") == 1
     assert not (cache / "storage_manager/global").exists() or not any(
         (cache / "storage_manager/global").iterdir()
     )
 
     # the SDK fetches, the mount adopts its file: 0 GET
-    local = run_sdk(tmp_path, conf, cache, f"{base}/sdk-first.bin")
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/sdk-first.bin")
     sdk_gets = s3_proxy.count("GET", f"/{bucket}/run/sdk-first.bin")
     assert sdk_gets >= 1
     assert mount.path_of(f"{base}/sdk-first.bin").read_bytes() == sdk_first

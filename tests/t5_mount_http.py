@@ -23,7 +23,7 @@ from devkit.fileserver import ClearmlAuthStandIn, NginxServer
 from devkit.mounts import hermetic_env
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy
-from support import SecretGuard
+from support import SecretGuard, sdk_local_copy
 
 MiB = 1 << 20
 ACCESS_KEY = "HTTPTESTACCESSKEY0001"
@@ -308,13 +308,6 @@ def test_unlisted_host_is_never_contacted(
     assert allowed.path_of(f"{nginx.url}/open/x.bin").read_bytes() == b"reachable"
 
 
-SDK_SCRIPT = """
-import sys
-from clearml import StorageManager
-print(StorageManager.get_local_copy(sys.argv[1], extract_archive=False))
-"""
-
-
 def test_clearml_sdk_and_mount_share_http_downloads_both_ways(
     mounted: MountFactory,
     nginx: NginxServer,
@@ -333,33 +326,17 @@ def test_clearml_sdk_and_mount_share_http_downloads_both_ways(
     conf.write_text(conf_text)
     cache = tmp_path / "shared-cache"
     mount = mounted(conf_text, cache_dir=cache)
-    env = hermetic_env(tmp_path)
-    env.update(CLEARML_OFFLINE_MODE="1", CLEARML_CONFIG_FILE=str(conf))
-    env["CLEARML_CACHE_DIR"] = str(cache)
-
-    def sdk_copy(url: str) -> Path:
-        result = subprocess.run(
-            [sys.executable, "-c", SDK_SCRIPT, url],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return Path(result.stdout.strip().splitlines()[-1])
-
     # the mount fetches, the SDK reuses the file: 0 GET
     assert mount.path_of(f"{base}/mount-first.bin").read_bytes() == mount_first
     gets = proxy.count("GET", f"/{folder}/mount-first.bin")
     assert gets == 1
-    local = sdk_copy(f"{base}/mount-first.bin")
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/mount-first.bin")
     assert local.parent == cache / "storage_manager/global"
     assert local.read_bytes() == mount_first
     assert proxy.count("GET", f"/{folder}/mount-first.bin") == gets
 
     # the SDK fetches, the mount reuses the file: 0 GET
-    local = sdk_copy(f"{base}/sdk-first.bin")
+    local = sdk_local_copy(tmp_path, conf, cache, f"{base}/sdk-first.bin")
     assert local.read_bytes() == sdk_first
     gets = proxy.count("GET", f"/{folder}/sdk-first.bin")
     assert gets >= 1
