@@ -5,6 +5,7 @@ and the real ClearML SDK.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,11 +23,10 @@ import pytest
 
 from conftest import MountFactory
 from devkit.confs import s3_conf
-from devkit.mounts import hermetic_env
 from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import Mount
+from support import Mount, sdk_local_copy
 
 MIB = 1 << 20
 
@@ -68,32 +69,18 @@ def shared_status(mount: Mount) -> dict[str, int]:
     return shared
 
 
-SDK_SCRIPT = """
-import sys
-from clearml import StorageManager
-print(StorageManager.get_local_copy(sys.argv[1], extract_archive=False))
-"""
-
-
-def run_sdk(tmp_path: Path, conf_text: str, cache: Path, url: str) -> str:
-    conf = tmp_path / "sdk-clearml.conf"
-    conf.write_text(conf_text)
-    env = dict(
-        hermetic_env(tmp_path),
-        CLEARML_OFFLINE_MODE="1",
-        CLEARML_CONFIG_FILE=str(conf),
-        CLEARML_CACHE_DIR=str(cache),
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SDK_SCRIPT, url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+@contextlib.contextmanager
+def holding_the_lease(proxy: Proxy, holder: Mount, url: str, l2: Path) -> Iterator[list[Path]]:
+    """`holder` reads `url` with its GET stalled after 1 MiB: yields the L2's lease files once
+    it holds the lease. On exit its reader is killed and the stall lifted."""
+    stall = proxy.stall(1 << 20, 120, None, method="GET")
+    reader = subprocess.Popen(["cat", str(holder.path_of(url))], stdout=subprocess.DEVNULL)
+    try:
+        yield poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
+    finally:
+        reader.kill()
+        stall.remaining = 0
+        proxy.release()
 
 
 def test_nodes_sharing_one_l2_download_each_object_about_once(
@@ -132,22 +119,15 @@ def test_nodes_sharing_one_l2_download_each_object_about_once(
 
     # the SDK on a fresh node with the same L2: 0 GET
     before = get_bytes(s3_proxy, bucket)
-    local = run_sdk(tmp_path, conf, tmp_path / "sdk-l1", urls[0])
-    assert Path(local).read_bytes() == objects["ckpt/model.pt"]
+    sdk_conf = tmp_path / "sdk-clearml.conf"
+    sdk_conf.write_text(conf)
+    local = sdk_local_copy(tmp_path, sdk_conf, tmp_path / "sdk-l1", urls[0])
+    assert local.read_bytes() == objects["ckpt/model.pt"]
     # a daemon started later reads everything: 0 GET
     late = node(mounted, conf, tmp_path, "late")
     assert read_all(late, urls) == {f"{base}/{k}": v for k, v in expected.items()}
     assert get_bytes(s3_proxy, bucket) == before
-    status = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "clearmount", "status", "--json", str(late.path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        ).stdout
-    )
-    assert status["shared"]["hits"] == len(objects)
+    assert shared_status(late)["hits"] == len(objects)
 
 
 def test_sdk_published_file_is_adopted_and_a_replaced_object_is_never_stale(
@@ -161,7 +141,9 @@ def test_sdk_published_file_is_adopted_and_a_replaced_object_is_never_stale(
     conf = l2_conf(s3_proxy, s3_server, l2)
     url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
     # the SDK downloads and publishes to the L2 (no version record): a node adopts it
-    run_sdk(tmp_path, conf, tmp_path / "sdk-l1", url)
+    sdk_conf = tmp_path / "sdk-clearml.conf"
+    sdk_conf.write_text(conf)
+    sdk_local_copy(tmp_path, sdk_conf, tmp_path / "sdk-l1", url)
     gets = get_bytes(s3_proxy, bucket)
     first = node(mounted, conf, tmp_path, "a", "attr_timeout=0")
     assert first.path_of(url).read_bytes() == old
@@ -219,13 +201,8 @@ def test_lease_holder_killed_mid_fetch_is_taken_over(
     url = f"s3://{s3_proxy.endpoint}/{bucket}/big.bin"
     holder = node(mounted, conf, tmp_path, "holder", "l2_takeover=3")
     waiter = node(mounted, conf, tmp_path, "waiter", "l2_takeover=3")
-    stall = s3_proxy.stall(1 << 20, 120, None, method="GET")  # the holder stalls
-    reader = subprocess.Popen(["cat", str(holder.path_of(url))], stdout=subprocess.DEVNULL)
-    poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
-    os.kill(holder.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
-    reader.kill()
-    stall.remaining = 0
-    s3_proxy.release()
+    with holding_the_lease(s3_proxy, holder, url, l2):
+        os.kill(holder.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
     started = time.monotonic()
     assert waiter.path_of(url).read_bytes() == data
     took = time.monotonic() - started
@@ -460,20 +437,15 @@ def test_a_dead_lease_holder_on_the_same_node_is_taken_over_at_once(
         conf, cache_dir=tmp_path / "l1-b", env={"CLEARMOUNT_NODE_NAME": "gpu1"}, options=[hour]
     )
     assert holder.proc is not None
-    stall = s3_proxy.stall(1 << 20, 120, None, method="GET")  # the holder stalls
-    reader = subprocess.Popen(["cat", str(holder.path_of(url))], stdout=subprocess.DEVNULL)
-    leases = poll_until(lambda: list((l2 / "clearmount/leases").glob("*/1")), 30, "the lease")
-    lease = json.loads(leases[0].read_text())
-    assert (lease["node"], lease["pid"]) == ("gpu1", holder.proc.pid)
-    assert lease["expires"] > time.time() + 3000
-    # the other daemon's reader waits for the holder's publication
-    waiting = subprocess.Popen(["cat", str(waiter.path_of(url))], stdout=subprocess.PIPE)
-    poll_until(lambda: shared_status(waiter)["lease_waits"] == 1, 30, "a lease wait")
-    holder.proc.kill()
-    holder.proc.wait()  # reaped: its pid is gone from this node
-    reader.kill()
-    stall.remaining = 0
-    s3_proxy.release()
+    with holding_the_lease(s3_proxy, holder, url, l2) as leases:
+        lease = json.loads(leases[0].read_text())
+        assert (lease["node"], lease["pid"]) == ("gpu1", holder.proc.pid)
+        assert lease["expires"] > time.time() + 3000
+        # the other daemon's reader waits for the holder's publication
+        waiting = subprocess.Popen(["cat", str(waiter.path_of(url))], stdout=subprocess.PIPE)
+        poll_until(lambda: shared_status(waiter)["lease_waits"] == 1, 30, "a lease wait")
+        holder.proc.kill()
+        holder.proc.wait()  # reaped: its pid is gone from this node
     # bounded by the timeout, far below the lease's hour
     out, _ = waiting.communicate(timeout=60)
     assert waiting.returncode == 0 and out == data
