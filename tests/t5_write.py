@@ -65,6 +65,15 @@ def write_file(path: Path, data: bytes, piece: int = MIB) -> None:
             f.write(data[start : start + piece])
 
 
+def writable_path(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, key: str
+) -> Path:
+    """The path of `key` in `bucket` on a new ``-o writable`` mount that reaches the server
+    through the counting proxy."""
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    return mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+
+
 @pytest.fixture(scope="module")
 def bucket(s3_server: S3Server) -> str:
     return s3_server.make_bucket()
@@ -73,8 +82,7 @@ def bucket(s3_server: S3Server) -> str:
 def test_checkpoint_is_streamed_in_parts_and_read_back_without_a_get(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
-    folder = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/run1")
+    folder = writable_path(mounted, s3_server, s3_proxy, bucket, "run1")
     os.makedirs(folder, exist_ok=True)
     data = os.urandom(300 * MIB + 12345)
     write_file(folder / "epoch3.pt", data)
@@ -118,8 +126,7 @@ def test_small_file_and_multipart_false_are_one_put(
 def test_makedirs_then_atomic_save(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
-    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    root = writable_path(mounted, s3_server, s3_proxy, bucket, "")
     folder = root / "runs" / "a" / "b"
     os.makedirs(folder, exist_ok=True)
     os.makedirs(folder, exist_ok=True)
@@ -143,8 +150,7 @@ def test_makedirs_then_atomic_save(
 def test_eight_writers_write_200_files(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
-    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/many")
+    root = writable_path(mounted, s3_server, s3_proxy, bucket, "many")
     os.makedirs(root, exist_ok=True)
     payloads = {f"w{i % 8}/f{i:03d}.bin": os.urandom(1000 + 997 * i) for i in range(200)}
     for writer in range(8):
@@ -473,8 +479,7 @@ def test_a_file_being_written_shows_its_size_bytes_and_progress(
 def test_a_writer_exiting_with_the_file_open_completes_it(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
-    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/exited/out.txt")
+    path = writable_path(mounted, s3_server, s3_proxy, bucket, "exited/out.txt")
     os.makedirs(path.parent, exist_ok=True)
     # a shell redirect into the mount: the command's stdout, closed only by its exit
     subprocess.run(f"{sys.executable} -c 'print(42)' > {path}", shell=True, check=True)
