@@ -28,12 +28,10 @@ import pytest
 
 from conftest import MountFactory
 from devkit.confs import s3_conf
-from devkit.mounts import hermetic_env
 from devkit.processes import free_port, poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import status_json
-from t5_cache import run_sdk
+from support import sdk_local_copy, status_json
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize
@@ -515,8 +513,6 @@ def test_clearml_sdk_get_local_copy_of_a_written_file_makes_no_get(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("clearml")
-    sdk_env = hermetic_env(tmp_path)
-    sdk_env["CLEARML_OFFLINE_MODE"] = "1"
     cache = tmp_path / "shared-cache"
     conf_text = s3_conf(s3_proxy, s3_server.admin)
     conf = tmp_path / "clearml.conf"
@@ -528,8 +524,7 @@ def test_clearml_sdk_get_local_copy_of_a_written_file_makes_no_get(
     os.makedirs(path.parent, exist_ok=True)
     write_file(path, data)
     s3_proxy.reset()
-    local = run_sdk(sdk_env, conf, cache, url)
-    assert Path(local).read_bytes() == data
+    assert sdk_local_copy(tmp_path, conf, cache, url).read_bytes() == data
     assert s3_proxy.count("GET", f"/{bucket}/sdk/model.pt") == 0
 
 
