@@ -3,6 +3,7 @@
 - `Mount`/`start_mount`: ``python -m clearmount MOUNTPOINT --foreground ...`` as a
   subprocess, waited for in /proc/self/mountinfo, unmounted and reaped by `Mount.stop`.
 - `status_json`: ``clearmount status --json`` of a mount.
+- `tmpfs`: a small or read-only filesystem of its own (a cache disk that fills up).
 - `sdk_local_copy`: the real ClearML SDK's ``StorageManager.get_local_copy`` of a URL, in a
   subprocess with a given clearml.conf and cache folder.
 - `SecretGuard`: the test identities' secrets and the daemon logs; reports any leak.
@@ -18,7 +19,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def status_json(mountpoint: Path, env: Mapping[str, str]) -> dict[str, object]:
     assert result.returncode == 0, result.stderr
     reply: dict[str, object] = json.loads(result.stdout)
     return reply
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `path` (created if missing) with the mount `options`
+    (``size=24m,mode=0700``, ``ro``); lazily unmounted on exit."""
+    path.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 SDK_SCRIPT = """

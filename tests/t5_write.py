@@ -31,7 +31,7 @@ from devkit.confs import s3_conf
 from devkit.processes import free_port, poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import sdk_local_copy, status_json
+from support import sdk_local_copy, status_json, tmpfs
 
 MIB = 1 << 20
 PART = 8 * MIB  # ClearML's default multipart_chunksize
@@ -351,13 +351,8 @@ def test_daemon_killed_mid_upload_next_start_cleans_up(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs to use as the cache directory."""
-    path = tmp_path / "small-disk"
-    path.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(path)], check=True
-    )
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    with tmpfs(tmp_path / "small-disk", "size=24m,mode=0700") as path:
+        yield path
 
 
 def test_cache_disk_full_while_writing_is_enospc_others_served(

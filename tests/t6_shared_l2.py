@@ -26,7 +26,7 @@ from devkit.confs import s3_conf
 from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import Mount, sdk_local_copy
+from support import Mount, sdk_local_copy, tmpfs
 
 MIB = 1 << 20
 
@@ -219,14 +219,12 @@ def test_a_sick_l2_falls_back_to_the_bucket(
     s3_server.put(bucket, "obj.bin", data)
     l2 = tmp_path / "l2"
     l2.mkdir()
-    if fault != "removed":
-        # a read-only filesystem (root ignores permission bits), or a tiny one: the
-        # publication runs out of space
-        flags = "ro" if fault == "read-only" else "size=64k"
-        subprocess.run(["mount", "-t", "tmpfs", "-o", flags, "tmpfs", str(l2)], check=True)
     conf = l2_conf(s3_proxy, s3_server, l2)
     url = f"s3://{s3_proxy.endpoint}/{bucket}/obj.bin"
-    try:
+    # a read-only filesystem (root ignores permission bits), or a tiny one: the publication
+    # runs out of space
+    flags = {"read-only": "ro", "full": "size=64k"}
+    with tmpfs(l2, flags[fault]) if fault in flags else contextlib.nullcontext(l2):
         mount = node(mounted, conf, tmp_path, "n")
         if fault == "removed":
             l2.rmdir()
@@ -236,9 +234,6 @@ def test_a_sick_l2_falls_back_to_the_bucket(
         assert time.monotonic() - started < 30
         poll_until(lambda: "unusable" in mount.log_text(), 10, "the warning")
         assert mount.log_text().count("unusable") == 1
-    finally:
-        if fault != "removed":
-            subprocess.run(["umount", "-l", str(l2)], check=False)
 
 
 def test_a_hung_l2_never_hangs_a_read(

@@ -41,7 +41,7 @@ from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import Mount
+from support import Mount, tmpfs
 from t5_mount_azure_gcs import AzureCloud, Cloud, GcsCloud
 
 MIB = 1 << 20
@@ -715,13 +715,8 @@ def test_a_stale_sdk_copy_of_a_replaced_object_is_not_served(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 20 MiB tmpfs to use as the cache directory."""
-    path = tmp_path / "small-disk"
-    path.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m,mode=0700", "tmpfs", str(path)], check=True
-    )
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+    with tmpfs(tmp_path / "small-disk", "size=20m,mode=0700") as path:
+        yield path
 
 
 def test_cache_disk_full_mid_fetch_is_an_error_the_partial_is_removed_others_served(
