@@ -386,7 +386,6 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-@pytest.mark.slow
 def test_memory_stays_flat_while_writing_2_gib(
     mounted: MountFactory, s3_server: S3Server, tmp_path: Path
 ) -> None:
