@@ -40,8 +40,10 @@ from clearmount.urls import StorageURL, match_gcs
 log = logging.getLogger(__name__)
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-# read_write: `-o writable` uploads with the same credentials (a read-only key still reads)
-_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
+# Least privilege: reads use tokens scoped read-only; only the writes of `-o writable` build
+# a second client whose tokens may write (the key's own permissions still decide).
+_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
+_WRITE_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
 # Bounded time. Every request has a connect deadline and a read deadline (the wait for the
 # first byte and every stall between bytes): the mount's (`Deadlines`). The SDK's own retry
 # policy retries 429/5xx, connection errors and timeouts with jittered exponential backoff (a
@@ -57,11 +59,13 @@ _MIN_GET = 1 << 20
 _FULL_PAGE = 1000
 
 # One client per (credentials, project, emulator): it holds the authorized session and pool.
-_clients: dict[tuple[str | None, str | None, str | None], storage.Client] = {}
+_clients: dict[tuple[str | None, str | None, str | None, bool], storage.Client] = {}
 _clients_lock = threading.Lock()
 
 
-def _load_credentials(entry: GcsCredentials) -> tuple[Credentials | None, str | None]:
+def _load_credentials(
+    entry: GcsCredentials, scopes: list[str]
+) -> tuple[Credentials | None, str | None]:
     """The credentials and project of `entry`'s credentials_json, or (None, None)."""
     value = (entry.credentials_json or "").strip()
     if not value:
@@ -69,10 +73,10 @@ def _load_credentials(entry: GcsCredentials) -> tuple[Credentials | None, str | 
     try:
         if value.startswith("{"):
             info = json.loads(value)
-            loaded = google.auth.load_credentials_from_dict(info, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+            loaded = google.auth.load_credentials_from_dict(info, scopes=scopes)  # type: ignore[no-untyped-call]
         else:
             path = os.path.expanduser(value)
-            loaded = google.auth.load_credentials_from_file(path, scopes=_SCOPES)  # type: ignore[no-untyped-call]
+            loaded = google.auth.load_credentials_from_file(path, scopes=scopes)  # type: ignore[no-untyped-call]
     except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
         # ClearML falls back to the default credentials too; the value may be a secret, so
         # only the kind of failure is logged.
@@ -91,14 +95,14 @@ def _anonymous() -> Credentials:
     return AnonymousCredentials()  # type: ignore[no-untyped-call]
 
 
-def _credentials(entry: GcsCredentials) -> tuple[Credentials, str | None]:
-    credentials, project = _load_credentials(entry)
+def _credentials(entry: GcsCredentials, scopes: list[str]) -> tuple[Credentials, str | None]:
+    credentials, project = _load_credentials(entry, scopes)
     if credentials is not None:
         return credentials, project
     if os.environ.get(EMULATOR_ENV):
         return _anonymous(), None
     try:
-        credentials, project = google.auth.default(scopes=_SCOPES)
+        credentials, project = google.auth.default(scopes=scopes)
     except google.auth.exceptions.DefaultCredentialsError:
         log.warning(
             "%s: no credentials_json and no application-default credentials; "
@@ -109,14 +113,14 @@ def _credentials(entry: GcsCredentials) -> tuple[Credentials, str | None]:
     return credentials, project
 
 
-def _client(entry: GcsCredentials) -> storage.Client:
+def _client(entry: GcsCredentials, writing: bool = False) -> storage.Client:
     emulator = os.environ.get(EMULATOR_ENV) or None
-    cache_key = (entry.credentials_json, entry.project, emulator)
+    cache_key = (entry.credentials_json, entry.project, emulator, writing)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is not None:
             return client
-        credentials, project = _credentials(entry)
+        credentials, project = _credentials(entry, _WRITE_SCOPES if writing else _READ_SCOPES)
         client = storage.Client(project=entry.project or project, credentials=credentials)
         _clients[cache_key] = client
         return client
@@ -190,7 +194,7 @@ class GcsStore(ObjectStore):
         self.deadlines = gcs.deadlines
         # seconds: connect, then before the first byte and between bytes
         self._timeout = (self.deadlines.connect, self.deadlines.read)
-        self._handles: dict[str, Any] = {}
+        self._handles: dict[tuple[str, bool], Any] = {}
         self._lock = threading.Lock()
         # the client is built at the first request, in its worker thread: the store itself is
         # made on the trio loop, and google.auth.default() may ask a metadata server
@@ -204,16 +208,18 @@ class GcsStore(ObjectStore):
         """The bucket handle of the bucket's own entry (blocking on first use)."""
         return self._serving("")[0]
 
-    def _serving(self, key: str) -> tuple[Any, str]:
-        """The bucket handle (with its client) for `key`, and the entry it was built from."""
+    def _serving(self, key: str, writing: bool = False) -> tuple[Any, str]:
+        """The bucket handle (with its client) for `key`, and the entry it was built from;
+        `writing`: with a client whose tokens may write (only `-o writable` asks)."""
         entry = match_gcs(self._gcs, StorageURL("gs", "", self._name, key))
+        slot = (entry.source, writing)
         with self._lock:
-            handle = self._handles.get(entry.source)
+            handle = self._handles.get(slot)
         if handle is None:
             with _border(self._url(key), entry.source):
-                handle = _client(entry).bucket(self._name)
+                handle = _client(entry, writing).bucket(self._name)
             with self._lock:
-                handle = self._handles.setdefault(entry.source, handle)
+                handle = self._handles.setdefault(slot, handle)
         return handle, entry.source
 
     def _url(self, key: str) -> str:
@@ -299,7 +305,7 @@ class GcsStore(ObjectStore):
     # only in the upload's crash record (0600) and never logged.
 
     def start_upload(self, key: str) -> str:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         with _border(self._url(key), entry):
             session: str = bucket.blob(key).create_resumable_upload_session(timeout=self._timeout)
         return session
@@ -307,7 +313,7 @@ class GcsStore(ObjectStore):
     def upload_part(
         self, key: str, upload_id: str, number: int, offset: int, data: bytes, last: bool
     ) -> str:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         end = offset + len(data)
         total = str(end) if last else "*"
         span = f"bytes {offset}-{end - 1}/{total}" if data else f"bytes */{total}"
@@ -326,7 +332,7 @@ class GcsStore(ObjectStore):
         return ObjectInfo(key, size, parts[-1], time.time())
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         with _border(self._url(key), entry):
             response = bucket.client._http.delete(upload_id, timeout=self._timeout)
         # 499: cancelled; 404/410: gone already. A server error or none: asked again.
@@ -334,14 +340,14 @@ class GcsStore(ObjectStore):
             raise Unavailable(f"server error {response.status_code}", self._url(key), entry)
 
     def put_file(self, key: str, path: str, size: int) -> ObjectInfo:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         blob = bucket.blob(key)
         with _border(self._url(key), entry):
             blob.upload_from_filename(path, timeout=self._timeout)
         return _info(blob)
 
     def copy(self, source: str, key: str, size: int) -> ObjectInfo:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         origin, target = bucket.blob(source), bucket.blob(key)
         with _border(self._url(key), entry):
             token, _, _ = target.rewrite(origin, timeout=self._timeout)
@@ -350,7 +356,7 @@ class GcsStore(ObjectStore):
         return _info(target)
 
     def delete(self, key: str) -> None:
-        bucket, entry = self._serving(key)
+        bucket, entry = self._serving(key, writing=True)
         with _border(self._url(key), entry), contextlib.suppress(api_exceptions.NotFound):
             bucket.delete_blob(key, timeout=self._timeout, retry=_RETRY)
 
