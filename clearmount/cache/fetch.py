@@ -65,7 +65,13 @@ from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, LayoutConflict
 from clearmount.cache.limits import CacheLimits, free_bytes
-from clearmount.cache.reader import CachedReader, FetchReader, ObjectReader, StreamReader
+from clearmount.cache.reader import (
+    FIRST_WINDOW,
+    CachedReader,
+    FetchReader,
+    ObjectReader,
+    StreamReader,
+)
 from clearmount.cache.shared import SharedCache
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
@@ -88,9 +94,6 @@ def _backoff(tries: int) -> float:
     return random.uniform(0, min(8.0, 0.25 * 2 ** (tries - 1)))
 
 
-#: The first reader window: bytes fetched from where a reader starts (or jumps to). The
-#: kernel's own readahead asks for 1-2 MiB past a jump's first read at once: one GET brings it.
-FIRST_WINDOW = 4 << 20
 #: A reader run this close behind the bytes a reader needs is waited for, not split.
 _NEAR = 1 << 20
 #: For this long after a reader waited, no background run starts.

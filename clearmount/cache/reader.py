@@ -37,7 +37,9 @@ from clearmount.errors import Stale
 if TYPE_CHECKING:
     from clearmount.cache.fetch import Fetch
 
-#: the bytes a jump's own GET brings (`cache.fetch.FIRST_WINDOW`)
+#: The first reader window: bytes fetched from where a reader starts (or jumps to), which
+#: the fetch asks for at once. The kernel's own readahead asks for 1-2 MiB past a jump's
+#: first read at once: one GET brings it.
 FIRST_WINDOW = 4 << 20
 #: a read at most this far from where the last one ended continues it
 _SEQUENTIAL = 1 << 20
