@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,12 @@ log = logging.getLogger(__name__)
 
 #: URLs whose last fetch's source (`Fetcher.sources`) is remembered.
 _SOURCES_KEPT = 100_000
+
+#: The start of a cached file that an open reads ahead of the loop (`_warm`): the largest
+#: read request the kernel sends, what its first read asks for (a whole small file).
+_WARM_BYTES = 1 << 20
+#: each worker thread's buffer for `_warm`
+_warm_buffer = threading.local()
 
 #: Attempts of one part in a row that bring no whole MiB, before its readers get EIO.
 _TRIES = 8
@@ -884,6 +891,7 @@ class Fetcher:
                 os.close(fd)
             raise
         self.layout.touch(final)  # a hit, as the SDK marks one (the layout's recency)
+        _warm(fd, info.size)
         return fd
 
     def _start(
@@ -1000,6 +1008,21 @@ def _open_read(*paths: Path) -> int:
         _share_lock(fd)  # partial files are never evicted; this protects the renamed file
         return fd
     raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
+
+
+def _warm(fd: int, size: int) -> None:
+    """Bring the start of a cache file into the page cache (blocking: a worker thread).
+
+    The reads of an open file `pread` on the loop (cache.reader): a cached file whose pages
+    were dropped (a DataLoader's next epoch) would make each of them wait for the disk with
+    every other request behind it, one file at a time. Read here, the open's worker threads
+    wait for the disk side by side and the loop's read finds the pages.
+    """
+    buffer: bytearray | None = getattr(_warm_buffer, "buffer", None)
+    if buffer is None:
+        buffer = _warm_buffer.buffer = bytearray(_WARM_BYTES)
+    with contextlib.suppress(OSError):  # only a head start: the read reports any error
+        os.preadv(fd, [memoryview(buffer)[: min(size, _WARM_BYTES)]], 0)
 
 
 def _discard(partial: Path, *fds: int) -> None:
