@@ -81,8 +81,10 @@ from clearmount.transfer import Progress, Transfer
 log = logging.getLogger(__name__)
 
 
-#: URLs whose last fetch's source (`Fetcher.sources`) is remembered.
+#: URLs whose last fetch's source (`Fetcher.sources`) is remembered, and URLs whose cache
+#: file's version is (`Fetcher._known`).
 _SOURCES_KEPT = 100_000
+_KNOWN_KEPT = 100_000
 
 #: The start of a cached file that an open reads ahead of the loop (`_warm`): the largest
 #: read request the kernel sends, what its first read asks for (a whole small file).
@@ -112,6 +114,31 @@ _CHUNK = 1 << 20
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
 #: reader's bytes are in, and at the end of its run).
 _REPORT_EVERY = 4 << 20
+
+
+#: A cache file as it was when this process last knew its version: device, inode, size
+#: and change time (a rename, a touch or a new file changes it; see `Fetcher._open_known`).
+Identity = tuple[int, int, int, int]
+
+
+def identity(stat: os.stat_result) -> Identity:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class _Hit:
+    """A complete cache file found by `Fetcher._cached_fd`: its shared-locked descriptor."""
+
+    fd: int
+    identity: Identity
+
+
+@dataclass(frozen=True)
+class _KnownFile:
+    """The object version a cache file held when this process last opened or sealed it."""
+
+    version: str
+    identity: Identity
 
 
 def _chunk_size(run: _Run, object_size: int) -> int:
@@ -223,6 +250,8 @@ class Fetch:
         self.aborted = False
         #: verified, renamed into place and recorded in the index
         self.sealed = False
+        #: the sealed file as `_seal` left it (`identity`), for `Fetcher`'s next open
+        self.identity: Identity | None = None
         #: where `_seal` records the file (given by `run`)
         self._index: CacheIndex
         self._transfer: Transfer
@@ -613,7 +642,8 @@ class Fetch:
         """Verify the finished partial file, rename it into place and record its version in
         the index (blocking: runs in a worker thread, never on the trio loop; the thread of a
         one-part fetch does it right after its last byte, sparing the loop two thread hops)."""
-        size = os.stat(self.partial).st_size
+        partial = os.stat(self.partial)
+        size = partial.st_size
         if size != self.info.size:
             raise CacheError(
                 f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
@@ -627,6 +657,10 @@ class Fetch:
         replacing = os.path.lexists(self.final)
         os.rename(self.partial, self.final)
         self.sealed = True
+        with contextlib.suppress(OSError):
+            final = os.stat(self.final)
+            if final.st_ino == partial.st_ino and final.st_dev == partial.st_dev:
+                self.identity = identity(final)
         # never fails: a row the index cannot take now is skipped with a warning, and the
         # next open adopts the file by its MD5 or age. A new file's row is written with other
         # fetches' rows in one transaction (one commit per small file cost about as much as
@@ -732,6 +766,8 @@ class Fetcher:
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
         self._lookups: dict[tuple[str, str], _Lookup] = {}
+        #: complete cache files by URL, as this process last sealed or opened them
+        self._known: dict[str, _KnownFile] = {}
         transfer.on_reader_waiting = self._stop_unread
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -781,6 +817,10 @@ class Fetcher:
             fetch = self.in_flight.get(key)
             if fetch is not None:
                 return await self._join(fetch, on_stale)
+            fd = self._open_known(url, final, info)
+            if fd is not None:
+                self._note_source(url, "l1")
+                return CachedReader(fd)
             lookup = self._lookups.setdefault(key, _Lookup())
             lookup.count += 1
             ends = lookup.ends
@@ -801,13 +841,14 @@ class Fetcher:
                 lookup.count -= 1
                 if not lookup.count:
                     del self._lookups[key]
-            if isinstance(found, int):
+            if isinstance(found, _Hit):
+                self._remember(url, info.version, found.identity)
                 self._note_source(url, "l1")
                 if self.index.pending:
                     # an adopted file's row waits for a batch: the eviction loop writes it
                     # within its check gap, not at its next periodic check
                     self._changed()
-                return CachedReader(found)
+                return CachedReader(found.fd)
             if found is None:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
                 return StreamReader(Stream(store, info, self.transfer, url, self.events))
@@ -828,6 +869,51 @@ class Fetcher:
             raise
         return FetchReader(fd, fetch, False, self.release, on_stale)
 
+    def _open_known(self, url: str, final: Path, info: ObjectInfo) -> int | None:
+        """A shared-locked read descriptor of `url`'s cache file when this process knows it
+        holds `info`'s version and it is as it was then (same inode, size and change time,
+        so nobody replaced or rewrote it since); else None (`_cached_fd` decides).
+
+        On the loop, no thread hop: a thread hop per open costs the daemon more CPU (thread
+        wake-ups, GIL hand-overs) than these few calls on a file whose folder and inode the
+        kernel mostly has, and the index is not asked. The file's first bytes are asked of
+        the disk now (`POSIX_FADV_WILLNEED` returns at once), so the disk reads of several
+        files opened in a row overlap and the loop's read waits less or not at all.
+        """
+        known = self._known.get(url)
+        if known is None or known.version != info.version:
+            return None
+        try:
+            fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            del self._known[url]  # evicted (or unreadable: `_cached_fd` says why)
+            return None
+        try:
+            stat = os.fstat(fd)
+            if (
+                stat.st_size != info.size
+                or identity(stat) != known.identity
+                or not _share_lock(fd)  # being evicted right now
+            ):
+                os.close(fd)
+                del self._known[url]
+                return None
+            self.layout.touch(final)  # a hit: changes the file's change time
+            self._remember(url, info.version, identity(os.fstat(fd)))
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, min(info.size, _WARM_BYTES), os.POSIX_FADV_WILLNEED)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return fd
+
+    def _remember(self, url: str, version: str, known: Identity) -> None:
+        self._known.pop(url, None)
+        self._known[url] = _KnownFile(version, known)
+        if len(self._known) > _KNOWN_KEPT:
+            del self._known[next(iter(self._known))]  # the oldest
+
     def _note_source(self, url: str, source: str) -> None:
         self.sources.pop(url, None)
         self.sources[url] = source
@@ -845,11 +931,11 @@ class Fetcher:
 
     def _find_or_create(
         self, final: Path, url: str, info: ObjectInfo, verify: bool, used: int, reserved: int
-    ) -> int | _Partial | None:
+    ) -> _Hit | _Partial | None:
         """A shared-locked read descriptor of the complete cache file of `info`'s version,
-        touched as a hit; else, when the object fits the limits (`used` bytes cached,
-        `reserved` still to come), a new partial file for its fetch; else None (stream it).
-        Blocking: runs in a worker thread."""
+        touched as a hit, its start read into the page cache; else, when the object fits the
+        limits (`used` bytes cached, `reserved` still to come), a new partial file for its
+        fetch; else None (stream it). Blocking: runs in a worker thread."""
         fd = self._cached_fd(final, url, info, verify)
         if fd is not None:
             return fd
@@ -862,7 +948,7 @@ class Fetcher:
             log.info("streaming %s: the cache layout cannot hold it (%s)", url, exc)
             return None
 
-    def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> int | None:
+    def _cached_fd(self, final: Path, url: str, info: ObjectInfo, verify: bool) -> _Hit | None:
         try:
             fd = os.open(final, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -890,9 +976,13 @@ class Fetcher:
             with contextlib.suppress(OSError):
                 os.close(fd)
             raise
-        self.layout.touch(final)  # a hit, as the SDK marks one (the layout's recency)
-        _warm(fd, info.size)
-        return fd
+        try:
+            self.layout.touch(final)  # a hit, as the SDK marks one (the layout's recency)
+            _warm(fd, info.size)
+            return _Hit(fd, identity(os.fstat(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _start(
         self,
@@ -954,6 +1044,8 @@ class Fetcher:
             await fetch.run(self.transfer, self.index)
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
+                if fetch.identity is not None:
+                    self._remember(fetch.url, fetch.info.version, fetch.identity)
         finally:
             self._forget(fetch)
             lookup = self._lookups.get((fetch.url, fetch.info.version))
