@@ -296,6 +296,35 @@ def test_cache_commands_while_readers_hold_files_open(
     assert mount.path_of(f"{base}/f3.bin").read_bytes() == bytes([3]) * 100_000
 
 
+def test_a_cache_file_replaced_behind_the_daemon_is_fetched_again_not_reopened(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    # A file the daemon sealed is reopened without asking the index, but only while it is
+    # still that file: one another process put in its place (other bytes, recorded as another
+    # version) is a miss, as the index says.
+    bucket = s3_server.make_bucket()
+    data = os.urandom(100_000)
+    s3_server.put(bucket, "f.bin", data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    url = f"s3://{s3_proxy.endpoint}/{bucket}/f.bin"
+    path = mount.path_of(url)
+    assert path.read_bytes() == data
+    folder = mount.cache_dir / "storage_manager/global"
+    index = mount.cache_dir / "clearmount" / "index.sqlite3"
+    poll_until(lambda: url in recorded_urls(index), 30, "the file's row")
+    (final,) = folder.glob("*f.bin")
+    assert path.read_bytes() == data  # reopened: no GET
+    assert s3_proxy.count("GET", f"/{bucket}/f.bin") == 1
+    replacement = folder / "replacement"
+    replacement.write_bytes(os.urandom(100_000))
+    with closing(sqlite3.connect(index)) as db, db:
+        db.execute("UPDATE entries SET version = 'another' WHERE url = ?", (url,))
+    os.replace(replacement, final)
+    assert path.read_bytes() == data
+    poll_until(lambda: final.read_bytes() == data, 30, "the right bytes in the cache again")
+    assert s3_proxy.count("GET", f"/{bucket}/f.bin") == 2
+
+
 def test_sigkill_mid_fetch_of_300mib_then_restart_serves_right_bytes(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
 ) -> None:

@@ -121,6 +121,21 @@ def test_small_file_and_multipart_false_are_one_put(
     poll_until(empty_is_there, 30, "the empty file to be uploaded")
 
 
+def test_close_after_reads_still_waits_for_the_upload(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    # a read-only mount tells the kernel it needs no FLUSH at close; a writable one must keep
+    # it, also after closing files it only read, or close() would return before the upload
+    s3_server.put(bucket, "read/first.bin", b"first")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/read")
+    for _ in range(3):
+        assert (root / "first.bin").read_bytes() == b"first"
+    data = os.urandom(3 * MIB)
+    write_file(root / "written.bin", data)
+    assert server_bytes(s3_server, bucket, "read/written.bin") == data
+
+
 def test_makedirs_then_atomic_save(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
