@@ -23,7 +23,8 @@ ever write to that file. Progress goes back to the trio loop without waiting for
 reader's bytes are in, else every `_REPORT_EVERY` bytes: the thread reads on while readers
 wake, and a background download costs the loop one wake-up per 4 MiB. The
 local blocking work of an open (opening, locking and touching cache files, the index, the
-free space) runs in worker threads too, through `Transfer.local`.
+free space) runs in worker threads too, through `Transfer.local`, except the reopen of a
+cache file this process sealed or opened and finds unchanged (`Fetcher._open_known`).
 
 Bounded time: each run is downloaded in attempts, each one watched (`Progress`): an attempt
 must receive every MiB within the store's stall window, or it is given up. A failed or
@@ -730,6 +731,8 @@ class Fetcher:
     worker threads (`Transfer.local`): each open makes one such hop to find a cache file, and
     one more to create a partial file or open a fetch's. After each hop the single-flight
     table is looked at again: a fetch of the version may have started or ended meanwhile.
+    The exception is a complete cache file this process sealed or opened before and finds
+    unchanged: reopened on the loop, no hop, no index (`_open_known`).
     """
 
     def __init__(

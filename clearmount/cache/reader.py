@@ -10,7 +10,8 @@ the `outcome` of the open that made it), and its three kinds:
   a jump's first GET brings; a jump asks for nothing ahead;
 - `StreamReader`: an object too large for the cache, read through a `Stream`.
 A file reader holds a shared-locked descriptor (eviction leaves an open file alone) and
-`pread`s it on the loop: the bytes are on local disk, mostly in the page cache, where a 1 MiB
+`pread`s it on the loop: the bytes are on local disk, mostly in the page cache (a cached
+file's open brings its first MiB there first, see `Fetcher`), where a 1 MiB
 `pread` takes ~60 µs (p99 ~140 µs; 128 KiB: ~12 µs), less than a thread hop costs. `close`
 stays on the loop too (~5 µs: a read-only descriptor, no data to flush). Under load (the
 t8 short run) some of these steps take 1-20 ms, but that is the loop waiting to take the GIL
