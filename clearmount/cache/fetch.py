@@ -769,8 +769,10 @@ class Fetcher:
         self.usage_bytes = 0
         self._nursery: trio.Nursery | None = None
         self._lookups: dict[tuple[str, str], _Lookup] = {}
-        #: complete cache files by URL, as this process last sealed or opened them
+        #: complete cache files by URL, as this process last sealed or opened them, while the
+        #: index is in its `_known_generation` (a new index needs their rows again)
         self._known: dict[str, _KnownFile] = {}
+        self._known_generation = index.generation
         transfer.on_reader_waiting = self._stop_unread
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -881,8 +883,13 @@ class Fetcher:
         wake-ups, GIL hand-overs) than these few calls on a file whose folder and inode the
         kernel mostly has, and the index is not asked. The file's first bytes are asked of
         the disk now (`POSIX_FADV_WILLNEED` returns at once), so the disk reads of several
-        files opened in a row overlap and the loop's read waits less or not at all.
+        files opened in a row overlap and the loop's read waits less or not at all. All
+        this process knew is forgotten once the index was found removed or replaced: the
+        next opens go through `_cached_fd`, which records the files in the new one.
         """
+        if self.index.generation != self._known_generation:
+            self._known.clear()
+            self._known_generation = self.index.generation
         known = self._known.get(url)
         if known is None or known.version != info.version:
             return None

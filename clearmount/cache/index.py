@@ -67,6 +67,9 @@ class CacheIndex:
         # closes the connection under another call.
         self._lock = threading.RLock()
         self._db, self._identity = self._open()
+        #: how many times the database was found removed or replaced and opened afresh: the
+        #: rows this process saw before may be gone
+        self.generation = 0
         # rows of `put_soon` not written yet: name -> (url, version, size, fetched_at)
         self._pending: dict[str, tuple[str, str, int, float]] = {}
         self._pending_since = 0.0
@@ -145,6 +148,7 @@ class CacheIndex:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         self._db, self._identity = db, identity
+        self.generation += 1
         log.warning(
             "cache index %s was removed or replaced: opened it afresh (files recorded before "
             "are adopted again once their checksum or age shows they are current)",
