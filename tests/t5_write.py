@@ -124,8 +124,8 @@ def test_small_file_and_multipart_false_are_one_put(
 def test_close_after_reads_still_waits_for_the_upload(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
 ) -> None:
-    # a read-only mount tells the kernel it needs no FLUSH at close; a writable one must keep
-    # it, also after closing files it only read, or close() would return before the upload
+    # close() waits for the upload in FLUSH: closing files only read must not turn it off
+    # (the kernel stops sending FLUSH for good once one is refused)
     s3_server.put(bucket, "read/first.bin", b"first")
     mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=WRITABLE)
     root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/read")
