@@ -188,7 +188,9 @@ class Monitor(FetchEvents):
 
     def fetch_started(self, fetch: Fetch) -> None:
         self.counters.fetches_started += 1
-        self._tracked[fetch] = _Tracked(fetch, time.monotonic(), time.time())
+        # a small object's fetch is told once its open's hop has run: it began before that
+        since = time.monotonic() - fetch.started
+        self._tracked[fetch] = _Tracked(fetch, fetch.started, time.time() - since)
         self._wake()
 
     def fetch_received(self, fetch: Fetch, count: int) -> None:
