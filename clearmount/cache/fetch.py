@@ -726,7 +726,7 @@ class _FirstHop:
     on: what the thread found or created is handed over under the lock, so that it is either
     the loop's (`found`) or, once the loop gave up first, the thread's own to close."""
 
-    __slots__ = ("done", "error", "finished", "found", "given_up", "lock")
+    __slots__ = ("done", "error", "finished", "found", "given_up", "lock", "lock_fd_closed")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -737,6 +737,8 @@ class _FirstHop:
         self.finished = False
         #: what failed the download, if something did
         self.error: Exception | None = None
+        #: the thread closed the partial file's lock descriptor (the file is in place)
+        self.lock_fd_closed = False
         #: set once the loop has dealt with the hop: opens joining its fetch wait for it
         self.done = trio.Event()
 
@@ -747,6 +749,14 @@ class _FirstHop:
                 return False
             self.found = found
             return True
+
+    def close_lock_fd(self, fd: int) -> None:
+        """From the thread, once the file is in place: close its lock descriptor here rather
+        than on the loop, unless the loop gave the hop up (then the descriptor is its own)."""
+        with self.lock:
+            if not self.given_up:
+                os.close(fd)
+                self.lock_fd_closed = True
 
     def give_up(self) -> object:
         """From the loop: what the thread handed over so far; it hands nothing after this."""
@@ -1062,7 +1072,7 @@ class Fetcher:
                 tell(self.events.fetch_started, fetch)
                 fetch._fail(Unavailable("fetch cancelled (daemon stopping)", url), quiet=True)
                 os.close(found.read_fd)
-                self._end(fetch, found.lock_fd)
+                self._end(fetch, None if hop.lock_fd_closed else found.lock_fd)
             self._forget(fetch)
             hop.done.set()
             raise
@@ -1080,6 +1090,7 @@ class Fetcher:
                 self._changed()  # as in `open`
             return CachedReader(found)
         tell(self.events.fetch_started, fetch)
+        lock_fd = None if hop.lock_fd_closed else found.lock_fd
         received = run.written
         tell(self.events.fetch_received, fetch, received)
         if hop.finished and fetch.sealed:
@@ -1089,23 +1100,23 @@ class Fetcher:
             fetch.ended.set()
             self._note_source(url, "bucket")
             self.usage_bytes += info.size
-            self._end(fetch, found.lock_fd)
+            self._end(fetch, lock_fd)
         elif hop.finished and not isinstance(hop.error, Unavailable):
             if not isinstance(hop.error, ClearmountError | OSError):
                 log.error("unexpected error fetching %s", url, exc_info=hop.error)
             fetch._fail(hop.error or Unavailable("fetch ended unfinished", url))
             fetch.ended.set()
-            self._end(fetch, found.lock_fd)
+            self._end(fetch, lock_fd)
         else:
             # resumed from its last byte by the usual machinery, as `Fetch._download` does
             fetch._done = run.front = received
             if not hop.finished:
                 run.attempt += 1  # its thread may run on: its bytes no longer count
                 fetch._digest = None
-            why = hop.error if hop.finished else f"stalled: nothing in {progress.window:g}s"
+            why = hop.error if hop.finished else f"stalled: less than 1 MiB in {progress.window:g}s"
             log.warning("resuming %s at byte %d: %s", url, received, why)
             assert self._nursery is not None
-            self._nursery.start_soon(self._run, fetch, found.lock_fd)
+            self._nursery.start_soon(self._run, fetch, lock_fd)
             self._changed()
         hop.done.set()
         return FetchReader(found.read_fd, fetch, True, self.release, on_stale)
@@ -1130,6 +1141,9 @@ class Fetcher:
                 fetch._fetch_range(run, 1, 0, run.progress or fetch.progress())
             except Exception as exc:  # the loop decides: resume, or fail the fetch
                 hop.error = exc
+            else:
+                if fetch.sealed:
+                    hop.close_lock_fd(found.lock_fd)
 
     def _create_partial(self, final: Path, url: str) -> _Partial:
         """A new locked partial file for `final` (blocking: runs in a worker thread)."""
@@ -1145,7 +1159,7 @@ class Fetcher:
             _discard(path, lock_fd)
             raise
 
-    async def _run(self, fetch: Fetch, lock_fd: int) -> None:
+    async def _run(self, fetch: Fetch, lock_fd: int | None) -> None:
         try:
             source = "bucket"
             if self.shared is not None:
@@ -1161,14 +1175,16 @@ class Fetcher:
             if self.shared is not None and self._nursery is not None:
                 self._nursery.start_soon(self.shared.finish, fetch)
 
-    def _end(self, fetch: Fetch, lock_fd: int) -> None:
-        """`fetch` has ended: out of the single-flight table, its end reported."""
+    def _end(self, fetch: Fetch, lock_fd: int | None) -> None:
+        """`fetch` has ended: out of the single-flight table, its end reported, its partial
+        file's lock descriptor closed (None: already closed)."""
         self._forget(fetch)
         lookup = self._lookups.get((fetch.url, fetch.info.version))
         if lookup is not None:
             lookup.ends += 1
-        # closing a descriptor nobody wrote through: no I/O (see cache.reader)
-        os.close(lock_fd)
+        if lock_fd is not None:
+            # closing a descriptor nobody wrote through: no I/O (see cache.reader)
+            os.close(lock_fd)
         self._report_end(fetch)
         self._changed()
 
