@@ -704,7 +704,7 @@ class _Partial:
 
     def discard(self) -> None:
         """Close and remove it, unused (blocking)."""
-        _discard(self.path, self.lock_fd, self.read_fd)
+        _discard(self.path, *{self.lock_fd, self.read_fd})
 
 
 class _Lookup:
@@ -726,7 +726,7 @@ class _FirstHop:
     on: what the thread found or created is handed over under the lock, so that it is either
     the loop's (`found`) or, once the loop gave up first, the thread's own to close."""
 
-    __slots__ = ("done", "error", "finished", "found", "given_up", "lock", "lock_fd_closed")
+    __slots__ = ("done", "error", "finished", "found", "given_up", "lock")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -737,8 +737,6 @@ class _FirstHop:
         self.finished = False
         #: what failed the download, if something did
         self.error: Exception | None = None
-        #: the thread closed the partial file's lock descriptor (the file is in place)
-        self.lock_fd_closed = False
         #: set once the loop has dealt with the hop: opens joining its fetch wait for it
         self.done = trio.Event()
 
@@ -749,14 +747,6 @@ class _FirstHop:
                 return False
             self.found = found
             return True
-
-    def close_lock_fd(self, fd: int) -> None:
-        """From the thread, once the file is in place: close its lock descriptor here rather
-        than on the loop, unless the loop gave the hop up (then the descriptor is its own)."""
-        with self.lock:
-            if not self.given_up:
-                os.close(fd)
-                self.lock_fd_closed = True
 
     def give_up(self) -> object:
         """From the loop: what the thread handed over so far; it hands nothing after this."""
@@ -937,11 +927,19 @@ class Fetcher:
         changed.set()
 
     def _find_or_create(
-        self, final: Path, url: str, info: ObjectInfo, verify: bool, used: int, reserved: int
+        self,
+        final: Path,
+        url: str,
+        info: ObjectInfo,
+        verify: bool,
+        used: int,
+        reserved: int,
+        one_fd: bool = False,
     ) -> int | _Partial | None:
         """A shared-locked read descriptor of the complete cache file of `info`'s version,
         touched as a hit; else, when the object fits the limits (`used` bytes cached,
-        `reserved` still to come), a new partial file for its fetch; else None (stream it).
+        `reserved` still to come), a new partial file for its fetch (`one_fd`: its lock
+        descriptor is its reader's too); else None (stream it).
         Blocking: runs in a worker thread."""
         fd = self._cached_fd(final, url, info, verify)
         if fd is not None:
@@ -950,7 +948,7 @@ class Fetcher:
         if not self.limits.fits(info.size, free, used, reserved):
             return None
         try:
-            return self._create_partial(final, url)
+            return self._create_partial(final, url, one_fd)
         except LayoutConflict as exc:
             log.info("streaming %s: the cache layout cannot hold it (%s)", url, exc)
             return None
@@ -1072,7 +1070,7 @@ class Fetcher:
                 tell(self.events.fetch_started, fetch)
                 fetch._fail(Unavailable("fetch cancelled (daemon stopping)", url), quiet=True)
                 os.close(found.read_fd)
-                self._end(fetch, None if hop.lock_fd_closed else found.lock_fd)
+                self._end(fetch, None)
             self._forget(fetch)
             hop.done.set()
             raise
@@ -1090,7 +1088,6 @@ class Fetcher:
                 self._changed()  # as in `open`
             return CachedReader(found)
         tell(self.events.fetch_started, fetch)
-        lock_fd = None if hop.lock_fd_closed else found.lock_fd
         received = run.written
         tell(self.events.fetch_received, fetch, received)
         if hop.finished and fetch.sealed:
@@ -1100,13 +1097,13 @@ class Fetcher:
             fetch.ended.set()
             self._note_source(url, "bucket")
             self.usage_bytes += info.size
-            self._end(fetch, lock_fd)
+            self._end(fetch, None)
         elif hop.finished and not isinstance(hop.error, Unavailable):
             if not isinstance(hop.error, ClearmountError | OSError):
                 log.error("unexpected error fetching %s", url, exc_info=hop.error)
             fetch._fail(hop.error or Unavailable("fetch ended unfinished", url))
             fetch.ended.set()
-            self._end(fetch, lock_fd)
+            self._end(fetch, None)
         else:
             # resumed from its last byte by the usual machinery, as `Fetch._download` does
             fetch._done = run.front = received
@@ -1116,7 +1113,8 @@ class Fetcher:
             why = hop.error if hop.finished else f"stalled: less than 1 MiB in {progress.window:g}s"
             log.warning("resuming %s at byte %d: %s", url, received, why)
             assert self._nursery is not None
-            self._nursery.start_soon(self._run, fetch, lock_fd)
+            # the partial file's lock lasts as long as its writer, not only as its reader
+            self._nursery.start_soon(self._run, fetch, os.dup(found.lock_fd))
             self._changed()
         hop.done.set()
         return FetchReader(found.read_fd, fetch, True, self.release, on_stale)
@@ -1125,7 +1123,9 @@ class Fetcher:
         self, fetch: Fetch, hop: _FirstHop, final: Path, verify: bool, used: int, reserved: int
     ) -> None:
         """The thread of `_open_small`: what it finds or creates goes to `hop`."""
-        found = self._find_or_create(final, fetch.url, fetch.info, verify, used, reserved)
+        found = self._find_or_create(
+            final, fetch.url, fetch.info, verify, used, reserved, one_fd=True
+        )
         if isinstance(found, _Partial):
             fetch.partial = found.path
         if not hop.hand(found):
@@ -1141,25 +1141,25 @@ class Fetcher:
                 fetch._fetch_range(run, 1, 0, run.progress or fetch.progress())
             except Exception as exc:  # the loop decides: resume, or fail the fetch
                 hop.error = exc
-            else:
-                if fetch.sealed:
-                    hop.close_lock_fd(found.lock_fd)
 
-    def _create_partial(self, final: Path, url: str) -> _Partial:
-        """A new locked partial file for `final` (blocking: runs in a worker thread)."""
+    def _create_partial(self, final: Path, url: str, one_fd: bool = False) -> _Partial:
+        """A new locked partial file for `final` (blocking: runs in a worker thread); with
+        `one_fd`, its lock descriptor (shared-locked, readable) is its reader's too."""
         try:
             path, lock_fd = self.layout.create_partial(final)
         except LayoutConflict:
             raise
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        if one_fd:
+            return _Partial(path, lock_fd, lock_fd)
         try:
             return _Partial(path, lock_fd, _open_read(path))
         except BaseException:
             _discard(path, lock_fd)
             raise
 
-    async def _run(self, fetch: Fetch, lock_fd: int | None) -> None:
+    async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
             source = "bucket"
             if self.shared is not None:
