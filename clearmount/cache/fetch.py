@@ -16,6 +16,11 @@ read elsewhere starts a GET at its own offset at once, whatever else is in fligh
 that reads on gets a window ahead of it that doubles with what it has read in a row; the
 bytes nobody asked for are fetched by background GETs that give way while readers wait.
 
+Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
+thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
+small file costs the loop one hop and no task, where a fetch's runs cost three tasks and a
+hop more. A failed or given-up first attempt goes on as any fetch does.
+
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
 ever write to that file. Progress goes back to the trio loop without waiting for it
@@ -759,9 +764,11 @@ class Fetcher:
     """Finds a cache file for an object version, or starts (or joins) the fetch filling it.
 
     Blocking calls (opening, locking and touching cache files, the index, `statvfs`) run in
-    worker threads (`Transfer.local`): each open makes one such hop to find a cache file, and
-    one more to create a partial file or open a fetch's. After each hop the single-flight
-    table is looked at again: a fetch of the version may have started or ended meanwhile.
+    worker threads (`Transfer.local`): each open makes one such hop to find a cache file or
+    create a partial file, and a join one to open a fetch's. After each hop the single-flight
+    table is looked at again: a fetch of the version may have started or ended meanwhile. An
+    open of a small object makes its one hop in a data slot instead, and fetches the object
+    there (`_open_small`).
     """
 
     def __init__(
