@@ -51,10 +51,10 @@ _IDLE_SECONDS = 5.0
 # A cache scan stats every file: often enough that the figures are current, rare enough to
 # cost nothing on a cache of 100k files.
 _SCAN_SECONDS = 30.0
-# After a fetch ends the figures are stale: scan again, but never more often than this. A
-# completed fetch is counted in at once, and the scan waits until fetches have stopped ending
-# for this long (or `_SCAN_SECONDS`): at hundreds of small files a second, a scan of the whole
-# cache every 2 s cost the daemon ~10 % of its CPU.
+# After a fetch ends the figures are stale: scan again, but never more often than this; after
+# a completed one, once fetches have stopped completing for this long (or `_SCAN_SECONDS`):
+# at hundreds of small files a second, a scan of the whole cache every 2 s cost the daemon
+# ~10 % of its CPU.
 _SCAN_SPACING_SECONDS = 2.0
 # systemd keeps only the last STATUS=; refreshing it more often only fills its queue.
 _STATUS_SECONDS = 2.0
@@ -204,10 +204,6 @@ class Monitor(FetchEvents):
         tracked = self._tracked.pop(fetch, None)
         self._wake()
         self._completed_at = time.monotonic()
-        # one more file in the cache until the scan (a new version of a cached file, and a
-        # partial file the last scan saw, are counted twice until then)
-        self.cache.files += 1
-        self.cache.bytes += fetch.info.size
         self.counters.fetches_completed += 1
         if tracked is not None:
             self.counters.fetch_seconds.observe(time.monotonic() - tracked.started)
