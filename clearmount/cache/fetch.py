@@ -1284,8 +1284,6 @@ class Fetcher:
             await fetch.run(self.transfer, self.index)
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
-                if fetch.identity is not None:
-                    self._remember(fetch.url, fetch.info.version, fetch.identity)
         finally:
             self._end(fetch, lock_fd)
             if self.shared is not None and self._nursery is not None:
@@ -1295,6 +1293,8 @@ class Fetcher:
         """`fetch` has ended: out of the single-flight table, its end reported, its partial
         file's lock descriptor closed (None: already closed)."""
         self._forget(fetch)
+        if fetch.complete and fetch.identity is not None:
+            self._remember(fetch.url, fetch.info.version, fetch.identity)
         lookup = self._lookups.get((fetch.url, fetch.info.version))
         if lookup is not None:
             lookup.ends += 1
