@@ -50,6 +50,7 @@ import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
 import random
 import time
@@ -61,6 +62,7 @@ from typing import BinaryIO
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache import zipahead
 from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, LayoutConflict
@@ -102,6 +104,12 @@ _QUIET = 0.5
 #: fewer, larger steps.
 _READER_CHUNK = 256 << 10
 _CHUNK = 1 << 20
+#: A zip member's local header is fetched this far from the start of its page (the kernel
+#: reads whole pages): more than the one READ of 132 KiB that a buffered read there brings
+#: (files advertise st_blksize 128 KiB, `fuse_ops`).
+_HEADER_HINT = 256 << 10
+#: How many members' headers are fetched ahead of a reader walking them.
+_HEADERS_AHEAD = 64
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
 #: reader's bytes are in, and at the end of its run).
 _REPORT_EVERY = 4 << 20
@@ -228,6 +236,18 @@ class Fetch:
         self._report: Callable[..., None] = lambda *args: None  # set by run(), on the loop
         #: the most bytes a sequential reader is fetched ahead
         self.max_window = max(FIRST_WINDOW, self.parallel * part_size)
+        # A zip's members (`zipahead`): while `_zip_looking`, each read looks whether the
+        # archive's end and then its directory are on disk; `_headers` are then the members'
+        # local headers, fetched ahead of a reader that walks them (`_hinting`: its last two
+        # jumps landed on headers, `_header_jumps` counts them), those of indexes
+        # [`_hinted_from`, `_hinted_to`) so far.
+        self._zip_looking = not whole
+        self._tail_seen = info.size
+        self._directory: tuple[int, int, int] | None = None
+        self._headers: list[int] = []
+        self._header_jumps = 0
+        self._hinting = False
+        self._hinted_from = self._hinted_to = 0
         if info.size:
             # the opener reads from the start, mostly: its first bytes are asked for at once
             first = _Run(0, info.size if whole else min(FIRST_WINDOW, part_size), True, whole)
@@ -281,6 +301,8 @@ class Fetch:
         """Return once bytes [start, end) are on disk; raise the fetch's error if they never
         will be. `ahead`: how many bytes past `end` the reader will want next (its window)."""
         missing = self._missing(start, end)
+        # a read of bytes no run brings, by a reader with no window: it jumped here
+        jumped = missing is not None and missing[1] is None and not ahead
         if missing is not None and self.error is None:
             self._demand_at = time.monotonic()
             self._want(missing[0], end)
@@ -309,6 +331,92 @@ class Fetch:
                 continue
             await self._changed.wait()
             missing = self._missing(start, end)
+        if self._zip_looking:
+            self._look_for_zip()
+        if self._headers and (jumped or self._hinting):
+            self._fetch_headers_after(start, end, jumped)
+
+    # ----- zip archives
+
+    def _look_for_zip(self) -> None:
+        """Find the members of a zip archive once a reader has read its end and then its
+        central directory (zip readers read those first); stop looking once they are known or
+        the file is not a zip. Reads the partial file on the loop: bytes a reader just read,
+        in the page cache, at most `zipahead.TAIL` and then `zipahead.MAX_DIRECTORY` bytes."""
+        size = self.info.size
+        if self._directory is None:
+            start = max(self._on_disk_from(size), size - zipahead.TAIL, 0)
+            if start >= self._tail_seen:
+                return  # no more of the end on disk than last time
+            self._tail_seen = start
+            tail = self._read_partial(start, size)
+            found = None if tail is None else zipahead.find_directory(tail, start, size)
+            if found is None:
+                # not a zip, unless its end record lies before the bytes on disk so far
+                self._zip_looking = tail is not None and start > max(0, size - zipahead.TAIL)
+                return
+            if found[1] - found[0] > zipahead.MAX_DIRECTORY:
+                self._zip_looking = False
+                return
+            self._directory = found
+        cd_start, cd_end, shift = self._directory
+        if not self.has(cd_start, cd_end):
+            return
+        self._zip_looking = False
+        directory = self._read_partial(cd_start, cd_end)
+        if directory is not None:
+            self._headers = zipahead.member_headers(directory, shift, size)
+
+    def _on_disk_from(self, end: int) -> int:
+        """Where the bytes on disk that end at `end` begin (`end`: byte end - 1 is not)."""
+        at = end
+        while at > 0:
+            i = self._index_at(at - 1)
+            if i < 0 or self._runs[i].front < at:
+                break
+            at = self._runs[i].start
+        return at
+
+    def _read_partial(self, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of the partial file (on disk), or None once it is renamed."""
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, end - start, start)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data if len(data) == end - start else None
+
+    def _fetch_headers_after(self, start: int, end: int, jumped: bool) -> None:
+        """Once a reader's jumps land on members' local headers, fetch the headers of the next
+        `_HEADERS_AHEAD` members after each header it reads ([start, end) holds one), each in
+        a small run: a zip reader that goes from header to header (torch.load(mmap=True) reads
+        them one after the other) finds them on disk instead of waiting a GET for each. Two
+        such jumps in a row are needed: every zip reader jumps to the directory at the end
+        (which the last members' headers precede), but one that reads the archive in order
+        gets there with a window that brings its headers before it reads them."""
+        headers = self._headers
+        k = bisect.bisect_left(headers, start)
+        holds_header = k < len(headers) and headers[k] < end
+        if jumped:
+            self._header_jumps = self._header_jumps + 1 if holds_header else 0
+            self._hinting = self._hinting or self._header_jumps >= 2
+        if not (holds_header and self._hinting):
+            return
+        last = min(len(headers), k + 1 + _HEADERS_AHEAD)
+        if self._hinted_from <= k + 1 <= self._hinted_to:
+            first = self._hinted_to  # on from the headers already asked for
+        else:
+            first = self._hinted_from = k + 1
+        for header in headers[first:last]:
+            page = header - header % mmap.PAGESIZE
+            self._want(page, min(page + _HEADER_HINT, self.info.size), ahead=True)
+        self._hinted_to = max(self._hinted_to, last)
+        self._pump()
 
     def _want(self, start: int, end: int, ahead: bool = False) -> None:
         """Make sure runs will bring bytes [start, end): new reader runs for the gaps; for
