@@ -54,6 +54,8 @@ def _directory_at(tail: bytes, tail_start: int, size: int, at: int) -> tuple[int
         return None
     record_start = tail_start + at
     locator = at - _LOCATOR.size
+    if locator < 0 and record_start >= _LOCATOR.size:
+        return None  # a zip64 locator may precede it: more of the tail is needed to tell
     if locator >= 0 and _LOCATOR.unpack_from(tail, locator)[0] == _LOCATOR_SIG:
         # a zip64 archive (torch.save writes one whatever its size): its zip64 record sits
         # right before the locator, and the directory right before that record
