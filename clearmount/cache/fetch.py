@@ -104,10 +104,9 @@ _QUIET = 0.5
 #: fewer, larger steps.
 _READER_CHUNK = 256 << 10
 _CHUNK = 1 << 20
-#: A zip member's local header is fetched this far from the start of its page (the kernel
-#: reads whole pages): more than the one READ of 132 KiB that a buffered read there brings
-#: (files advertise st_blksize 128 KiB, `fuse_ops`).
-_HEADER_HINT = 256 << 10
+#: A zip member's local header is fetched from the start of its page (the kernel reads whole
+#: pages) as far past it as the reader's own READ at a header reached, at most this far.
+_HEADER_HINT = 1 << 20
 #: How many members' headers are fetched ahead of a reader walking them.
 _HEADERS_AHEAD = 64
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
@@ -407,14 +406,18 @@ class Fetch:
             self._hinting = self._hinting or self._header_jumps >= 2
         if not (holds_header and self._hinting):
             return
+        # as far past each header as this READ reaches past its own (a buffered read of a
+        # 4 KiB page: 1-2 pages)
+        reach = min(end - headers[k], _HEADER_HINT)
         last = min(len(headers), k + 1 + _HEADERS_AHEAD)
         if self._hinted_from <= k + 1 <= self._hinted_to:
             first = self._hinted_to  # on from the headers already asked for
         else:
             first = self._hinted_from = k + 1
         for header in headers[first:last]:
-            page = header - header % mmap.PAGESIZE
-            self._want(page, min(page + _HEADER_HINT, self.info.size), ahead=True)
+            first_page = header - header % mmap.PAGESIZE
+            end_page = -(-(header + reach) // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._want(first_page, min(end_page, self.info.size), ahead=True)
         self._hinted_to = max(self._hinted_to, last)
         self._pump()
 
