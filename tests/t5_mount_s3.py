@@ -505,13 +505,16 @@ def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
         assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
     assert names == [m.filename.encode() for m in members]
     # Two jumps from header to header tell a reader that walks them; from then on the next
-    # headers come in small GETs of their own, ahead of it, not a first window for each.
+    # headers come in small GETs of their own, ahead of it, not a first window for each: a
+    # page or two, what a buffered read of a local disk's st_blksize (4 KiB) makes the kernel
+    # ask for there.
     headers = [m.header_offset for m in members]
-    windows = [
-        (s, e) for s, e in asked if e - s >= FIRST_WINDOW and any(s <= h < e for h in headers)
-    ]
+    at_headers = [(s, e) for s, e in asked if any(s <= h < e for h in headers)]
+    windows = [(s, e) for s, e in at_headers if e - s >= FIRST_WINDOW]
     assert len(windows) <= 3, windows  # the opener's, and the two jumps
-    assert sum(e - s for s, e in asked) <= 4 * FIRST_WINDOW + len(members) * MIB // 4, asked
+    assert len(at_headers) >= len(members) - 3
+    assert all(e - s <= 16 << 10 for s, e in at_headers if (s, e) not in windows), at_headers
+    assert sum(e - s for s, e in asked) <= 4 * FIRST_WINDOW + len(members) * (16 << 10), asked
 
 
 def test_a_reader_reading_a_zip_in_order_gets_no_header_runs(

@@ -13,8 +13,10 @@ runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result
 
 Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
 read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
-that reads on gets a window ahead of it that doubles with what it has read in a row; the
-bytes nobody asked for are fetched by background GETs that give way while readers wait.
+that reads on gets a window ahead of it that doubles with what it has read in a row; a zip
+reader that jumps from member header to member header gets the next headers fetched ahead
+(`cache.zipahead` finds them in the directory it read); the bytes nobody asked for are
+fetched by background GETs that give way while readers wait.
 
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
@@ -163,6 +165,9 @@ class Fetch:
     - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
       has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
       `parallel` at a time;
+    - once readers have read a zip's end and directory and jumped to two members' local
+      headers in a row, each header read has the next `_HEADERS_AHEAD` headers fetched
+      ahead in small runs, like a window;
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
       last `_QUIET` seconds, `parallel` at a time otherwise. So an opened file still ends up
