@@ -106,6 +106,8 @@ _QUIET = 0.5
 #: fewer, larger steps.
 _READER_CHUNK = 256 << 10
 _CHUNK = 1 << 20
+#: A read of an object's last bytes is fetched from at least this far before its end.
+_END_RUN = 64 << 10
 #: A zip member's local header is fetched from the start of its page (the kernel reads whole
 #: pages) as far past it as the reader's own READ at a header reached, at most this far.
 _HEADER_HINT = 1 << 20
@@ -445,6 +447,10 @@ class Fetch:
                     # a window moving on by a read's size: wait until a whole part is due
                     at = gap_end
                     continue
+                if not ahead and gap_end == self.info.size:
+                    # a read of the object's last bytes: formats that keep an index there (a
+                    # zip's central directory) read the bytes just before them next
+                    at = max(self._runs[j - 1].end if j else 0, min(at, gap_end - _END_RUN))
                 run = _Run(
                     at,
                     min(
