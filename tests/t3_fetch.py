@@ -64,9 +64,11 @@ async def test_a_read_far_ahead_is_served_by_its_own_get_at_once(tmp_path: Path)
         fetcher.start(nursery)
         fetch = fetch_of(await fetcher.open("s3://memory/k", store, store.head("k")))
         await fetch.wait_for(len(data) - 10, len(data))
-        # asked for: the opener's first window and a GET from the read's own offset
-        assert (len(data) - 10, len(data)) in store.ranges[:2]
-        assert sum(end - start for start, end in store.ranges) <= FIRST_WINDOW + 10
+        # asked for: the opener's first window and a GET of the object's end, from the read
+        # or from up to 64 KiB before it (a zip's directory, which zip readers read next)
+        tail = len(data) - (64 << 10)
+        assert (tail, len(data)) in store.ranges[:2]
+        assert sum(end - start for start, end in store.ranges) <= FIRST_WINDOW + (64 << 10)
         await ended(fetch)
     # and the rest is still fetched: the file is complete, every byte asked for once
     final = fetcher.layout.final_path("s3://memory/k")

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import random
+import struct
 import subprocess
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -51,6 +55,20 @@ def big_object(s3_server: S3Server, bucket: str) -> tuple[str, bytes]:
     key = "checkpoints/big.bin"
     s3_server.client().put_object(Bucket=bucket, Key=key, Body=data)
     return key, data
+
+
+@pytest.fixture(scope="module")
+def zip_object(s3_server: S3Server, bucket: str) -> tuple[str, bytes]:
+    """A 160 MiB zip of 32 stored members of 5 MiB (a checkpoint, as torch.save lays it out:
+    headers far apart, the directory at the end)."""
+    rng = random.Random(15)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for i in range(32):
+            archive.writestr(f"checkpoint/data/{i}", rng.randbytes(5 * MIB))
+    key = "checkpoints/zipped.pt"
+    s3_server.client().put_object(Bucket=bucket, Key=key, Body=out.getvalue())
+    return key, out.getvalue()
 
 
 def test_bytes_equal_for_small_odd_and_large_objects(
@@ -456,3 +474,69 @@ def test_sequential_reads_reach_the_daemon_in_1_mib_requests(
     before = daemon_reads(mount)
     assert read_file(path) == data
     assert daemon_reads(mount) - before <= 8 + 2  # 128 KiB requests would be 64
+
+
+def read_member_names(f: BinaryIO, members: list[zipfile.ZipInfo]) -> list[bytes]:
+    """What torch.load(mmap=True) reads before it maps the file: each member's local header,
+    one after the other (a buffered read there; the names, to check the bytes)."""
+    names = []
+    for member in members:
+        f.seek(member.header_offset)
+        header = f.read(30)
+        assert header[:4] == b"PK\x03\x04", member.filename
+        (name_length,) = struct.unpack_from("<H", header, 26)
+        names.append(f.read(name_length))
+    return names
+
+
+def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, zip_object
+) -> None:
+    key, data = zip_object
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    s3_proxy.reset()
+    with open(path, "rb") as f:
+        members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
+        names = read_member_names(f, members)
+        asked = requested(s3_proxy.requests("GET", f"/{bucket}/{key}"))
+        middle = members[len(members) // 2]
+        assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
+    assert names == [m.filename.encode() for m in members]
+    # Two jumps from header to header tell a reader that walks them; from then on the next
+    # headers come in small GETs of their own, ahead of it, not a first window for each: a
+    # page or two, what a buffered read of a local disk's st_blksize (4 KiB) makes the kernel
+    # ask for there.
+    headers = [m.header_offset for m in members]
+    at_headers = [(s, e) for s, e in asked if any(s <= h < e for h in headers)]
+    windows = [(s, e) for s, e in at_headers if e - s >= FIRST_WINDOW]
+    assert len(windows) <= 3, windows  # the opener's, and the two jumps
+    assert len(at_headers) >= len(members) - 3
+    assert all(e - s <= 16 << 10 for s, e in at_headers if (s, e) not in windows), at_headers
+    assert sum(e - s for s, e in asked) <= 4 * FIRST_WINDOW + len(members) * (16 << 10), asked
+
+
+def test_a_reader_reading_a_zip_in_order_gets_no_header_runs(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, zip_object
+) -> None:
+    # torch.load without mmap reads the directory at the end, then every member in order:
+    # its window brings the headers; it pulls each byte about once, in big GETs
+    key, data = zip_object
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    s3_proxy.reset()
+    expected = zipfile.ZipFile(io.BytesIO(data))
+    with open(path, "rb") as f:
+        archive = zipfile.ZipFile(f)
+        for member in archive.infolist():
+            assert archive.read(member) == expected.read(member), member.filename
+    gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
+    assert sum(g.body_bytes for g in gets) <= len(data) + 2 * FIRST_WINDOW
+    # no GETs of a member's header alone: its window brought them
+    headers = [m.header_offset for m in expected.infolist()]
+    hints = [
+        (s, e) for s, e in requested(gets) if e - s <= 64 << 10 and any(s <= h < e for h in headers)
+    ]
+    assert hints == []

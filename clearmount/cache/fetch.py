@@ -13,8 +13,10 @@ runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result
 
 Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
 read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
-that reads on gets a window ahead of it that doubles with what it has read in a row; the
-bytes nobody asked for are fetched by background GETs that give way while readers wait.
+that reads on gets a window ahead of it that doubles with what it has read in a row; a zip
+reader that jumps from member header to member header gets the next headers fetched ahead
+(`cache.zipahead` finds them in the directory it read); the bytes nobody asked for are
+fetched by background GETs that give way while readers wait.
 
 Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
 thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
@@ -56,6 +58,7 @@ import fcntl
 import hashlib
 import logging
 import math
+import mmap
 import os
 import random
 import threading
@@ -68,6 +71,7 @@ from typing import BinaryIO
 import trio
 
 from clearmount.backends.base import ObjectInfo, ObjectStore
+from clearmount.cache import zipahead
 from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, LayoutConflict
@@ -120,6 +124,13 @@ _CHUNK = 1 << 20
 #: Objects up to this size are fetched by their open, in its one thread hop
 #: (`Fetcher._open_small`): one chunk.
 _SMALL = _CHUNK
+#: A read of an object's last bytes is fetched from at least this far before its end.
+_END_RUN = 64 << 10
+#: A zip member's local header is fetched from the start of its page (the kernel reads whole
+#: pages) as far past it as the reader's own READ at a header reached, at most this far.
+_HEADER_HINT = 1 << 20
+#: How many members' headers are fetched ahead of a reader walking them.
+_HEADERS_AHEAD = 64
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
 #: reader's bytes are in, and at the end of its run).
 _REPORT_EVERY = 4 << 20
@@ -211,6 +222,9 @@ class Fetch:
     - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
       has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
       `parallel` at a time;
+    - once readers have read a zip's end and directory and jumped to two members' local
+      headers in a row, each header read has the next `_HEADERS_AHEAD` headers fetched
+      ahead in small runs, like a window;
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
       last `_QUIET` seconds, `parallel` at a time otherwise. So an opened file still ends up
@@ -290,6 +304,18 @@ class Fetch:
         self._report: Callable[..., None] = lambda *args: None  # set by run(), on the loop
         #: the most bytes a sequential reader is fetched ahead
         self.max_window = max(FIRST_WINDOW, self.parallel * part_size)
+        # A zip's members (`zipahead`): while `_zip_looking`, each read looks whether the
+        # archive's end and then its directory are on disk; `_headers` are then the members'
+        # local headers, fetched ahead of a reader that walks them (`_hinting`: its last two
+        # jumps landed on headers, `_header_jumps` counts them), those of indexes
+        # [`_hinted_from`, `_hinted_to`) so far.
+        self._zip_looking = not whole
+        self._tail_seen = info.size
+        self._directory: tuple[int, int, int] | None = None
+        self._headers: list[int] = []
+        self._header_jumps = 0
+        self._hinting = False
+        self._hinted_from = self._hinted_to = 0
         if info.size:
             # the opener reads from the start, mostly: its first bytes are asked for at once
             first = _Run(0, info.size if whole else min(FIRST_WINDOW, part_size), True, whole)
@@ -343,6 +369,8 @@ class Fetch:
         """Return once bytes [start, end) are on disk; raise the fetch's error if they never
         will be. `ahead`: how many bytes past `end` the reader will want next (its window)."""
         missing = self._missing(start, end)
+        # a read of bytes no run brings, by a reader with no window: it jumped here
+        jumped = missing is not None and missing[1] is None and not ahead
         if missing is not None and self.error is None:
             self._demand_at = time.monotonic()
             self._want(missing[0], end)
@@ -371,6 +399,96 @@ class Fetch:
                 continue
             await self._changed.wait()
             missing = self._missing(start, end)
+        if self._zip_looking:
+            self._look_for_zip()
+        if self._headers and (jumped or self._hinting):
+            self._fetch_headers_after(start, end, jumped)
+
+    # ----- zip archives
+
+    def _look_for_zip(self) -> None:
+        """Find the members of a zip archive once a reader has read its end and then its
+        central directory (zip readers read those first); stop looking once they are known or
+        the file is not a zip. Reads the partial file on the loop: bytes a reader just read,
+        in the page cache, at most `zipahead.TAIL` and then `zipahead.MAX_DIRECTORY` bytes."""
+        size = self.info.size
+        if self._directory is None:
+            start = max(self._on_disk_from(size), size - zipahead.TAIL, 0)
+            if start >= self._tail_seen:
+                return  # no more of the end on disk than last time
+            self._tail_seen = start
+            tail = self._read_partial(start, size)
+            found = None if tail is None else zipahead.find_directory(tail, start, size)
+            if found is None:
+                # not a zip, unless its end record lies before the bytes on disk so far
+                self._zip_looking = tail is not None and start > max(0, size - zipahead.TAIL)
+                return
+            if found[1] - found[0] > zipahead.MAX_DIRECTORY:
+                self._zip_looking = False
+                return
+            self._directory = found
+        cd_start, cd_end, shift = self._directory
+        if not self.has(cd_start, cd_end):
+            return
+        self._zip_looking = False
+        directory = self._read_partial(cd_start, cd_end)
+        if directory is not None:
+            self._headers = zipahead.member_headers(directory, shift, size)
+
+    def _on_disk_from(self, end: int) -> int:
+        """Where the bytes on disk that end at `end` begin (`end`: byte end - 1 is not)."""
+        at = end
+        while at > 0:
+            i = self._index_at(at - 1)
+            if i < 0 or self._runs[i].front < at:
+                break
+            at = self._runs[i].start
+        return at
+
+    def _read_partial(self, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of the partial file (on disk), or None once it is renamed."""
+        try:
+            fd = os.open(self.partial, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            data = os.pread(fd, end - start, start)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return data if len(data) == end - start else None
+
+    def _fetch_headers_after(self, start: int, end: int, jumped: bool) -> None:
+        """Once a reader's jumps land on members' local headers, fetch the headers of the next
+        `_HEADERS_AHEAD` members after each header it reads ([start, end) holds one), each in
+        a small run: a zip reader that goes from header to header (torch.load(mmap=True) reads
+        them one after the other) finds them on disk instead of waiting a GET for each. Two
+        such jumps in a row are needed: every zip reader jumps to the directory at the end
+        (which the last members' headers precede), but one that reads the archive in order
+        gets there with a window that brings its headers before it reads them."""
+        headers = self._headers
+        k = bisect.bisect_left(headers, start)
+        holds_header = k < len(headers) and headers[k] < end
+        if jumped:
+            self._header_jumps = self._header_jumps + 1 if holds_header else 0
+            self._hinting = self._hinting or self._header_jumps >= 2
+        if not (holds_header and self._hinting):
+            return
+        # as far past each header as this READ reaches past its own (a buffered read of a
+        # 4 KiB page: 1-2 pages)
+        reach = min(end - headers[k], _HEADER_HINT)
+        last = min(len(headers), k + 1 + _HEADERS_AHEAD)
+        if self._hinted_from <= k + 1 <= self._hinted_to:
+            first = self._hinted_to  # on from the headers already asked for
+        else:
+            first = self._hinted_from = k + 1
+        for header in headers[first:last]:
+            first_page = header - header % mmap.PAGESIZE
+            end_page = -(-(header + reach) // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._want(first_page, min(end_page, self.info.size), ahead=True)
+        self._hinted_to = max(self._hinted_to, last)
+        self._pump()
 
     def _want(self, start: int, end: int, ahead: bool = False) -> None:
         """Make sure runs will bring bytes [start, end): new reader runs for the gaps; for
@@ -391,6 +509,10 @@ class Fetch:
                     # a window moving on by a read's size: wait until a whole part is due
                     at = gap_end
                     continue
+                if not ahead and gap_end == self.info.size:
+                    # a read of the object's last bytes: formats that keep an index there (a
+                    # zip's central directory) read the bytes just before them next
+                    at = max(self._runs[j - 1].end if j else 0, min(at, gap_end - _END_RUN))
                 run = _Run(
                     at,
                     min(
