@@ -181,6 +181,9 @@ def _mount(argv: Sequence[str]) -> int:
     cache = make_layout(cache_root, config.cache.disk_strategy)
     cache.prepare()
     limits = cache_limits.resolve(config, cache.root, args.cache_max_size, args.cache_min_free)
+    low_room = cache_limits.low_room(limits, cache.root)
+    if low_room is not None:
+        log.warning("%s", low_room)
     mountpoint = args.mountpoint.expanduser().absolute()
     daemon.prepare_mountpoint(mountpoint, options.nonempty)
     daemon.check_rules(config, mountpoint)

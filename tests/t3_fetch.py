@@ -263,10 +263,11 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
 ) -> None:
     # A one-part fetch is verified and renamed into place by its own thread; the loop hears
     # of it a moment later. An open in between joins the fetch, whose partial file is gone.
-    data = b"sealed by the thread " * 100
+    # (More than one chunk: a smaller object is fetched by its open, which waits for it.)
+    data = b"sealed by the thread " * 80_000
     store = MemoryStore({"k": data})
     transfer = HeldTransfer()
-    fetcher = make_fetcher(tmp_path, transfer=transfer)
+    fetcher = make_fetcher(tmp_path, part_size=4 << 20, transfer=transfer)
     async with trio.open_nursery() as nursery:
         fetcher.start(nursery)
         first = await fetcher.open("s3://memory/k", store, store.head("k"))

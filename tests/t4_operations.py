@@ -78,8 +78,15 @@ async def test_each_open_is_counted_by_how_it_found_the_bytes(
 ) -> None:
     ops = operations(tmp_path, nursery, MemoryStore({"a.bin": DATA}, base_url="s3://bucket"))
     inode = (await lookup(ops, "s3/bucket/a.bin")).st_ino
-    first = await ops.open(inode, os.O_RDONLY, CTX)
-    second = await ops.open(inode, os.O_RDONLY, CTX)
+    opened: list[pyfuse3.FileInfo] = []
+
+    async def open_one() -> None:
+        opened.append(await ops.open(inode, os.O_RDONLY, CTX))
+
+    async with trio.open_nursery() as both:  # the second open comes while the first fetches
+        both.start_soon(open_one)
+        both.start_soon(open_one)
+    first, second = opened
     assert first.keep_cache and second.keep_cache  # the inode is one version
     with trio.fail_after(10):
         assert await ops.read(first.fh, 0, len(DATA) + 10) == DATA

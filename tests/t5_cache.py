@@ -135,6 +135,23 @@ def test_object_larger_than_the_cache_is_streamed_not_cached(
     assert "more than the cache can hold" in mount.log_text()
 
 
+def test_a_cache_disk_without_room_is_named_at_start_and_files_still_read(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(3 * MIB)
+    s3_server.put(bucket, "weights.bin", data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), extra_args=["--cache-min-free", "1000TiB"])
+    warning = next(
+        line for line in mount.log_text().splitlines() if "left for cached files" in line
+    )
+    assert "WARNING" in warning and str(mount.cache_dir) in warning
+    assert "no room" in warning and "--cache-min-free" in warning
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/weights.bin")
+    assert path.read_bytes() == data  # streamed: served, not cached
+    assert du(mount.cache_dir / "storage_manager/global") == 0
+
+
 def test_prefetch_then_reads_make_no_get_and_pins_survive_prune(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, tmp_path: Path
 ) -> None:

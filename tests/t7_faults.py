@@ -556,6 +556,131 @@ def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
     scene.check_after()
 
 
+# ----------------------------------------------------------------------------- small objects
+# An object of up to 1 MiB is fetched by its open, in one worker-thread hop (cache/fetch.py,
+# `Fetcher._open_small`); a failed or stalled first attempt is resumed like any other.
+
+
+def test_small_files_read_in_parallel_are_right_with_one_get_each(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    files = {unique_name(f"small{size}") + ".bin": object_data(size) for size in SMALL_SIZES}
+    for key, data in files.items():
+        scene.put(key, data)
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    keys = list(files) * 2  # each file opened twice, at about the same time
+    readers = [Reader(scene.path(key)) for key in keys]
+    for key, reader in zip(keys, readers, strict=True):
+        outcome = reader.result()
+        assert outcome.errno is None and sha256(outcome.data) == sha256(files[key])
+    for key in files:
+        assert s3_proxy.count("GET", f"/{scene.bucket}/{key}") == 1, key
+    scene.check_after()
+
+
+#: sizes around the one-chunk limit, and what a DataLoader sample is
+SMALL_SIZES = (1, 4096, 128 * 1024, MIB - 1, MIB)
+
+
+def test_two_opens_of_a_small_file_being_fetched_make_one_get(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("single-flight") + ".bin"
+    data = object_data(200_000)
+    scene.put(key, data)
+    request_path = f"/{scene.bucket}/{key}"
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    # the first open's GET is held after its first bytes while the second open comes
+    s3_proxy.stall(64 * 1024, 120, count=1, method="GET", path=request_path)
+    first = Reader(path)
+    poll_until(
+        lambda: any(r.body_bytes >= 64 * 1024 for r in s3_proxy.requests("GET", request_path)),
+        30,
+        "the first GET held",
+    )
+    second = Reader(path)
+    s3_proxy.release()
+    for reader in (first, second):
+        outcome = reader.result()
+        assert outcome.errno is None and outcome.data == data
+    assert s3_proxy.count("GET", request_path) == 1
+    scene.check_after()
+
+
+def test_small_file_replaced_mid_fetch_is_estale_then_the_new_version(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("small-replaced") + ".bin"
+    old, new = object_data(500_000), object_data(500_000)
+    scene.put(key, old)
+    request_path = f"/{scene.bucket}/{key}"
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server), options=["attr_timeout=1"])
+    path = scene.path(key)
+    assert path.stat().st_size == len(old)
+    s3_proxy.stall(100_000, 120, count=1, method="GET", path=request_path)
+    reader = Reader(path)
+    poll_until(
+        lambda: any(r.body_bytes >= 100_000 for r in s3_proxy.requests("GET", request_path)),
+        30,
+        "the GET held after 100 KB",
+    )
+    scene.put(key, new)
+    # the held GET's connection ends: the fetch resumes from its last byte, of the old version
+    s3_proxy.drop_connections()
+    s3_proxy.reset()
+    outcome = reader.result()
+    report("small object replaced mid-fetch", outcome)
+    # the bytes of the old version already in, then ESTALE: never a byte of the new one
+    assert outcome.errno == errno.ESTALE and old.startswith(outcome.data)
+    assert s3_proxy.count("GET", request_path) == 2
+    assert_cache_correct(scene.mount, scene.sources)
+    poll_until(lambda: read_now(path).data == new, 30, "the new version")
+    scene.check_after()
+
+
+def test_small_file_trickling_is_resumed_after_the_stall_window(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("small-stall") + ".bin"
+    data = object_data(300_000)
+    scene.put(key, data)
+    request_path = f"/{scene.bucket}/{key}"
+    # one byte a second after 100 KB: never silent for a read timeout, far from 1 MiB in the
+    # stall window (30 s)
+    s3_proxy.trickle(100_000, 1.0, count=1, method="GET", path=request_path)
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    outcome = read_now(scene.path(key))
+    report("small object trickling once", outcome)
+    assert outcome.errno is None and outcome.data == data
+    # its open's hop was given up after the stall window, and the fetch resumed (from the
+    # start: a small object is asked for as one chunk, none of which reached the file)
+    assert s3_proxy.count("GET", request_path) == 2
+    assert "stalled: less than 1 MiB in 30s" in scene.mount.log_text()
+    scene.check_after()
+
+
+def test_small_file_on_a_server_that_fails_every_get_is_eio_and_the_mount_recovers(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("small-down") + ".bin"
+    data = object_data(128 * 1024)
+    scene.put(key, data)
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
+        outcome = read_now(path)
+    report("small object, 500 on every attempt", outcome)
+    assert outcome.errno == errno.EIO
+    assert "server error" in scene.mount.log_text()
+    assert_cache_correct(scene.mount, scene.sources)
+    again = read_now(path)
+    assert again.errno is None and again.data == data
+    scene.check_after()
+
+
 # ----------------------------------------------------------------------------- server killed
 
 

@@ -16,6 +16,11 @@ read elsewhere starts a GET at its own offset at once, whatever else is in fligh
 that reads on gets a window ahead of it that doubles with what it has read in a row; the
 bytes nobody asked for are fetched by background GETs that give way while readers wait.
 
+Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
+thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
+small file costs the loop one hop and no task, where a fetch's runs cost three tasks and a
+hop more. A failed or given-up first attempt goes on as any fetch does.
+
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
 ever write to that file. Progress goes back to the trio loop without waiting for it
@@ -52,6 +57,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +117,9 @@ _FAST_GET = 100 << 20
 _FAST_LANES = 4
 #: A GET this short is too short to time the link by.
 _TIMED_GET = 1 << 20
+#: Objects up to this size are fetched by their open, in its one thread hop
+#: (`Fetcher._open_small`): one chunk.
+_SMALL = _CHUNK
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
 #: reader's bytes are in, and at the end of its run).
 _REPORT_EVERY = 4 << 20
@@ -133,7 +142,17 @@ class _Run:
     into the run, far ahead of its front) and `front`; the worker thread reads `end` before
     each chunk and stops there."""
 
-    __slots__ = ("attempt", "end", "front", "need", "reader", "start", "whole", "written")
+    __slots__ = (
+        "attempt",
+        "end",
+        "front",
+        "need",
+        "progress",
+        "reader",
+        "start",
+        "whole",
+        "written",
+    )
 
     def __init__(self, start: int, end: int, reader: bool, whole: bool = False) -> None:
         self.start = start
@@ -149,6 +168,8 @@ class _Run:
         self.whole = whole
         #: bytes on disk up to here, as the worker thread knows before it tells the loop
         self.written = start
+        #: the stall watch of its attempts (made by the first one)
+        self.progress: Progress | None = None
 
 
 class Fetch:
@@ -187,6 +208,11 @@ class Fetch:
         name: str | None = None,
     ) -> None:
         self.url = url
+        #: when the fetch was made (monotonic): its duration counts from here
+        self.started = time.monotonic()
+        #: the open fetching a small object in its one thread hop (`Fetcher._open_small`),
+        #: while that hop runs and after; None for the other fetches
+        self.first_hop: _FirstHop | None = None
         #: the index name of the final file (`CacheLayout.name_of`)
         self.name = final.name if name is None else name
         self.verify = verify
@@ -459,9 +485,17 @@ class Fetch:
 
     # ----- the download
 
-    async def run(self, transfer: Transfer, index: CacheIndex) -> None:
+    def prepare(self, transfer: Transfer, index: CacheIndex) -> None:
+        """Where its runs take their slots and its seal records the file."""
         self._index = index
         self._transfer = transfer
+
+    @property
+    def first_run(self) -> _Run:
+        return self._runs[0]
+
+    async def run(self, transfer: Transfer, index: CacheIndex) -> None:
+        self.prepare(transfer, index)
         try:
             self._report = trio.lowlevel.current_trio_token().run_sync_soon
             async with trio.open_nursery() as nursery:
@@ -539,8 +573,8 @@ class Fetch:
     async def _download(self, transfer: Transfer, run: _Run) -> None:
         """Download one run, resuming it from the last byte received after a failure or a
         stall, until it has gone `operation` seconds or `_TRIES` tries without a MiB."""
-        deadlines = self.store.deadlines
-        progress = Progress(deadlines.stall_window, deadlines.operation, self.url)
+        progress = run.progress or self.progress()
+        run.progress = progress
         tries = 0
         while run.front < run.end:
             started = time.monotonic()
@@ -567,6 +601,11 @@ class Fetch:
                     raise
                 log.warning("resuming %s at byte %d: %s", self.url, run.front, exc)
                 await trio.sleep(min(_backoff(tries), left))
+
+    def progress(self) -> Progress:
+        """A new stall watch for a run of this fetch (`transfer.Progress`)."""
+        deadlines = self.store.deadlines
+        return Progress(deadlines.stall_window, deadlines.operation, self.url)
 
     def _fetch_range(self, run: _Run, attempt: int, position: int, progress: Progress) -> None:
         """One attempt at the bytes of `run` from `position`, into the partial file (runs in a
@@ -691,7 +730,7 @@ class _Partial:
 
     def discard(self) -> None:
         """Close and remove it, unused (blocking)."""
-        _discard(self.path, self.lock_fd, self.read_fd)
+        _discard(self.path, *{self.lock_fd, self.read_fd})
 
 
 class _Lookup:
@@ -703,13 +742,54 @@ class _Lookup:
         self.ends = 0
 
 
+#: `_FirstHop.found` until the hop has found a file: nothing handed over yet
+_NOTHING = object()
+
+
+class _FirstHop:
+    """The one thread hop of a small object's cold open (`Fetcher._open_small`) and what it
+    hands the loop. The loop may give the hop up (stalled, or cancelled) while its thread runs
+    on: what the thread found or created is handed over under the lock, so that it is either
+    the loop's (`found`) or, once the loop gave up first, the thread's own to close."""
+
+    __slots__ = ("done", "error", "finished", "found", "given_up", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: a cache file's descriptor, a `_Partial`, None (stream it), or `_NOTHING`
+        self.found: object = _NOTHING
+        self.given_up = False
+        #: the thread returned (else it was given up, and may still run)
+        self.finished = False
+        #: what failed the download, if something did
+        self.error: Exception | None = None
+        #: set once the loop has dealt with the hop: opens joining its fetch wait for it
+        self.done = trio.Event()
+
+    def hand(self, found: object) -> bool:
+        """From the thread: hand `found` to the loop; False once the loop gave the hop up."""
+        with self.lock:
+            if self.given_up:
+                return False
+            self.found = found
+            return True
+
+    def give_up(self) -> object:
+        """From the loop: what the thread handed over so far; it hands nothing after this."""
+        with self.lock:
+            self.given_up = True
+            return self.found
+
+
 class Fetcher:
     """Finds a cache file for an object version, or starts (or joins) the fetch filling it.
 
     Blocking calls (opening, locking and touching cache files, the index, `statvfs`) run in
-    worker threads (`Transfer.local`): each open makes one such hop to find a cache file, and
-    one more to create a partial file or open a fetch's. After each hop the single-flight
-    table is looked at again: a fetch of the version may have started or ended meanwhile.
+    worker threads (`Transfer.local`): each open makes one such hop to find a cache file or
+    create a partial file, and a join one to open a fetch's. After each hop the single-flight
+    table is looked at again: a fetch of the version may have started or ended meanwhile. An
+    open of a small object makes its one hop in a data slot instead, and fetches the object
+    there (`_open_small`).
     """
 
     def __init__(
@@ -791,10 +871,20 @@ class Fetcher:
         key = (url, info.version)
         final = self.layout.final_path(url)
         verify = self.verify and store.md5_versions
+        small = 0 < info.size <= min(_SMALL, self.part_size) and self.shared is None
         while True:
             fetch = self.in_flight.get(key)
             if fetch is not None:
-                return await self._join(fetch, on_stale)
+                joined = await self._join(fetch, on_stale)
+                if joined is not None:
+                    return joined
+                continue  # its open found no fetch to make, or it failed: look again
+            if small:
+                reader = await self._open_small(url, store, info, final, verify, on_stale)
+                if reader is not None:
+                    return reader
+                small = False  # given up before it found a file (a slow disk): the usual way
+                continue
             lookup = self._lookups.setdefault(key, _Lookup())
             lookup.count += 1
             ends = lookup.ends
@@ -831,7 +921,14 @@ class Fetcher:
                 continue
             return self._start(url, store, info, final, found, on_stale)
 
-    async def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader:
+    async def _join(self, fetch: Fetch, on_stale: Callable[[], None]) -> FetchReader | None:
+        """A reader of `fetch`; None when it turned out no fetch, or failed, in its first
+        hop (the open looks again)."""
+        hop = fetch.first_hop
+        if hop is not None and not hop.done.is_set():
+            await hop.done.wait()
+            if fetch.error is not None or not isinstance(hop.found, _Partial):
+                return None
         # counted before the wait: a fetch nobody reads may be stopped meanwhile
         fetch.readers += 1
         try:
@@ -858,11 +955,19 @@ class Fetcher:
         changed.set()
 
     def _find_or_create(
-        self, final: Path, url: str, info: ObjectInfo, verify: bool, used: int, reserved: int
+        self,
+        final: Path,
+        url: str,
+        info: ObjectInfo,
+        verify: bool,
+        used: int,
+        reserved: int,
+        one_fd: bool = False,
     ) -> int | _Partial | None:
         """A shared-locked read descriptor of the complete cache file of `info`'s version,
         touched as a hit; else, when the object fits the limits (`used` bytes cached,
-        `reserved` still to come), a new partial file for its fetch; else None (stream it).
+        `reserved` still to come), a new partial file for its fetch (`one_fd`: its lock
+        descriptor is its reader's too); else None (stream it).
         Blocking: runs in a worker thread."""
         fd = self._cached_fd(final, url, info, verify)
         if fd is not None:
@@ -871,7 +976,7 @@ class Fetcher:
         if not self.limits.fits(info.size, free, used, reserved):
             return None
         try:
-            return self._create_partial(final, url)
+            return self._create_partial(final, url, one_fd)
         except LayoutConflict as exc:
             log.info("streaming %s: the cache layout cannot hold it (%s)", url, exc)
             return None
@@ -920,14 +1025,25 @@ class Fetcher:
         if self._nursery is None:
             partial.discard()
             raise RuntimeError("Fetcher.start() was not called")
-        key = (url, info.version)
+        fetch = self._new_fetch(url, store, info, final, partial.path)
+        self.in_flight[(url, info.version)] = fetch
+        self._nursery.start_soon(self._run, fetch, partial.lock_fd)
+        # told once the fetch is sure to run, and so to report its end
+        tell(self.events.fetch_started, fetch)
+        self._changed()
+        return FetchReader(partial.read_fd, fetch, True, self.release, on_stale)
+
+    def _new_fetch(
+        self, url: str, store: ObjectStore, info: ObjectInfo, final: Path, partial: Path
+    ) -> Fetch:
+        """The fetch of `info`'s version into `partial`, read by its opener."""
         # A server without byte ranges is read by one GET: one part, the whole object.
         fetch = Fetch(
             url,
             store,
             info,
             final,
-            partial.path,
+            partial,
             self.part_size if info.ranged else max(info.size, 1),
             self.parallel if info.ranged else 1,
             self.verify and store.md5_versions,
@@ -935,21 +1051,136 @@ class Fetcher:
             self.layout.name_of(final),
         )
         fetch.readers = 1
-        self.in_flight[key] = fetch
-        self._nursery.start_soon(self._run, fetch, partial.lock_fd)
-        # told once the fetch is sure to run, and so to report its end
-        tell(self.events.fetch_started, fetch)
-        self._changed()
-        return FetchReader(partial.read_fd, fetch, True, self.release, on_stale)
+        return fetch
 
-    def _create_partial(self, final: Path, url: str) -> _Partial:
-        """A new locked partial file for `final` (blocking: runs in a worker thread)."""
+    async def _open_small(
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        final: Path,
+        verify: bool,
+        on_stale: Callable[[], None],
+    ) -> ObjectReader | None:
+        """The open of an object of one chunk (`_SMALL`), in one thread hop: find its cache
+        file, else create the partial file, GET the object, write, hash, seal it and hand
+        back the read descriptor. Each hop to a worker thread and each trio task costs the
+        loop about as much as the work it carries, and a small file's cold open made four.
+
+        Single flight holds: the fetch is in flight from the start, and an open of the same
+        version waits for the hop (`_join`). The hop is the fetch's first attempt, in a data
+        slot, given up after the stall window (a small object has less than 1 MiB to bring);
+        a failed or stalled attempt is resumed by the fetch's usual machinery (`Fetch.run`),
+        under the same deadlines. None: the hop was given up before it found a file.
+        """
+        reserved = self.reserved_bytes()  # before this fetch counts
+        fetch = self._new_fetch(url, store, info, final, final)  # its partial: made by the hop
+        fetch.prepare(self.transfer, self.index)
+        hop = fetch.first_hop = _FirstHop()
+        run = fetch.first_run
+        run.progress = progress = fetch.progress()
+        run.attempt = 1
+        self.in_flight[(url, info.version)] = fetch
+        try:
+            async with self.transfer.data_slot():
+                with trio.move_on_after(progress.window):
+                    await self.transfer.in_thread(
+                        self._first_hop, fetch, hop, final, verify, self.usage_bytes, reserved
+                    )
+                    hop.finished = True
+            found = hop.found if hop.finished else hop.give_up()
+        except BaseException:
+            found = hop.give_up()
+            if isinstance(found, int):
+                os.close(found)
+            elif isinstance(found, _Partial):
+                run.attempt += 1  # its thread writes no more
+                tell(self.events.fetch_started, fetch)
+                fetch._fail(Unavailable("fetch cancelled (daemon stopping)", url), quiet=True)
+                os.close(found.read_fd)
+                self._end(fetch, None)
+            self._forget(fetch)
+            hop.done.set()
+            raise
+        if not isinstance(found, _Partial):
+            self._forget(fetch)
+            hop.done.set()
+            if found is _NOTHING:
+                return None
+            if found is None:
+                log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
+                return StreamReader(Stream(store, info, self.transfer, url, self.events))
+            assert isinstance(found, int)
+            self._note_source(url, "l1")
+            if self.index.pending:
+                self._changed()  # as in `open`
+            return CachedReader(found)
+        tell(self.events.fetch_started, fetch)
+        received = run.written
+        tell(self.events.fetch_received, fetch, received)
+        if hop.finished and fetch.sealed:
+            fetch._done = run.front = received
+            fetch.complete = True
+            log.debug("fetched %s (%d bytes)", url, info.size)
+            fetch.ended.set()
+            self._note_source(url, "bucket")
+            self.usage_bytes += info.size
+            self._end(fetch, None)
+        elif hop.finished and not isinstance(hop.error, Unavailable):
+            if not isinstance(hop.error, ClearmountError | OSError):
+                log.error("unexpected error fetching %s", url, exc_info=hop.error)
+            fetch._fail(hop.error or Unavailable("fetch ended unfinished", url))
+            fetch.ended.set()
+            self._end(fetch, None)
+        else:
+            # resumed from its last byte by the usual machinery, as `Fetch._download` does
+            fetch._done = run.front = received
+            if not hop.finished:
+                run.attempt += 1  # its thread may run on: its bytes no longer count
+                fetch._digest = None
+            why = hop.error if hop.finished else f"stalled: less than 1 MiB in {progress.window:g}s"
+            log.warning("resuming %s at byte %d: %s", url, received, why)
+            assert self._nursery is not None
+            # the partial file's lock lasts as long as its writer, not only as its reader
+            self._nursery.start_soon(self._run, fetch, os.dup(found.lock_fd))
+            self._changed()
+        hop.done.set()
+        return FetchReader(found.read_fd, fetch, True, self.release, on_stale)
+
+    def _first_hop(
+        self, fetch: Fetch, hop: _FirstHop, final: Path, verify: bool, used: int, reserved: int
+    ) -> None:
+        """The thread of `_open_small`: what it finds or creates goes to `hop`."""
+        found = self._find_or_create(
+            final, fetch.url, fetch.info, verify, used, reserved, one_fd=True
+        )
+        if isinstance(found, _Partial):
+            fetch.partial = found.path
+        if not hop.hand(found):
+            # the loop gave the open up meanwhile: nobody else will close these
+            if isinstance(found, int):
+                os.close(found)
+            elif isinstance(found, _Partial):
+                found.discard()
+            return
+        if isinstance(found, _Partial):
+            run = fetch.first_run
+            try:
+                fetch._fetch_range(run, 1, 0, run.progress or fetch.progress())
+            except Exception as exc:  # the loop decides: resume, or fail the fetch
+                hop.error = exc
+
+    def _create_partial(self, final: Path, url: str, one_fd: bool = False) -> _Partial:
+        """A new locked partial file for `final` (blocking: runs in a worker thread); with
+        `one_fd`, its lock descriptor (shared-locked, readable) is its reader's too."""
         try:
             path, lock_fd = self.layout.create_partial(final)
         except LayoutConflict:
             raise
         except OSError as exc:
             raise CacheError(f"cannot create a cache file for {url}: {exc.strerror}") from None
+        if one_fd:
+            return _Partial(path, lock_fd, lock_fd)
         try:
             return _Partial(path, lock_fd, _open_read(path))
         except BaseException:
@@ -968,16 +1199,22 @@ class Fetcher:
             if fetch.complete:
                 self.usage_bytes += fetch.info.size
         finally:
-            self._forget(fetch)
-            lookup = self._lookups.get((fetch.url, fetch.info.version))
-            if lookup is not None:
-                lookup.ends += 1
-            # closing a descriptor nobody wrote through: no I/O (see cache.reader)
-            os.close(lock_fd)
-            self._report_end(fetch)
-            self._changed()
+            self._end(fetch, lock_fd)
             if self.shared is not None and self._nursery is not None:
                 self._nursery.start_soon(self.shared.finish, fetch)
+
+    def _end(self, fetch: Fetch, lock_fd: int | None) -> None:
+        """`fetch` has ended: out of the single-flight table, its end reported, its partial
+        file's lock descriptor closed (None: already closed)."""
+        self._forget(fetch)
+        lookup = self._lookups.get((fetch.url, fetch.info.version))
+        if lookup is not None:
+            lookup.ends += 1
+        if lock_fd is not None:
+            # closing a descriptor nobody wrote through: no I/O (see cache.reader)
+            os.close(lock_fd)
+        self._report_end(fetch)
+        self._changed()
 
     def _report_end(self, fetch: Fetch) -> None:
         """Tell the observer how `fetch` ended (its one end event)."""

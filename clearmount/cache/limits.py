@@ -6,6 +6,8 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
+- `low_room`: the warning a mount starts with when its filesystem leaves (almost) no room
+  for cached files;
 - `EVICTION_INTERVAL` / `CHECK_GAP` / `STUCK_PAUSE` / `RESCAN_INTERVAL`, `eviction_due` and
   `eviction_due_by_size`: when the daemon's eviction loop checks and scans.
 The numbers these decisions take (bytes used, free, reserved) are measured by their callers,
@@ -21,7 +23,11 @@ from pathlib import Path
 
 from clearmount.config import Config, parse_size
 from clearmount.errors import UserError
+from clearmount.units import format_bytes
 
+#: Room for cached files (free space less the minimum kept free) below which a mount starts
+#: with a warning: every file larger than that room is streamed, uncached.
+LOW_ROOM = 1 << 30
 #: Seconds between checks of the cache limits when no fetch starts or ends.
 EVICTION_INTERVAL = 5.0
 #: Shortest gap between two free-space checks: the fetch starts and ends of a burst of small
@@ -111,6 +117,25 @@ def free_bytes(root: Path) -> int | None:
     except OSError:
         return None
     return vfs.f_bavail * vfs.f_frsize
+
+
+def low_room(limits: CacheLimits, root: Path) -> str | None:
+    """The warning for a cache whose filesystem leaves less than `LOW_ROOM` for cached files
+    beyond the free space kept (blocking: a `statvfs`), or None. Such a mount evicts the cache
+    down to what it must keep and streams, uncached, every file that does not fit: the
+    operator should know at start, not from slow reads later."""
+    free = free_bytes(root)
+    if not limits.min_free_bytes or free is None:
+        return None
+    room = free - limits.min_free_bytes
+    if room >= LOW_ROOM:
+        return None
+    left = f"only {format_bytes(room)}" if room > 0 else "no room"
+    return (
+        f"the cache's filesystem ({root}) has {format_bytes(free)} free and the mount keeps "
+        f"{format_bytes(limits.min_free_bytes)} free: {left} left for cached files, so larger "
+        "files are streamed without caching (free some space, or lower --cache-min-free)"
+    )
 
 
 def resolve(

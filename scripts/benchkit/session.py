@@ -91,14 +91,7 @@ class MountSession:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the mount process so far (0 once it is gone)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.proc is None else cpu_seconds(f"/proc/{self.proc.pid}/stat")
 
     def hwm_kib(self) -> int | None:
         return None if self.proc is None else vm_hwm_kib(self.proc.pid)
@@ -179,17 +172,38 @@ def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return outcome["value"]
 
 
+def cpu_seconds(stat: str) -> float:
+    """User + system CPU time in a /proc stat file so far (0 once it is gone)."""
+    try:
+        with open(stat) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Profiler:
-    """py-spy (--nonblocking) on the mount process while one step runs, collapsed stacks."""
+    """py-spy (--nonblocking) on the mount process while one step runs, collapsed stacks;
+    and, profiled or not, the process's CPU seconds over the step, logged (all threads, and
+    its main thread: clearmount's trio loop)."""
 
     def __init__(self, enabled: bool, pid: int | None, out: Path, idle: bool = False) -> None:
-        self.enabled = enabled and pid is not None and py_spy_binary() is not None
         self.pid = pid
+        self.enabled = enabled and pid is not None and py_spy_binary() is not None
         self.idle = idle
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cpu = (0.0, 0.0)
+
+    def _cpu(self) -> tuple[float, float]:
+        """CPU seconds of the whole process (threads gone included) and of its main thread."""
+        return cpu_seconds(f"/proc/{self.pid}/stat"), cpu_seconds(
+            f"/proc/{self.pid}/task/{self.pid}/stat"
+        )
 
     def __enter__(self) -> Profiler:
+        if self.pid is not None:
+            self.cpu = self._cpu()
         if self.enabled:
             self.proc = subprocess.Popen(
                 [
@@ -215,6 +229,11 @@ class Profiler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.pid is not None:
+            total, main = (now - before for now, before in zip(self._cpu(), self.cpu, strict=True))
+            log(
+                f"{self.out.stem}: mount CPU {total:.2f} s over the step ({main:.2f} s main thread)"
+            )
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)
             try:
