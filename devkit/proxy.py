@@ -68,6 +68,7 @@ class Seen:
     status: int | None = None  # final status sent to the client (None: none sent)
     fault: str | None = None  # fault kinds applied, comma separated
     body_bytes: int = 0  # response body bytes sent to the client
+    ended: float | None = None  # when its response was sent whole (time.monotonic)
 
     @property
     def path(self) -> str:
@@ -451,6 +452,7 @@ class _Connection:
             self._pump_body(ureader, rheaders, sink, until_close=not framed)
             if not framed:
                 upstream_closes = True
+        seen.ended = time.monotonic()
         if upstream_closes:
             self._close_upstream()
         return not (close or upstream_closes)

@@ -20,12 +20,13 @@ import trio
 
 from clearmount import config
 from clearmount.cache.events import FetchEvents
-from clearmount.cache.fetch import FIRST_WINDOW, Fetch
+from clearmount.cache.fetch import _FAST_LANES, FIRST_WINDOW, Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import ManagerLayout
 from clearmount.cache.limits import CacheLimits
 from clearmount.cache.reader import FetchReader, ObjectReader, Outcome, StreamReader
 from clearmount.errors import CacheError, ClearmountError, Unavailable
+from clearmount.transfer import Transfer
 from memstore import GatedStore, HeldTransfer, MemoryStore, make_fetcher
 
 
@@ -38,6 +39,60 @@ def fetch_of(reader: ObjectReader) -> Fetch:
 async def ended(fetch: Fetch) -> None:
     with trio.fail_after(10):
         await fetch.ended.wait()
+
+
+class PacedStore(MemoryStore):
+    """Sends each 1 MiB chunk after `pause` seconds, and keeps the most GETs it had in flight
+    at once (`most`)."""
+
+    def __init__(self, objects: dict[str, bytes], pause: float) -> None:
+        super().__init__(objects)
+        self.pause = pause
+        self.most = 0
+        self._running = 0
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        with self._lock:
+            self._running += 1
+            self.most = max(self.most, self._running)
+        try:
+            for chunk in super().read_range(key, version, start, end, chunk_size):
+                time.sleep(self.pause * len(chunk) / (1 << 20))
+                yield chunk
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+@pytest.mark.parametrize(
+    ("pause", "fast"), [(0.002, True), (0.05, False)], ids=["fast-link", "slow-link"]
+)
+async def test_a_sequential_reader_gets_as_many_gets_at_once_as_the_link_needs(
+    tmp_path: Path, pause: float, fast: bool
+) -> None:
+    # Where one GET brings hundreds of MB/s, a few at once bring all the daemon can take,
+    # and each one more is a thread taking the GIL from the FUSE loop; where each brings
+    # 20 MB/s, the window is fetched by as many GETs as configured.
+    data = os.urandom(64 << 20)
+    store = PacedStore({"k": data}, pause)
+    fetcher = make_fetcher(tmp_path, transfer=Transfer(4, 32))
+    fetcher.parallel = 16
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        got = bytearray()
+        with trio.fail_after(60):
+            while len(got) < len(data):
+                got += await reader.read(len(got), 1 << 20)
+        reader.close()
+        await ended(fetch_of(reader))
+    assert got == data
+    if fast:
+        assert store.most <= _FAST_LANES + 1  # and the reader's own GET, if it waits
+    else:
+        assert store.most > _FAST_LANES + 1
 
 
 async def test_bytes_not_matching_the_etag_md5_are_discarded(tmp_path: Path) -> None:

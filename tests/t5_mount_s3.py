@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import math
 import os
 import random
 import struct
@@ -150,6 +151,38 @@ def test_a_read_at_the_end_of_a_cold_object_is_served_by_its_own_small_get(
     assert sha256(read_file(path)) == sha256(data)
     gets = s3_proxy.requests("GET", f"/{bucket}/{key}")
     assert sum(g.body_bytes for g in gets) <= size + 2 * FIRST_WINDOW
+
+
+def most_at_once(gets: list[Seen]) -> int:
+    """The most of these requests whose responses were being sent at the same time."""
+    edges = sorted(
+        [(get.time, 1) for get in gets] + [(get.ended or math.inf, -1) for get in gets],
+        key=lambda edge: (edge[0], edge[1]),
+    )
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_a_sequential_read_over_a_slow_link_runs_many_gets_at_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, big_object
+) -> None:
+    # A fetch on a fast link runs few GETs at once (t3_fetch); where each GET is slow to
+    # come (here answered after 0.3 s), the reader's window is fetched by up to the
+    # configured 16 at once.
+    key, data = big_object
+    boto3 = "aws.boto3 { multipart_chunksize: 2097152, max_multipart_concurrency: 16 }"
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin, sdk_extra=boto3))
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    s3_proxy.reset()
+    s3_proxy.delay(0.3, method="GET", path=f"/{bucket}/{key}")
+    with open(path, "rb") as f:
+        got = f.read(64 * MIB)
+    assert sha256(got) == sha256(data[: 64 * MIB])
+    assert most_at_once(s3_proxy.requests("GET", f"/{bucket}/{key}")) > 5
 
 
 def test_listing_is_complete_paginated_and_nested(

@@ -121,6 +121,15 @@ _QUIET = 0.5
 #: fewer, larger steps.
 _READER_CHUNK = 256 << 10
 _CHUNK = 1 << 20
+#: A GET bringing this many bytes a second came over a fast link (a server on the same host
+#: or network): there a few GETs at once bring what the daemon can take, and each one more
+#: is a worker thread taking the GIL from the FUSE loop, whose reads then wait.
+_FAST_GET = 100 << 20
+#: The GETs a fetch runs at once for readers' windows and in the background once one of
+#: its GETs was fast (a jump still gets its own at once).
+_FAST_LANES = 4
+#: A GET this short is too short to time the link by.
+_TIMED_GET = 1 << 20
 #: Objects up to this size are fetched by their open, in its one thread hop
 #: (`Fetcher._open_small`): one chunk.
 _SMALL = _CHUNK
@@ -221,14 +230,17 @@ class Fetch:
       `parallel` limit; one inside a run whose front is far behind it cuts that run there;
     - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
       has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
-      `parallel` at a time;
+      `lanes` at a time;
     - once readers have read a zip's end and directory and jumped to two members' local
       headers in a row, each header read has the next `_HEADERS_AHEAD` headers fetched
-      ahead in small runs, like a window;
+      ahead in small runs, like a window, `parallel` at a time (a run shorter than
+      `_TIMED_GET` is a round trip more than a stream of bytes: `lanes` does not hold it);
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
-      last `_QUIET` seconds, `parallel` at a time otherwise. So an opened file still ends up
+      last `_QUIET` seconds, `lanes` at a time otherwise. So an opened file still ends up
       complete in the cache, and a reader never shares the link with bytes nobody wants yet.
+    `lanes` is `parallel` until one of the fetch's GETs brings `_FAST_GET` bytes a second,
+    then `_FAST_LANES`: on a fast link more GETs at once add no bytes, only threads.
     """
 
     def __init__(
@@ -261,6 +273,8 @@ class Fetch:
         self.part_size = part_size
         parts = -(-info.size // part_size)
         self.parallel = max(1, min(parallel, parts))
+        #: window and background runs at once (see the class docstring)
+        self.lanes = self.parallel
         self._done = 0
         # the runs, ordered by start, never overlapping; `_starts` their starts (for bisect)
         self._runs: list[_Run] = []
@@ -551,15 +565,15 @@ class Fetch:
 
     def _pump(self) -> None:
         """Start the runs the priorities allow: the bytes readers wait for at once, then
-        their windows up to `parallel` runs, then background runs, only once readers are
-        quiet (up to `parallel`)."""
+        their windows up to `lanes` runs (small ones up to `parallel`), then background runs,
+        only once readers are quiet (up to `lanes`)."""
         nursery = self._nursery
         if nursery is None or self.error is not None:
             return
         # the bytes a reader waits for get one run more than `parallel`: a jump never waits
         # behind the window runs of a sequential reader
         while (self._urgent and self._readers_active <= self.parallel) or (
-            self._queue and self._readers_active < self.parallel
+            self._queue and self._readers_active < self._lanes_for(self._queue[0])
         ):
             run = (self._urgent or self._queue).popleft()
             if run.front >= run.end:
@@ -572,7 +586,7 @@ class Fetch:
         elif self._readers_active or time.monotonic() - self._demand_at < _QUIET:
             allowed = 0  # readers came lately: the link is theirs
         else:
-            allowed = self.parallel
+            allowed = self.lanes
         while self._background_active < allowed:
             gap = self._next_gap()
             if gap is None:
@@ -678,7 +692,9 @@ class Fetch:
         transfer = self._transfer
         try:
             async with transfer.data_slot(for_reader=self.readers > 0):
+                started, front = time.monotonic(), run.front
                 await self._download(transfer, run)
+                self._timed(run.front - front, time.monotonic() - started)
         except (ClearmountError, OSError, _Aborted) as exc:
             if self.error is None:
                 self._fail(exc)
@@ -706,6 +722,17 @@ class Fetch:
             settled, self._settled = self._settled, trio.Event()
             settled.set()
             self._pump()
+
+    def _lanes_for(self, run: _Run) -> int:
+        """How many reader runs may be in flight for `run` to start: a small one (a zip
+        header fetched ahead) is a round trip, not a stream of bytes, and gets `parallel`."""
+        return self.parallel if run.end - run.start < _TIMED_GET else self.lanes
+
+    def _timed(self, size: int, seconds: float) -> None:
+        """A GET brought `size` bytes in `seconds` (from its request to its last byte)."""
+        if size >= _TIMED_GET and size >= _FAST_GET * seconds and self.lanes > _FAST_LANES:
+            self.lanes = _FAST_LANES
+            log.debug("%s: a fast link, %d GETs at once", self.url, self.lanes)
 
     async def _download(self, transfer: Transfer, run: _Run) -> None:
         """Download one run, resuming it from the last byte received after a failure or a
