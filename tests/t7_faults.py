@@ -537,20 +537,23 @@ def test_error_burst_then_recovery_is_invisible(
     scene.check_after()
 
 
+@pytest.mark.parametrize("size", [PART + 1, 128 * 1024], ids=["parts", "small"])
 def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, size: int
 ) -> None:
+    # a small object is fetched by its open's one thread hop: its failure takes the same road
     key = unique_name("down") + ".bin"
-    data = object_data(PART + 1)
+    data = object_data(size)
     scene.put(key, data)
     scene.mount = mounted(fast_conf(s3_proxy, scene.server))
     path = scene.path(key)
     assert path.stat().st_size == len(data)
     with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
         outcome = read_now(path)
-    report("500 on every attempt", outcome)
+    report(f"{size} bytes, 500 on every attempt", outcome)
     assert outcome.errno == errno.EIO
     assert "server error" in scene.mount.log_text()
+    assert_cache_correct(scene.mount, scene.sources)
     again = read_now(path)
     assert again.errno is None and again.data == data
     scene.check_after()
@@ -658,26 +661,6 @@ def test_small_file_trickling_is_resumed_after_the_stall_window(
     # start: a small object is asked for as one chunk, none of which reached the file)
     assert s3_proxy.count("GET", request_path) == 2
     assert "stalled: less than 1 MiB in 30s" in scene.mount.log_text()
-    scene.check_after()
-
-
-def test_small_file_on_a_server_that_fails_every_get_is_eio_and_the_mount_recovers(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
-) -> None:
-    key = unique_name("small-down") + ".bin"
-    data = object_data(128 * 1024)
-    scene.put(key, data)
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
-    path = scene.path(key)
-    assert path.stat().st_size == len(data)
-    with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
-        outcome = read_now(path)
-    report("small object, 500 on every attempt", outcome)
-    assert outcome.errno == errno.EIO
-    assert "server error" in scene.mount.log_text()
-    assert_cache_correct(scene.mount, scene.sources)
-    again = read_now(path)
-    assert again.errno is None and again.data == data
     scene.check_after()
 
 
