@@ -563,6 +563,9 @@ def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
 # An object of up to 1 MiB is fetched by its open, in one worker-thread hop (cache/fetch.py,
 # `Fetcher._open_small`); a failed or stalled first attempt is resumed like any other.
 
+#: sizes around the one-chunk limit, and what a DataLoader sample is
+SMALL_SIZES = (1, 4096, 128 * 1024, MIB - 1, MIB)
+
 
 def test_small_files_read_in_parallel_are_right_with_one_get_each(
     mounted: MountFactory, scene: Scene, s3_proxy: Proxy
@@ -579,10 +582,6 @@ def test_small_files_read_in_parallel_are_right_with_one_get_each(
     for key in files:
         assert s3_proxy.count("GET", f"/{scene.bucket}/{key}") == 1, key
     scene.check_after()
-
-
-#: sizes around the one-chunk limit, and what a DataLoader sample is
-SMALL_SIZES = (1, 4096, 128 * 1024, MIB - 1, MIB)
 
 
 def test_two_opens_of_a_small_file_being_fetched_make_one_get(

@@ -653,6 +653,41 @@ class Fetch:
     def first_run(self) -> _Run:
         return self._runs[0]
 
+    # ----- the first attempt made by an open's thread hop (`Fetcher._open_small`)
+
+    def first_attempt(self) -> None:
+        """The first attempt at this one-run fetch, in the thread of its open's hop: the
+        object into the partial file, sealed once whole (blocking)."""
+        run = self.first_run
+        self._fetch_range(run, 1, 0, run.progress or self.progress())
+
+    def first_attempt_ended(self, finished: bool, error: Exception | None) -> bool:
+        """From the loop, once the open's hop returned (`finished`, with the `error` that
+        ended its attempt, if one did) or was given up: the fetch is complete, or failed, or
+        (True) its run goes on from the bytes the hop wrote, as `_download` resumes one."""
+        run = self.first_run
+        if finished and (self.sealed or not isinstance(error, Unavailable)):
+            if self.sealed:
+                self._done = run.front = run.written
+                self.complete = True
+                log.debug("fetched %s (%d bytes)", self.url, self.info.size)
+            else:
+                if not isinstance(error, ClearmountError | OSError):
+                    log.error("unexpected error fetching %s", self.url, exc_info=error)
+                self._fail(error or Unavailable("fetch ended unfinished", self.url))
+            self.ended.set()
+            return False
+        self._done = run.front = run.written
+        if not finished:
+            run.attempt += 1  # its thread may run on: its bytes no longer count
+            self._digest = None
+        return True
+
+    def abandon_first_attempt(self) -> None:
+        """The open's hop was cancelled (the daemon stops): its thread writes no more."""
+        self.first_run.attempt += 1
+        self._fail(Unavailable("fetch cancelled (daemon stopping)", self.url), quiet=True)
+
     async def run(self, transfer: Transfer, index: CacheIndex) -> None:
         self.prepare(transfer, index)
         try:
@@ -1328,9 +1363,8 @@ class Fetcher:
             if isinstance(found, _Hit):
                 os.close(found.fd)
             elif isinstance(found, _Partial):
-                run.attempt += 1  # its thread writes no more
                 tell(self.events.fetch_started, fetch)
-                fetch._fail(Unavailable("fetch cancelled (daemon stopping)", url), quiet=True)
+                fetch.abandon_first_attempt()
                 os.close(found.read_fd)
                 self._end(fetch, None)
             self._forget(fetch)
@@ -1353,26 +1387,13 @@ class Fetcher:
         tell(self.events.fetch_started, fetch)
         received = run.written
         tell(self.events.fetch_received, fetch, received)
-        if hop.finished and fetch.sealed:
-            fetch._done = run.front = received
-            fetch.complete = True
-            log.debug("fetched %s (%d bytes)", url, info.size)
-            fetch.ended.set()
-            self._note_source(url, "bucket")
-            self.usage_bytes += info.size
-            self._end(fetch, None)
-        elif hop.finished and not isinstance(hop.error, Unavailable):
-            if not isinstance(hop.error, ClearmountError | OSError):
-                log.error("unexpected error fetching %s", url, exc_info=hop.error)
-            fetch._fail(hop.error or Unavailable("fetch ended unfinished", url))
-            fetch.ended.set()
+        if not fetch.first_attempt_ended(hop.finished, hop.error):
+            if fetch.complete:
+                self._note_source(url, "bucket")
+                self.usage_bytes += info.size
             self._end(fetch, None)
         else:
-            # resumed from its last byte by the usual machinery, as `Fetch._download` does
-            fetch._done = run.front = received
-            if not hop.finished:
-                run.attempt += 1  # its thread may run on: its bytes no longer count
-                fetch._digest = None
+            # resumed from its last byte by the usual machinery
             why = hop.error if hop.finished else f"stalled: less than 1 MiB in {progress.window:g}s"
             log.warning("resuming %s at byte %d: %s", url, received, why)
             assert self._nursery is not None
@@ -1399,9 +1420,8 @@ class Fetcher:
                 found.discard()
             return
         if isinstance(found, _Partial):
-            run = fetch.first_run
             try:
-                fetch._fetch_range(run, 1, 0, run.progress or fetch.progress())
+                fetch.first_attempt()
             except Exception as exc:  # the loop decides: resume, or fail the fetch
                 hop.error = exc
 
