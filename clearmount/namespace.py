@@ -25,11 +25,12 @@ listings answered from the caches, getattr, readdir and read never walk.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -210,6 +211,10 @@ class Namespace:
         self._known: dict[MountPath, _Known] = {}
         self._listings: dict[MountPath, _Listing] = {}
         self._listing_ahead: set[MountPath] = set()
+        # directories with a listing on its way, and what the mount itself did in them
+        # meanwhile: the listing, older than those changes, must not undo them
+        self._listing_now: dict[MountPath, int] = {}
+        self._changed_while_listing: dict[MountPath, dict[str, _Known]] = {}
         self._too_big: set[MountPath] = set()
         self._refused: set[str] = set()
         # stores without a listing (plain HTTP): the names looked up in each directory
@@ -588,13 +593,14 @@ class Namespace:
         """The entries of a directory; `child` turns one into a node when it is handed out."""
         listing = self._listings.get(node.path)
         if listing is None or not self._listing_fresh(listing):
-            if node.kind in (Kind.ROOT, Kind.VIRTUAL):
-                listing = await self._list_virtual(node)
-            elif not (await self.store_for(node.parts))[0].listable:
-                listing = self._list_looked_up(node.path)
-            else:
-                listing = await self._list_prefix(node.parts)
-            await self._install_listing(node.path, listing)
+            with self._listing_on_its_way(node.path):
+                if node.kind in (Kind.ROOT, Kind.VIRTUAL):
+                    listing = await self._list_virtual(node)
+                elif not (await self.store_for(node.parts))[0].listable:
+                    listing = self._list_looked_up(node.path)
+                else:
+                    listing = await self._list_prefix(node.parts)
+                await self._install_listing(node.path, listing)
         entries = [
             (name, Entry(node.path.child(name), known.kind, known.info, known.target))
             for name, known in listing.names.items()
@@ -610,8 +616,29 @@ class Namespace:
             ]
         return entries
 
+    @contextlib.contextmanager
+    def _listing_on_its_way(self, path: MountPath) -> Iterator[None]:
+        """Around the making and installing of a listing of `path`: changes the mount makes
+        there meanwhile are kept for `_install_listing` (see `_learn`)."""
+        self._listing_now[path] = self._listing_now.get(path, 0) + 1
+        try:
+            yield
+        finally:
+            self._listing_now[path] -= 1
+            if not self._listing_now[path]:
+                del self._listing_now[path]
+                self._changed_while_listing.pop(path, None)
+
     async def _install_listing(self, path: MountPath, listing: _Listing) -> None:
         await self._apply_direct(path, listing)
+        # a file saved through the mount while the LIST was on its way may be missing from
+        # it (and no longer shown as a local file): what the mount did since counts
+        for name, known in self._changed_while_listing.get(path, {}).items():
+            if known.at > listing.at:
+                if known.kind is None:
+                    listing.names.pop(name, None)
+                else:
+                    listing.names[name] = known
         if listing.complete:
             self._listings[path] = listing
         for name, known in listing.names.items():
@@ -643,8 +670,9 @@ class Namespace:
 
     async def _list_ahead_task(self, path: MountPath) -> None:
         try:
-            listing = await self._list_prefix(path.parts, max_pages=_LIST_AHEAD_PAGES)
-            await self._install_listing(path, listing)
+            with self._listing_on_its_way(path):
+                listing = await self._list_prefix(path.parts, max_pages=_LIST_AHEAD_PAGES)
+                await self._install_listing(path, listing)
             if not listing.complete:
                 self._too_big.add(path)  # its lookups go to the server, one by one
         except StoreError as exc:
@@ -856,6 +884,8 @@ class Namespace:
         its directory if one is kept."""
         self._remember(path, known)
         parent = path.parent
+        if parent in self._listing_now:
+            self._changed_while_listing.setdefault(parent, {})[path.name] = known
         listing = self._listings.get(parent) if parent is not None else None
         if listing is not None:
             if known.kind is None:

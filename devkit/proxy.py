@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 BUFSIZE = 256 * 1024
 MAX_HEAD = 64 * 1024
@@ -67,7 +67,9 @@ class Seen:
     time: float = field(default_factory=time.monotonic)
     status: int | None = None  # final status sent to the client (None: none sent)
     fault: str | None = None  # fault kinds applied, comma separated
-    body_bytes: int = 0  # response body bytes sent to the client
+    # response body bytes handed to the client; counted just before the send, so a
+    # client that has read a byte always finds it counted here
+    body_bytes: int = 0
     ended: float | None = None  # when its response was sent whole (time.monotonic)
 
     @property
@@ -110,6 +112,8 @@ class Fault:
     seconds: float = 0.0
     after_bytes: int = 0
     hits: int = 0
+    # query parameters the request must carry with exactly these (decoded) values
+    query: dict[str, str] | None = None
 
     def take(self, req: Seen) -> bool:
         """Whether this fault applies to `req` (and count it if so). Call under the lock."""
@@ -117,6 +121,10 @@ class Fault:
             return False
         if not req.matches(self.method, self.path, None, self.prefix):
             return False
+        if self.query is not None:
+            params = parse_qs(req.query, keep_blank_values=True)
+            if any(params.get(name) != [value] for name, value in self.query.items()):
+                return False
         if self.remaining is not None:
             self.remaining -= 1
         self.hits += 1
@@ -212,6 +220,10 @@ class _BodySink:
         self.trickle = trickle
         self.stalled = False
 
+    def _deliver(self, data: bytes) -> None:
+        self.seen.body_bytes += len(data)
+        self.conn.client.sendall(data)
+
     def _trickle(self, data: bytes, fault: Fault) -> None:
         """Send `data` one byte every `fault.seconds`; all at once after `release`."""
         released = self.conn.proxy._release
@@ -219,20 +231,17 @@ class _BodySink:
             if self.conn.proxy._stopping.is_set():
                 raise _Closed("proxy stopping")
             if released.is_set():
-                self.conn.client.sendall(data[at:])
-                self.seen.body_bytes += len(data) - at
+                self._deliver(data[at:])
                 return
             released.wait(fault.seconds)
-            self.conn.client.sendall(data[at : at + 1])
-            self.seen.body_bytes += 1
+            self._deliver(data[at : at + 1])
 
     def send(self, data: bytes) -> None:
         trickle = self.trickle
         if trickle is not None and self.seen.body_bytes + len(data) > trickle.after_bytes:
             head = data[: max(0, trickle.after_bytes - self.seen.body_bytes)]
             if head:
-                self.conn.client.sendall(head)
-                self.seen.body_bytes += len(head)
+                self._deliver(head)
             self._trickle(data[len(head) :], trickle)
             return
         while data:
@@ -240,21 +249,18 @@ class _BodySink:
             if self.cut is not None and sent + len(data) >= self.cut.after_bytes:
                 head = data[: max(0, self.cut.after_bytes - sent)]
                 if head:
-                    self.conn.client.sendall(head)
-                    self.seen.body_bytes += len(head)
+                    self._deliver(head)
                 raise _Closed("cut by fault")
             stall = self.stall
             if stall is not None and not self.stalled and sent + len(data) >= stall.after_bytes:
                 head = data[: max(0, stall.after_bytes - sent)]
                 if head:
-                    self.conn.client.sendall(head)
-                    self.seen.body_bytes += len(head)
+                    self._deliver(head)
                 data = data[len(head) :]
                 self.stalled = True
                 self.conn.proxy._wait(stall.seconds)
                 continue
-            self.conn.client.sendall(data)
-            self.seen.body_bytes += len(data)
+            self._deliver(data)
             return
 
 
@@ -359,9 +365,9 @@ class _Connection:
             "x-amz-request-id: test-proxy\r\n"
             "\r\n"
         ).encode()
-        self.client.sendall(head + body)
         seen.status = status
         seen.body_bytes = len(body)
+        self.client.sendall(head + body)
 
     def _read_final_response(self, ureader: _Reader) -> tuple[bytes, str, dict[str, str]]:
         """The first non-1xx response head; 1xx heads are forwarded as they come."""
@@ -660,11 +666,13 @@ class Proxy:
         method: str | None = None,
         path: str | None = None,
         prefix: str | None = None,
+        query: dict[str, str] | None = None,
     ) -> Fault:
-        """Pause a response body for `seconds` after its first `after_bytes` bytes."""
-        return self._add(
-            Fault("stall", count, method, path, prefix, seconds=seconds, after_bytes=after_bytes)
-        )
+        """Pause a response body for `seconds` (or until `release`) after its first
+        `after_bytes` bytes; `query` picks requests by parameters, e.g. a listing's prefix."""
+        stall = Fault("stall", count, method, path, prefix, seconds=seconds, query=query)
+        stall.after_bytes = after_bytes
+        return self._add(stall)
 
     def cut(
         self,

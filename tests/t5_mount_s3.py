@@ -502,7 +502,8 @@ def test_sequential_reads_reach_the_daemon_in_1_mib_requests(
     mount = mounted(s3_conf(s3_proxy, s3_server.admin))
     device = os.stat(mount.path).st_dev
     window = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
-    assert window.read_text().strip() == "1024"
+    # the mount is listed before the daemon raises the window and says it is ready
+    poll_until(lambda: window.read_text().strip() == "1024", 10, "read_ahead_kb of 1024")
     path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
     before = daemon_reads(mount)
     assert read_file(path) == data

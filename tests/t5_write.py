@@ -28,7 +28,7 @@ import pytest
 
 from conftest import MountFactory
 from devkit.confs import s3_conf
-from devkit.processes import free_port, poll_until
+from devkit.processes import free_port, poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 from support import sdk_local_copy, status_json, tmpfs
@@ -177,6 +177,30 @@ def test_eight_writers_write_200_files(
     for name, data in payloads.items():
         assert server_bytes(s3_server, bucket, f"many/{name}") == data, name
     assert sum(len(os.listdir(root / f"w{i}")) for i in range(8)) == 200
+
+
+def test_a_file_saved_while_its_folder_is_listed_stays_in_the_listing(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    # A LIST that left before the save and came back after it does not have the file;
+    # the listing kept from it must still show the file the mount just wrote.
+    folder = unique_name("listed")
+    s3_server.put(bucket, f"{folder}/old.bin", b"old")
+    root = writable_path(mounted, s3_server, s3_proxy, bucket, folder)
+    assert root.is_dir()  # its own lookup asks for one key under it: not the one held
+    # the listing's answer (made before the save) is held back until after it
+    held = s3_proxy.stall(0, 60, method="GET", query={"prefix": f"{folder}/"})
+    assert not (root / "absent.bin").exists()  # a miss lists its folder in the background
+    poll_until(lambda: held.hits == 1, 10, "the folder's listing to reach the proxy")
+    (root / "new.bin").write_bytes(b"saved")  # on the server when close() returns
+    assert server_bytes(s3_server, bucket, f"{folder}/new.bin") == b"saved"
+    s3_proxy.release()
+
+    def listed() -> bool:
+        return all(r.ended for r in s3_proxy.requests("GET", f"/{bucket}"))
+
+    poll_until(listed, 10, "the held listing to come back")
+    assert sorted(os.listdir(root)) == ["new.bin", "old.bin"]
 
 
 def test_overwrite_and_delete_need_their_options(
