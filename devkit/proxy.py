@@ -641,9 +641,13 @@ class Proxy:
         path: str | None = None,
         prefix: str | None = None,
         body: bytes | None = None,
+        query: dict[str, str] | None = None,
     ) -> Fault:
-        """Answer the next `count` matching requests with `status` (default S3 SlowDown)."""
-        return self._add(Fault("fail", count, method, path, prefix, status=status, body=body))
+        """Answer the next `count` matching requests with `status` (default S3 SlowDown);
+        `query` picks requests by parameters, e.g. a listing's prefix."""
+        return self._add(
+            Fault("fail", count, method, path, prefix, status=status, body=body, query=query)
+        )
 
     def delay(
         self,
