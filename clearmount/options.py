@@ -29,6 +29,8 @@ class MountOptions:
     metadata_concurrency: int = 32
     #: ranged GETs running at once, over all fetches
     fetch_concurrency: int = 32
+    #: worker processes that fetch cold small objects (`clearmount.workers`); 0 = threads
+    fetch_processes: int = 0
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     #: permission bits of files and directories (the kernel checks them: default_permissions);
