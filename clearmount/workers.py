@@ -39,7 +39,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING
@@ -300,7 +299,7 @@ class _Worker:
         self.attempts: dict[int, _Attempt] = {}
         self._watched: list[_Attempt] = []
         self._watch = threading.Condition()
-        self.pool = ThreadPoolExecutor(THREADS, thread_name_prefix="fetch")
+        self._recv_lock = threading.Lock()
         threading.Thread(target=self._watchdog, daemon=True).start()
 
     def send(self, message: object) -> None:
@@ -329,14 +328,13 @@ class _Worker:
                 timeout = self._watched[0].deadline - now if self._watched else None
                 self._watch.wait(timeout)
 
-    def start(self, job_id: int, store_id: int, job: Job) -> None:
+    def _run(self, job_id: int, store_id: int, job: Job) -> None:
         attempt = self.attempts[job_id] = _Attempt(job_id, time.monotonic() + job.window)
+        store = self.stores[store_id]
         with self._watch:
             heapq.heappush(self._watched, attempt)
-            self._watch.notify()
-        self.pool.submit(self._run, attempt, self.stores[store_id], job)
-
-    def _run(self, attempt: _Attempt, store: ObjectStore, job: Job) -> None:
+            if self._watched[0] is attempt:  # else the watchdog wakes up before it is due
+                self._watch.notify()
         try:
             outcome = self._fetch(attempt, store, job)
         except Exception as exc:
@@ -393,24 +391,36 @@ class _Worker:
         return None
 
     def serve(self) -> None:
+        """Run jobs in `THREADS` threads, each reading the next message itself (a thread
+        handing jobs to others would cost a wake-up per job), until the daemon is gone."""
+        threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        self.send(("ready",))
+        for thread in threads:
+            thread.join()
+
+    def _serve(self) -> None:
         from clearmount import backends
 
-        self.send(("ready",))
         while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                return  # the daemon is gone
-            kind = message[0]
+            with self._recv_lock:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    self.conn.close()  # the daemon is gone: the other threads see it too
+                    return
+                # the rest under the lock: a job after a store's message finds the store
+                kind = message[0]
+                if kind == "cancel":
+                    attempt = self.attempts.get(message[1])
+                    if attempt is not None:
+                        self.give_up(attempt)
+                elif kind == "store":
+                    url, config = message[2]
+                    self.stores[message[1]] = backends.open_store(url, config)
             if kind == "job":
-                self.start(*message[1:])
-            elif kind == "cancel":
-                attempt = self.attempts.get(message[1])
-                if attempt is not None:
-                    self.give_up(attempt)
-            elif kind == "store":
-                url, config = message[2]
-                self.stores[message[1]] = backends.open_store(url, config)
+                self._run(*message[1:])
 
 
 def _die_with(parent: int) -> None:
