@@ -542,10 +542,11 @@ def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
     mounted: MountFactory, scene: Scene, s3_proxy: Proxy, size: int
 ) -> None:
     # a small object is fetched by its open's one thread hop: its failure takes the same road
+    # (a fetch process's: test_fetch_processes_a_server_error_on_every_attempt_is_eio_...)
     key = unique_name("down") + ".bin"
     data = object_data(size)
     scene.put(key, data)
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server), options=["fetch_processes=0"])
     path = scene.path(key)
     assert path.stat().st_size == len(data)
     with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
@@ -577,8 +578,7 @@ def processes(request: pytest.FixtureRequest) -> int:
 
 def mount_small(scene: Scene, mounted: MountFactory, processes: int, *options: str) -> Mount:
     """A mount of `scene` whose small files take threads or, once ready, fetch processes."""
-    if processes:
-        options = (*options, f"fetch_processes={processes}")
+    options = (*options, f"fetch_processes={processes}")
     mount = scene.mount = mounted(fast_conf(scene.endpoint, scene.server), options=options)
     if processes:
         poll_until(

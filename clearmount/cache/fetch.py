@@ -21,7 +21,9 @@ fetched by background GETs that give way while readers wait.
 Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
 thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
 small file costs the loop one hop and no task, where a fetch's runs cost three tasks and a
-hop more. A failed or given-up first attempt goes on as any fetch does.
+hop more. A failed or given-up first attempt goes on as any fetch does. With fetch processes
+(`clearmount.workers`, `-o fetch_processes=N`), the first attempt of a cold one runs in one
+of them instead, and its open makes no thread hop at all (`Fetcher._open_in_process`).
 
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
@@ -1004,8 +1006,10 @@ class Fetcher:
     create a partial file, and a join one to open a fetch's. After each hop the single-flight
     table is looked at again: a fetch of the version may have started or ended meanwhile. An
     open of a small object makes its one hop in a data slot instead, and fetches the object
-    there (`_open_small`). A complete cache file this process sealed or opened before and
-    finds unchanged is reopened on the loop, no hop, no index (`_open_known`).
+    there (`_open_small`), or, with fetch processes, creates the partial file on the loop and
+    has a fetch process fetch it (`_open_in_process`). A complete cache file this process
+    sealed or opened before and finds unchanged is reopened on the loop, no hop, no index
+    (`_open_known`).
     """
 
     def __init__(
