@@ -157,10 +157,6 @@ class FetchProcesses:
         self._store_ids: dict[ObjectStore, int] = {}
         self._next_job = 0
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.popen.pid for p in self._processes if p.alive]
-
     def takes(self, store: ObjectStore) -> bool:
         """Whether a job for `store` can go to a process now."""
         return store.origin is not None and any(p.ready for p in self._processes)
@@ -238,6 +234,7 @@ class FetchProcesses:
             waiter.event.set()  # no outcome: given up, resumed in the daemon
         process.waiting.clear()
         with contextlib.suppress(OSError):
+            trio.lowlevel.notify_closing(process.conn.fileno())  # wakes its reader task
             process.conn.close()
         with contextlib.suppress(OSError):
             process.popen.kill()
@@ -438,7 +435,9 @@ def serve(fd: int, parent: int) -> None:
     # the terminal's ^C and the service manager's stop are the daemon's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="clearmount fetch process: %(message)s")
+    # errors only: the daemon built the same stores from the same config, and said their
+    # warnings (a credentials entry it cannot use, ...) once already
+    logging.basicConfig(level=logging.ERROR, format="clearmount fetch process: %(message)s")
     _Worker(Connection(fd)).serve()
     os._exit(0)  # threads still in a GET are not waited for
 
