@@ -214,7 +214,7 @@ class FetchProcesses:
                         process.ready = True
                         if all(p.ready for p in self._processes):
                             log.info("%d fetch processes ready", len(self._processes))
-        except (EOFError, OSError):
+        except (EOFError, OSError, trio.ClosedResourceError):
             log.warning(
                 "fetch process %d exited (%s): its files go on in threads",
                 process.popen.pid,
