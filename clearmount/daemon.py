@@ -46,6 +46,7 @@ from clearmount.namespace import Namespace
 from clearmount.options import USAGE_EXIT, MountOptions
 from clearmount.sd_notify import Notifier
 from clearmount.transfer import Transfer
+from clearmount.workers import FetchProcesses
 
 if TYPE_CHECKING:
     from clearmount.metrics import MetricsServer
@@ -199,6 +200,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         limits=request.limits,
         verify=not options.noverify,
         shared=shared,
+        processes=FetchProcesses(options.fetch_processes) if options.fetch_processes else None,
     )
     uploads = Uploads(cache, index, transfer)
     operations = Operations(namespace, fetcher, options, uploads)
@@ -299,7 +301,7 @@ async def _main(service: _Service, on_ready: Callable[[], None]) -> None:
         nursery.start_soon(_keep_within_limits, service.fetcher, service.monitor.counters)
         nursery.start_soon(_stop_on_signal, service, nursery.cancel_scope, fetches.cancel_scope)
         nursery.start_soon(_reload_on_hangup, service)
-        nursery.start_soon(_announce_ready, service, on_ready)
+        nursery.start_soon(_announce_ready, service, on_ready, nursery)
         nursery.start_soon(_feed_watchdog, notifier)
         nursery.start_soon(service.monitor.run, notifier.status)
         if service.control is not None:
@@ -434,7 +436,9 @@ async def _stop_on_signal(
         everything.cancel()
 
 
-async def _announce_ready(service: _Service, on_ready: Callable[[], None]) -> None:
+async def _announce_ready(
+    service: _Service, on_ready: Callable[[], None], nursery: trio.Nursery
+) -> None:
     mountpoint = service.request.mountpoint
     # The stat is answered by our own getattr: once it returns, the mount serves requests.
     st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
@@ -446,6 +450,9 @@ async def _announce_ready(service: _Service, on_ready: Callable[[], None]) -> No
     # Importing an SDK and building its clients takes a few hundred ms: do it now, not in
     # the first reader's open().
     await service.namespace.transfer.metadata(backends.warm_up, service.namespace.config)
+    if service.fetcher.processes is not None:
+        # after ready: their start (an interpreter and the SDK's imports each) delays no one
+        nursery.start_soon(service.fetcher.processes.run)
     # What start-up and the SDKs built (~90 000 objects, mostly botocore's service models)
     # lives as long as the daemon: out of the collector's sight, a full collection, which
     # a listing of 10 000 keys triggers a few times, takes ~2 ms instead of ~40 ms.

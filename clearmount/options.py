@@ -29,6 +29,10 @@ class MountOptions:
     metadata_concurrency: int = 32
     #: ranged GETs running at once, over all fetches
     fetch_concurrency: int = 32
+    #: worker processes that fetch cold small objects (`clearmount.workers`); 0 = threads.
+    #: By default 2 where the daemon may run on more than one core (measured: README "Many
+    #: small files on a big node"); on one, threads cost less CPU
+    fetch_processes: int = field(default_factory=lambda: default_fetch_processes())
     uid: int = field(default_factory=os.getuid)
     gid: int = field(default_factory=os.getgid)
     #: permission bits of files and directories (the kernel checks them: default_permissions);
@@ -81,6 +85,10 @@ class MountOptions:
             options.add("allow_root")
         options.update(self.kernel_flags)
         return options
+
+
+def default_fetch_processes() -> int:
+    return 2 if len(os.sched_getaffinity(0)) > 1 else 0
 
 
 _FLAGS = {"allow_other", "allow_root", "nonempty", "nofile", "noverify"}

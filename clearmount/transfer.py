@@ -20,6 +20,9 @@ server holds those threads, never the cache disk's or the network's, and every c
 deadline. `call_with_deadline` does the same for a worker thread already running (the L2 reads
 of a fetch part): the call runs in a daemon thread of its own and is given up at its deadline.
 
+The first attempt of a cold small object may run in a fetch process instead of a thread
+(`clearmount.workers`): its SDK calls are that process's, under the same data slot here.
+
 Slots are held by the trio task, not by its thread: a call given up, or cancelled to make room
 for a reader, gives its slot back at once, while its abandoned thread winds down on its own
 (at its next progress report, or at the SDK's read timeout when the server has stalled).

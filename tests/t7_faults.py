@@ -549,10 +549,11 @@ def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
     mounted: MountFactory, scene: Scene, s3_proxy: Proxy, size: int
 ) -> None:
     # a small object is fetched by its open's one thread hop: its failure takes the same road
+    # (a fetch process's: test_fetch_processes_a_server_error_on_every_attempt_is_eio_...)
     key = unique_name("down") + ".bin"
     data = object_data(size)
     scene.put(key, data)
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    scene.mount = mounted(fast_conf(s3_proxy, scene.server), options=["fetch_processes=0"])
     path = scene.path(key)
     assert path.stat().st_size == len(data)
     with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
@@ -568,19 +569,69 @@ def test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers(
 
 # ----------------------------------------------------------------------------- small objects
 # An object of up to 1 MiB is fetched by its open, in one worker-thread hop (cache/fetch.py,
-# `Fetcher._open_small`); a failed or stalled first attempt is resumed like any other.
+# `Fetcher._open_small`), or with `-o fetch_processes=N` by a fetch process
+# (`_open_in_process`, clearmount/workers.py); a failed or stalled first attempt is resumed
+# like any other, in the daemon's threads. Each test runs both ways.
 
 #: sizes around the one-chunk limit, and what a DataLoader sample is
 SMALL_SIZES = (1, 4096, 128 * 1024, MIB - 1, MIB)
 
 
+@pytest.fixture(params=[0, 2], ids=["threads", "processes"])
+def processes(request: pytest.FixtureRequest) -> int:
+    """Fetch processes of the mount (`-o fetch_processes`; 0: the daemon's threads)."""
+    return int(request.param)
+
+
+def mount_small(scene: Scene, mounted: MountFactory, processes: int, *options: str) -> Mount:
+    """A mount of `scene` whose small files take threads or, once ready, fetch processes."""
+    options = (*options, f"fetch_processes={processes}")
+    mount = scene.mount = mounted(fast_conf(scene.endpoint, scene.server), options=options)
+    if processes:
+        poll_until(
+            lambda: f"{processes} fetch processes ready" in mount.log_text(),
+            60,
+            "the fetch processes",
+        )
+        assert len(fetch_process_ids(mount)) == processes
+    return mount
+
+
+def fetch_process_ids(mount: Mount) -> list[int]:
+    """The daemon's child processes (its fetch processes)."""
+    assert mount.proc is not None
+    pid = mount.proc.pid
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+def written_by_fetch_processes(mount: Mount) -> int:
+    """Bytes the fetch processes wrote (files and their socket)."""
+    total = 0
+    for pid in fetch_process_ids(mount):
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                total += int(line.split()[1])
+    return total
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 def test_small_files_read_in_parallel_are_right_with_one_get_each(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, processes: int
 ) -> None:
     files = {unique_name(f"small{size}") + ".bin": object_data(size) for size in SMALL_SIZES}
     for key, data in files.items():
         scene.put(key, data)
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    mount = mount_small(scene, mounted, processes)
     keys = list(files) * 2  # each file opened twice, at about the same time
     readers = [Reader(scene.path(key)) for key in keys]
     for key, reader in zip(keys, readers, strict=True):
@@ -588,17 +639,20 @@ def test_small_files_read_in_parallel_are_right_with_one_get_each(
         assert outcome.errno is None and sha256(outcome.data) == sha256(files[key])
     for key in files:
         assert s3_proxy.count("GET", f"/{scene.bucket}/{key}") == 1, key
+    if processes:
+        # their bytes were written by the fetch processes, not by the daemon
+        assert written_by_fetch_processes(mount) >= sum(map(len, files.values()))
     scene.check_after()
 
 
 def test_two_opens_of_a_small_file_being_fetched_make_one_get(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, processes: int
 ) -> None:
     key = unique_name("single-flight") + ".bin"
     data = object_data(200_000)
     scene.put(key, data)
     request_path = f"/{scene.bucket}/{key}"
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
+    mount_small(scene, mounted, processes)
     path = scene.path(key)
     assert path.stat().st_size == len(data)
     # the first open's GET is held after its first bytes while the second open comes
@@ -619,13 +673,13 @@ def test_two_opens_of_a_small_file_being_fetched_make_one_get(
 
 
 def test_small_file_replaced_mid_fetch_is_estale_then_the_new_version(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, processes: int
 ) -> None:
     key = unique_name("small-replaced") + ".bin"
     old, new = object_data(500_000), object_data(500_000)
     scene.put(key, old)
     request_path = f"/{scene.bucket}/{key}"
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server), options=["attr_timeout=1"])
+    mount_small(scene, mounted, processes, "attr_timeout=1")
     path = scene.path(key)
     assert path.stat().st_size == len(old)
     s3_proxy.stall(100_000, 120, count=1, method="GET", path=request_path)
@@ -650,7 +704,7 @@ def test_small_file_replaced_mid_fetch_is_estale_then_the_new_version(
 
 
 def test_small_file_trickling_is_resumed_after_the_stall_window(
-    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, processes: int
 ) -> None:
     key = unique_name("small-stall") + ".bin"
     data = object_data(300_000)
@@ -658,8 +712,8 @@ def test_small_file_trickling_is_resumed_after_the_stall_window(
     request_path = f"/{scene.bucket}/{key}"
     # one byte a second after 100 KB: never silent for a read timeout, far from 1 MiB in the
     # stall window (30 s)
+    mount_small(scene, mounted, processes)
     s3_proxy.trickle(100_000, 1.0, count=1, method="GET", path=request_path)
-    scene.mount = mounted(fast_conf(s3_proxy, scene.server))
     outcome = read_now(scene.path(key))
     report("small object trickling once", outcome)
     assert outcome.errno is None and outcome.data == data
@@ -668,6 +722,42 @@ def test_small_file_trickling_is_resumed_after_the_stall_window(
     assert s3_proxy.count("GET", request_path) == 2
     assert "stalled: less than 1 MiB in 30s" in scene.mount.log_text()
     scene.check_after()
+
+
+def test_fetch_processes_a_server_error_on_every_attempt_is_eio_then_recovers(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    # (the threads' way: test_errors_beyond_the_retry_budget_are_eio_and_the_mount_recovers)
+    key = unique_name("small-500") + ".bin"
+    data = object_data(128 * 1024)
+    scene.put(key, data)
+    mount = mount_small(scene, mounted, 2)
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    with s3_proxy.faulted(s3_proxy.fail(None, 500, method="GET")):
+        outcome = read_now(path)
+    report("small object, 500 on every attempt (fetch processes)", outcome)
+    assert outcome.errno == errno.EIO
+    assert "server error" in mount.log_text()
+    assert_cache_correct(mount, scene.sources)
+    again = read_now(path)
+    assert again.errno is None and again.data == data
+    scene.check_after()
+
+
+def test_fetch_processes_die_with_a_killed_daemon(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    key = unique_name("small-kill") + ".bin"
+    data = object_data(128 * 1024)
+    scene.put(key, data)
+    mount = mount_small(scene, mounted, 2)
+    assert read_now(scene.path(key)).data == data
+    pids = fetch_process_ids(mount)
+    assert mount.proc is not None
+    mount.proc.kill()
+    mount.proc.wait(10)
+    poll_until(lambda: all(map(is_gone, pids)), 30, "the fetch processes gone")
 
 
 # ----------------------------------------------------------------------------- server killed

@@ -32,6 +32,7 @@ def open_store(url: StorageURL, config: Config) -> ObjectStore:
     if store is not None:
         return store
     store = _new_store(url, config)
+    store.origin = (url, config)
     with _lock:
         return _stores.setdefault(cache_key, store)
 

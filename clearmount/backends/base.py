@@ -40,9 +40,14 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from clearmount.config import Deadlines
 from clearmount.errors import StoreError, Unexpected
+
+if TYPE_CHECKING:
+    from clearmount.config import Config
+    from clearmount.urls import StorageURL
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,9 @@ class ObjectStore(abc.ABC):
     #: the SDK's connect/read deadlines this store was built with; `clearmount.transfer` and
     #: the fetch bound whole lookups and downloads by them (README "Guarantees")
     deadlines: Deadlines = Deadlines()
+    #: what `backends.open_store` built this store from: another process (a fetch process,
+    #: `clearmount.workers`) builds its own from it; None for stores made otherwise
+    origin: tuple[StorageURL, Config] | None = None
 
     #: the store takes uploads (the writing methods below); False: writes are ENOTSUP
     writable: bool = False

@@ -21,7 +21,9 @@ fetched by background GETs that give way while readers wait.
 Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
 thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
 small file costs the loop one hop and no task, where a fetch's runs cost three tasks and a
-hop more. A failed or given-up first attempt goes on as any fetch does.
+hop more. A failed or given-up first attempt goes on as any fetch does. With fetch processes
+(`clearmount.workers`, `-o fetch_processes=N`), the first attempt of a cold one runs in one
+of them instead, and its open makes no thread hop at all (`Fetcher._open_in_process`).
 
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
@@ -87,6 +89,7 @@ from clearmount.cache.shared import SharedCache
 from clearmount.cache.stream import Stream
 from clearmount.errors import CacheError, ClearmountError, Unavailable
 from clearmount.transfer import Progress, Transfer
+from clearmount.workers import FetchProcesses, Job, error_from, verify_download
 
 log = logging.getLogger(__name__)
 
@@ -683,6 +686,11 @@ class Fetch:
             self._digest = None
         return True
 
+    def hashed_elsewhere(self) -> None:
+        """The first attempt hashed its bytes in a fetch process: the rest of the download,
+        if any, is hashed from the file at its seal."""
+        self._digest = None
+
     def abandon_first_attempt(self) -> None:
         """The open's hop was cancelled (the daemon stops): its thread writes no more."""
         self.first_run.attempt += 1
@@ -866,17 +874,12 @@ class Fetch:
         the index (blocking: runs in a worker thread, never on the trio loop; the thread of a
         one-part fetch does it right after its last byte, sparing the loop two thread hops)."""
         partial = os.stat(self.partial)
-        size = partial.st_size
-        if size != self.info.size:
-            raise CacheError(
-                f"downloaded {size} bytes of {self.url} but the object has {self.info.size}"
-            )
-        expected = _md5_of(self.info.version) if self.verify else None
-        if expected is not None:
+        expected = self.expected_md5
+        actual = None
+        if expected is not None and partial.st_size == self.info.size:
             digest = self._digest
             actual = digest.hexdigest() if digest is not None else _file_md5(self.partial)
-            if actual != expected:
-                raise CacheError(f"{self.url}: MD5 {actual} does not match the ETag {expected}")
+        verify_download(self.url, partial.st_size, self.info.size, actual, expected)
         replacing = os.path.lexists(self.final)
         os.rename(self.partial, self.final)
         self.sealed = True
@@ -884,6 +887,16 @@ class Fetch:
             final = os.stat(self.final)
             if final.st_ino == partial.st_ino and final.st_dev == partial.st_dev:
                 self.identity = identity(final)
+        self.record(replacing)
+
+    @property
+    def expected_md5(self) -> str | None:
+        """The MD5 its download must have (the ETag's), or None: not checked."""
+        return _md5_of(self.info.version) if self.verify else None
+
+    def record(self, replacing: bool, flush: bool = True) -> None:
+        """Record the sealed file's version in the index (`flush`: the row of a new file may
+        be written here, with others', else only by the daemon's eviction loop)."""
         # never fails: a row the index cannot take now is skipped with a warning, and the
         # next open adopts the file by its MD5 or age. A new file's row is written with other
         # fetches' rows in one transaction (one commit per small file cost about as much as
@@ -894,7 +907,7 @@ class Fetch:
         if replacing:
             self._index.put(*row)
         else:
-            self._index.put_soon(*row)
+            self._index.put_soon(*row, flush=flush)
 
     async def _install(self, transfer: Transfer) -> None:
         """Seal and record the file, unless its only part's thread already did."""
@@ -993,8 +1006,10 @@ class Fetcher:
     create a partial file, and a join one to open a fetch's. After each hop the single-flight
     table is looked at again: a fetch of the version may have started or ended meanwhile. An
     open of a small object makes its one hop in a data slot instead, and fetches the object
-    there (`_open_small`). A complete cache file this process sealed or opened before and
-    finds unchanged is reopened on the loop, no hop, no index (`_open_known`).
+    there (`_open_small`), or, with fetch processes, creates the partial file on the loop and
+    has a fetch process fetch it (`_open_in_process`). A complete cache file this process
+    sealed or opened before and finds unchanged is reopened on the loop, no hop, no index
+    (`_open_known`).
     """
 
     def __init__(
@@ -1008,8 +1023,11 @@ class Fetcher:
         verify: bool = True,
         events: FetchEvents | None = None,
         shared: SharedCache | None = None,
+        processes: FetchProcesses | None = None,
     ) -> None:
         self.layout = layout
+        #: the fetch processes that take cold small objects (`_open_in_process`), or None
+        self.processes = processes
         #: the shared L2 cache between this cache and the bucket (cache.shared), or None
         self.shared = shared
         #: where the last fetch of each URL found its bytes: "l1", "l2" or "bucket"
@@ -1093,6 +1111,10 @@ class Fetcher:
                 self._note_source(url, "l1")
                 return CachedReader(fd)
             if small:
+                if self.processes is not None and self.processes.takes(store):
+                    reader = await self._open_in_process(url, store, info, final, on_stale)
+                    if reader is not None:
+                        return reader
                 reader = await self._open_small(url, store, info, final, verify, on_stale)
                 if reader is not None:
                     return reader
@@ -1384,6 +1406,16 @@ class Fetcher:
             if self.index.pending:
                 self._changed()  # as in `open`
             return CachedReader(found.fd)
+        return self._first_attempt_over(fetch, found, on_stale)
+
+    def _first_attempt_over(
+        self, fetch: Fetch, found: _Partial, on_stale: Callable[[], None]
+    ) -> FetchReader:
+        """The first attempt of a small object's fetch (`_open_small`, `_open_in_process`)
+        is over: the fetch is complete or failed, or it goes on in the usual machinery."""
+        hop = fetch.first_hop
+        assert hop is not None
+        url, info, run = fetch.url, fetch.info, fetch.first_run
         tell(self.events.fetch_started, fetch)
         received = run.written
         tell(self.events.fetch_received, fetch, received)
@@ -1394,7 +1426,8 @@ class Fetcher:
             self._end(fetch, None)
         else:
             # resumed from its last byte by the usual machinery
-            why = hop.error if hop.finished else f"stalled: less than 1 MiB in {progress.window:g}s"
+            window = fetch.store.deadlines.stall_window
+            why = hop.error if hop.finished else f"stalled: less than 1 MiB in {window:g}s"
             log.warning("resuming %s at byte %d: %s", url, received, why)
             assert self._nursery is not None
             # the partial file's lock lasts as long as its writer, not only as its reader
@@ -1402,6 +1435,81 @@ class Fetcher:
             self._changed()
         hop.done.set()
         return FetchReader(found.read_fd, fetch, True, self.release, on_stale)
+
+    async def _open_in_process(
+        self,
+        url: str,
+        store: ObjectStore,
+        info: ObjectInfo,
+        final: Path,
+        on_stale: Callable[[], None],
+    ) -> ObjectReader | None:
+        """The open of a cold object of one chunk through a fetch process (`workers`): the
+        loop creates the partial file, a process GETs, writes, checks and renames it, the
+        loop records the index row. No thread of the daemon takes part: each costs the loop
+        GIL hand-overs, and the fetch work in threads took the GIL from the loop.
+
+        The file operations here (a failed open, `statvfs`, the partial file's creation)
+        run on the loop, as `_open_known`'s do: fewer and cheaper than a thread hop. A cache
+        file in place (a hit, or a version to check) and anything unusual (a full cache, a
+        layout conflict) go the thread way: None. The job is the fetch's first attempt,
+        under the same data slot and stall window as `_open_small`'s; a failed or given-up
+        one goes on in the daemon's threads."""
+        try:
+            os.close(os.open(final, os.O_RDONLY | os.O_CLOEXEC))
+            return None
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+        free = free_bytes(self.layout.root) if self.limits.min_free_bytes else None
+        if not self.limits.fits(info.size, free, self.usage_bytes, self.reserved_bytes()):
+            return None
+        try:
+            found = self._create_partial(final, url, one_fd=True)
+        except (ClearmountError, OSError):
+            return None
+        assert self.processes is not None
+        fetch = self._new_fetch(url, store, info, final, found.path)
+        fetch.prepare(self.transfer, self.index)
+        hop = fetch.first_hop = _FirstHop()
+        hop.found = found
+        run = fetch.first_run
+        run.progress = progress = fetch.progress()
+        run.attempt = 1
+        self.in_flight[(url, info.version)] = fetch
+        job = Job(
+            url,
+            info.key,
+            info.version,
+            info.size,
+            str(found.path),
+            str(final),
+            fetch.expected_md5,
+            progress.window,
+        )
+        try:
+            async with self.transfer.data_slot():
+                # the process gives the job up after the stall window; this bounds a
+                # process that stopped answering
+                outcome = await self.processes.fetch(store, job, 2 * progress.window + 1)
+        except BaseException:
+            tell(self.events.fetch_started, fetch)
+            fetch.abandon_first_attempt()
+            os.close(found.read_fd)
+            self._end(fetch, None)
+            hop.done.set()
+            raise
+        run.written = outcome.written
+        fetch.hashed_elsewhere()
+        if outcome.sealed:
+            fetch.sealed = True
+            fetch.identity = outcome.identity
+            fetch.record(outcome.replacing, flush=False)
+        hop.finished = not outcome.stalled
+        if outcome.error is not None:
+            hop.error = error_from(outcome.error)
+        return self._first_attempt_over(fetch, found, on_stale)
 
     def _first_hop(
         self, fetch: Fetch, hop: _FirstHop, final: Path, verify: bool, used: int, reserved: int

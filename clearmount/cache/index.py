@@ -188,17 +188,19 @@ class CacheIndex:
             self._pending[name] = (url, version, size, time.time())
             self.flush()
 
-    def put_soon(self, name: str, url: str, version: str, size: int) -> None:
+    def put_soon(self, name: str, url: str, version: str, size: int, flush: bool = True) -> None:
         """`put`, written with others in one transaction once `BATCH_ROWS` rows wait or the
         oldest has waited `BATCH_SECONDS` (by this call or `flush`). This object's calls see
         the row at once (`all` and the pin calls write the waiting rows first); another
         process sees it once written. A row lost with the process (kill -9)
-        costs what a skipped `put` costs: the file is adopted at its next open."""
+        costs what a skipped `put` costs: the file is adopted at its next open. Not
+        `flush`: the row waits for the next `flush` call, whatever (the trio loop's rows:
+        the loop never writes the database)."""
         with self._lock:
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending[name] = (url, version, size, time.time())
-            if (
+            if flush and (
                 len(self._pending) >= BATCH_ROWS
                 or time.monotonic() - self._pending_since >= BATCH_SECONDS
             ):

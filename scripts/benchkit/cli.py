@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="pin every mount process to these CPUs (taskset -c LIST, e.g. 0 or 0,1): the "
         "DataLoader row at one core and at two",
     )
+    parser.add_argument(
+        "--clearmount-options",
+        default="",
+        metavar="OPTIONS",
+        help="-o options of the clearmount mount (e.g. fetch_processes=2)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
     if args.reps is None:
@@ -155,6 +161,10 @@ def main(argv: Sequence[str]) -> int:
             selected,
             args.daemon_cpus,
         )
+        for contender in chosen:
+            if contender.name == "clearmount" and args.clearmount_options:
+                contender.options = args.clearmount_options  # type: ignore[attr-defined]
+                results.notes.append(f"clearmount mounted with -o {args.clearmount_options}")
         if args.daemon_cpus:
             results.notes.append(f"mount processes pinned to CPU(s) {args.daemon_cpus} (taskset)")
         if args.profile:

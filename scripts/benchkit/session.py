@@ -193,13 +193,18 @@ class Profiler:
         self.idle = idle
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
-        self.cpu = (0.0, 0.0)
+        self.cpu = (0.0, 0.0, 0.0)
 
-    def _cpu(self) -> tuple[float, float]:
-        """CPU seconds of the whole process (threads gone included) and of its main thread."""
-        return cpu_seconds(f"/proc/{self.pid}/stat"), cpu_seconds(
-            f"/proc/{self.pid}/task/{self.pid}/stat"
-        )
+    def _cpu(self) -> tuple[float, float, float]:
+        """CPU seconds of the whole process (threads gone included) and its live child
+        processes (clearmount's fetch processes), of its main thread, and of those children."""
+        children: list[str] = []
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                children += (task / "children").read_text().split()
+        child_cpu = sum(cpu_seconds(f"/proc/{child}/stat") for child in children)
+        total = cpu_seconds(f"/proc/{self.pid}/stat") + child_cpu
+        return total, cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat"), child_cpu
 
     def __enter__(self) -> Profiler:
         if self.pid is not None:
@@ -230,9 +235,12 @@ class Profiler:
 
     def __exit__(self, *exc: object) -> None:
         if self.pid is not None:
-            total, main = (now - before for now, before in zip(self._cpu(), self.cpu, strict=True))
+            total, main, children = (
+                now - before for now, before in zip(self._cpu(), self.cpu, strict=True)
+            )
             log(
-                f"{self.out.stem}: mount CPU {total:.2f} s over the step ({main:.2f} s main thread)"
+                f"{self.out.stem}: mount CPU {total:.2f} s over the step ({main:.2f} s main "
+                f"thread, {children:.2f} s child processes)"
             )
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)

@@ -16,6 +16,8 @@ class Clearmount(Contender):
     name = "clearmount"
     label = "clearmount"
     order = 0
+    #: `-o` options of the mount (--clearmount-options)
+    options = ""
 
     def version(self) -> str:
         binary = str(Path(sys.executable).parent / "clearmount")
@@ -35,6 +37,8 @@ class Clearmount(Contender):
             "--cache-dir",
             str(cache),
         ]
+        if self.options:
+            argv += ["-o", self.options]
         return argv, hermetic_env(home, self.site.clearmount_env())
 
     def root(self, mnt: Path) -> Path:

@@ -1,0 +1,449 @@
+"""Worker processes that fetch small objects into the cache, off the daemon's GIL.
+
+Owns: the fetch processes (`FetchProcesses`, `-o fetch_processes=N`), what goes between them
+and the daemon, and the worker side (`serve`, run as `python -m clearmount.workers`).
+
+Why: one process has one GIL. A cold small file costs the daemon about 2 ms of CPU, most
+of it in worker threads (the SDK building and signing the request, receiving, writing,
+hashing) that take the GIL from the FUSE loop. Here that work runs in other processes: the
+loop sends a job (about 300 bytes) and later reads its outcome from the process's socket
+(`trio.lowlevel.wait_readable`: no thread of the daemon waits for it).
+
+A job is the first attempt of one small object's fetch (`cache.fetch.Fetcher`'s
+`_open_in_process`), into the partial file the loop created: GET, write, MD5/ETag and size
+check, rename into place. The loop records the index row. A job is given up after the
+store's stall window (by a watchdog in the worker, which then writes and renames nothing
+more: the rename is under the job's lock) and its outcome says how many bytes are on disk;
+the fetch then goes on in the daemon's threads from there, as a stalled thread's does.
+
+Each process builds its stores once (`backends.open_store`, from the frozen config and the
+store's URL that the daemon sends it once per store), and runs up to `THREADS` jobs at once.
+Processes die with the daemon: they read their socket in their main thread and exit at its
+end, and the kernel kills them once the daemon is gone (`PR_SET_PDEATHSIG`). They are
+started after the mount is ready and are used once they say they are; until then, and for
+stores they cannot build (`ObjectStore.origin` unset), opens take the daemon's threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import heapq
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+import trio
+
+from clearmount import errors
+from clearmount.errors import CacheError, ClearmountError, StoreError, Unexpected
+
+if TYPE_CHECKING:
+    from clearmount.backends.base import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: Jobs one process runs at once (each one GET in its own thread, as in the daemon).
+THREADS = 8
+#: A process that has not said it is ready after this long is not waited for.
+_START_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """The first attempt at one small object, into `partial`, renamed to `final` if whole."""
+
+    url: str
+    key: str
+    version: str
+    size: int
+    partial: str
+    final: str
+    #: the MD5 the ETag states (checked), or None
+    md5: str | None
+    #: the store's stall window: the job is given up after it
+    window: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    #: bytes on disk from the start of the partial file (the fetch resumes from there)
+    written: int
+    #: renamed into place, checked
+    sealed: bool = False
+    #: a file of another version was in place and was replaced
+    replacing: bool = False
+    #: the sealed file's `cache.fetch.Identity`
+    identity: tuple[int, int, int, int] | None = None
+    #: given up after the stall window (or not answered): resumed in the daemon
+    stalled: bool = False
+    #: what ended it unsealed (`error_from` rebuilds it)
+    error: tuple[str, str, str, str, int] | None = None
+
+
+def describe_error(exc: BaseException) -> tuple[str, str, str, str, int]:
+    """An exception as plain data that crosses a pipe: kind, message, url, entry, errno."""
+    if isinstance(exc, StoreError):
+        return (type(exc).__name__, exc.args[0] if exc.args else "", exc.url, exc.entry, 0)
+    if isinstance(exc, ClearmountError):
+        return (type(exc).__name__, str(exc), "", "", exc.errno)
+    if isinstance(exc, OSError):
+        return ("OSError", exc.strerror or str(exc), exc.filename or "", "", exc.errno or 0)
+    return ("Unexpected", f"unexpected {type(exc).__name__} in a fetch process", "", "", 0)
+
+
+def error_from(described: tuple[str, str, str, str, int]) -> Exception:
+    """The clearmount error (or OSError) `describe_error` described."""
+    kind, message, url, entry, code = described
+    if kind == "OSError":
+        return OSError(code or errno.EIO, message, url or None)
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, StoreError):
+        return cls(message, url, entry)
+    if cls is CacheError:
+        return CacheError(message, code or None)
+    return Unexpected(message, url, entry)
+
+
+def verify_download(
+    url: str, on_disk: int, size: int, md5: str | None, expected: str | None
+) -> None:
+    """Raise `CacheError` unless a finished download has the object's size and MD5."""
+    if on_disk != size:
+        raise CacheError(f"downloaded {on_disk} bytes of {url} but the object has {size}")
+    if expected is not None and md5 != expected:
+        raise CacheError(f"{url}: MD5 {md5} does not match the ETag {expected}")
+
+
+# ----- the daemon's side
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.outcome: Outcome | None = None
+
+
+class _Process:
+    def __init__(self, popen: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.popen = popen
+        self.conn = conn
+        self.ready = False
+        self.alive = True
+        self.waiting: dict[int, _Waiter] = {}
+        #: the stores this process was sent (by the daemon's store object)
+        self.stores: set[int] = set()
+
+
+class FetchProcesses:
+    """`count` worker processes and the jobs the daemon waits for (see the module docstring)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._processes: list[_Process] = []
+        self._store_ids: dict[ObjectStore, int] = {}
+        self._next_job = 0
+
+    def takes(self, store: ObjectStore) -> bool:
+        """Whether a job for `store` can go to a process now."""
+        return store.origin is not None and any(p.ready for p in self._processes)
+
+    async def run(self) -> None:
+        """Start the processes and read what they say, until cancelled (then end them)."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.count):
+                    process = self._spawn()
+                    self._processes.append(process)
+                    nursery.start_soon(self._read, process)
+        finally:
+            for process in self._processes:
+                self._lost(process)
+
+    def _spawn(self) -> _Process:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "clearmount.workers",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+            return _Process(popen, Connection(os.dup(ours.fileno())))
+
+    async def _read(self, process: _Process) -> None:
+        conn = process.conn
+        with trio.move_on_after(_START_SECONDS) as starting:
+            await trio.lowlevel.wait_readable(conn.fileno())
+        if starting.cancelled_caught:
+            log.warning(
+                "fetch process %d did not start: small files use threads", process.popen.pid
+            )
+            self._lost(process)
+            return
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(conn.fileno())
+                while conn.poll():
+                    message = conn.recv()
+                    if message[0] == "done":
+                        waiter = process.waiting.pop(message[1], None)
+                        if waiter is not None:
+                            waiter.outcome = message[2]
+                            waiter.event.set()
+                    elif message[0] == "ready":
+                        process.ready = True
+                        if all(p.ready for p in self._processes):
+                            log.info("%d fetch processes ready", len(self._processes))
+        except (EOFError, OSError, trio.ClosedResourceError):
+            log.warning(
+                "fetch process %d exited (%s): its files go on in threads",
+                process.popen.pid,
+                process.popen.poll(),
+            )
+        except Exception:  # a bug must cost the mount this process, never the mount
+            log.exception("fetch process %d: unreadable answer", process.popen.pid)
+        finally:
+            self._lost(process)
+
+    def _lost(self, process: _Process) -> None:
+        """The process is gone, or the daemon stops: its waiting jobs are given up."""
+        if not process.alive:
+            return
+        process.alive = process.ready = False
+        for waiter in process.waiting.values():
+            waiter.event.set()  # no outcome: given up, resumed in the daemon
+        process.waiting.clear()
+        with contextlib.suppress(OSError):
+            trio.lowlevel.notify_closing(process.conn.fileno())  # wakes its reader task
+            process.conn.close()
+        with contextlib.suppress(OSError):
+            process.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.popen.wait(timeout=1)
+
+    async def fetch(self, store: ObjectStore, job: Job, deadline: float) -> Outcome:
+        """Run `job` in the least busy ready process; given up (`stalled`, nothing written
+        known) if no outcome comes within `deadline` seconds or the process is lost."""
+        ready = [p for p in self._processes if p.ready]
+        if not ready:  # lost since the open looked
+            return Outcome(0, stalled=True)
+        process = min(ready, key=lambda p: len(p.waiting))
+        store_id = self._store_ids.setdefault(store, len(self._store_ids))
+        job_id = self._next_job = self._next_job + 1
+        waiter = process.waiting[job_id] = _Waiter()
+        try:
+            if store_id not in process.stores:
+                process.conn.send(("store", store_id, store.origin))
+                process.stores.add(store_id)
+            process.conn.send(("job", job_id, store_id, job))
+            with trio.move_on_after(deadline):
+                await waiter.event.wait()
+        except OSError:
+            self._lost(process)
+        finally:
+            if process.waiting.pop(job_id, None) is not None and process.alive:
+                with contextlib.suppress(OSError):
+                    process.conn.send(("cancel", job_id))
+        return waiter.outcome or Outcome(0, stalled=True)
+
+
+# ----- the worker's side
+
+
+class _Attempt:
+    """One job in a worker process. Its outcome is sent once: by its thread, or by the
+    watchdog that gives it up (after which its thread writes and renames nothing more)."""
+
+    __slots__ = ("abandoned", "deadline", "job_id", "lock", "sent", "written")
+
+    def __init__(self, job_id: int, deadline: float) -> None:
+        self.job_id = job_id
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.sent = False
+        self.written = 0
+
+    def __lt__(self, other: _Attempt) -> bool:
+        return self.deadline < other.deadline
+
+
+class _Worker:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._send_lock = threading.Lock()
+        self.stores: dict[int, ObjectStore] = {}
+        self.attempts: dict[int, _Attempt] = {}
+        self._watched: list[_Attempt] = []
+        self._watch = threading.Condition()
+        self._recv_lock = threading.Lock()
+        threading.Thread(target=self._watchdog, daemon=True).start()
+
+    def send(self, message: object) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def finish(self, attempt: _Attempt, outcome: Outcome) -> None:
+        """Send `outcome`, unless the attempt's was sent (call under its lock)."""
+        if attempt.sent:
+            return
+        attempt.sent = True
+        self.attempts.pop(attempt.job_id, None)
+        self.send(("done", attempt.job_id, outcome))
+
+    def give_up(self, attempt: _Attempt) -> None:
+        with attempt.lock:
+            attempt.abandoned = True
+            self.finish(attempt, Outcome(attempt.written, stalled=True))
+
+    def _watchdog(self) -> None:
+        with self._watch:
+            while True:
+                now = time.monotonic()
+                while self._watched and self._watched[0].deadline <= now:
+                    self.give_up(heapq.heappop(self._watched))
+                timeout = self._watched[0].deadline - now if self._watched else None
+                self._watch.wait(timeout)
+
+    def _run(self, job_id: int, store_id: int, job: Job) -> None:
+        attempt = self.attempts[job_id] = _Attempt(job_id, time.monotonic() + job.window)
+        store = self.stores[store_id]
+        with self._watch:
+            heapq.heappush(self._watched, attempt)
+            if self._watched[0] is attempt:  # else the watchdog wakes up before it is due
+                self._watch.notify()
+        try:
+            outcome = self._fetch(attempt, store, job)
+        except Exception as exc:
+            if not isinstance(exc, ClearmountError | OSError):
+                log.exception("unexpected error fetching %s", job.url)
+            outcome = Outcome(attempt.written, error=describe_error(exc))
+        if outcome is not None:
+            with attempt.lock:
+                self.finish(attempt, outcome)
+
+    def _fetch(self, attempt: _Attempt, store: ObjectStore, job: Job) -> Outcome | None:
+        digest = hashlib.md5() if job.md5 is not None else None
+        fd = os.open(job.partial, os.O_WRONLY | os.O_CLOEXEC)
+        position = 0
+        try:
+            chunks = store.read_range(job.key, job.version, 0, job.size, max(job.size, 1))
+            try:
+                for chunk in chunks:
+                    if attempt.abandoned:
+                        return None
+                    chunk = chunk[: job.size - position]
+                    if digest is not None:
+                        digest.update(chunk)
+                    if chunk:
+                        os.pwrite(fd, chunk, position)
+                        position = attempt.written = position + len(chunk)
+                    if position >= job.size:
+                        break
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+            partial = os.fstat(fd)
+        finally:
+            os.close(fd)
+        verify_download(
+            job.url,
+            partial.st_size,
+            job.size,
+            digest.hexdigest() if digest is not None else None,
+            job.md5,
+        )
+        with attempt.lock:
+            if attempt.abandoned:
+                return None
+            replacing = os.path.lexists(job.final)
+            os.rename(job.partial, job.final)
+            identity = None
+            with contextlib.suppress(OSError):
+                final = os.stat(job.final)
+                if final.st_ino == partial.st_ino and final.st_dev == partial.st_dev:
+                    identity = (final.st_dev, final.st_ino, final.st_size, final.st_ctime_ns)
+            self.finish(attempt, Outcome(position, True, replacing, identity))
+        return None
+
+    def serve(self) -> None:
+        """Run jobs in `THREADS` threads, each reading the next message itself (a thread
+        handing jobs to others would cost a wake-up per job), until the daemon is gone."""
+        threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        self.send(("ready",))
+        for thread in threads:
+            thread.join()
+
+    def _serve(self) -> None:
+        from clearmount import backends
+
+        while True:
+            with self._recv_lock:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    self.conn.close()  # the daemon is gone: the other threads see it too
+                    return
+                # the rest under the lock: a job after a store's message finds the store
+                kind = message[0]
+                if kind == "cancel":
+                    attempt = self.attempts.get(message[1])
+                    if attempt is not None:
+                        self.give_up(attempt)
+                elif kind == "store":
+                    url, config = message[2]
+                    self.stores[message[1]] = backends.open_store(url, config)
+            if kind == "job":
+                self._run(*message[1:])
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when the daemon's process ends, however it ends."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)  # it died before the line above
+
+
+def serve(fd: int, parent: int) -> None:
+    """The worker process: run the jobs the daemon sends on socket `fd` until it closes."""
+    _die_with(parent)
+    # the terminal's ^C and the service manager's stop are the daemon's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # errors only: the daemon built the same stores from the same config, and said their
+    # warnings (a credentials entry it cannot use, ...) once already
+    logging.basicConfig(level=logging.ERROR, format="clearmount fetch process: %(message)s")
+    _Worker(Connection(fd)).serve()
+    os._exit(0)  # threads still in a GET are not waited for
+
+
+if __name__ == "__main__":
+    # the module's own names, not __main__'s: what it sends is unpickled as clearmount.workers'
+    from clearmount import workers
+
+    workers.serve(int(sys.argv[1]), int(sys.argv[2]))
