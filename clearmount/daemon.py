@@ -45,7 +45,7 @@ from clearmount.monitor import Monitor, MountCounters
 from clearmount.namespace import Namespace
 from clearmount.options import USAGE_EXIT, MountOptions
 from clearmount.sd_notify import Notifier
-from clearmount.transfer import Transfer
+from clearmount.transfer import Transfer, as_worker, favor_loop
 from clearmount.workers import FetchProcesses
 
 if TYPE_CHECKING:
@@ -239,6 +239,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     log.info("mounted %s (cache %s)", request.mountpoint, cache.root)
     unmounted = False
     try:
+        favor_loop()  # this thread runs the loop; trio's worker threads start from it
         trio.run(_main, service, on_ready)
         unmounted = True
     finally:
@@ -441,9 +442,9 @@ async def _announce_ready(
 ) -> None:
     mountpoint = service.request.mountpoint
     # The stat is answered by our own getattr: once it returns, the mount serves requests.
-    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    st = await trio.to_thread.run_sync(as_worker, os.stat, mountpoint, abandon_on_cancel=True)
     # before on_ready: files opened from then on take the larger window
-    await trio.to_thread.run_sync(raise_readahead, st.st_dev)
+    await trio.to_thread.run_sync(as_worker, raise_readahead, st.st_dev)
     log.info("ready: %s", mountpoint)
     on_ready()
     service.notifier.ready()  # STATUS= lines come from the monitor
@@ -526,7 +527,7 @@ async def reload(service: _Service) -> None:
     namespace = service.namespace
     old = namespace.config
     try:
-        new = await trio.to_thread.run_sync(config_module.load, request.config_arg)
+        new = await trio.to_thread.run_sync(as_worker, config_module.load, request.config_arg)
         check_rules(new, request.mountpoint)
     except UserError as exc:
         log.error("reload failed, still using the configuration loaded before: %s", exc)

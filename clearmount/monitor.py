@@ -36,6 +36,7 @@ from clearmount.config import Config
 from clearmount.errors import ClearmountError
 from clearmount.log import recent_errors
 from clearmount.options import MountOptions
+from clearmount.transfer import as_worker
 from clearmount.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,9 @@ class Monitor(FetchEvents):
         self._completed_at = 0.0
         layout = self.fetcher.layout
         try:
-            usage = await trio.to_thread.run_sync(evict.scan, layout, abandon_on_cancel=True)
+            usage = await trio.to_thread.run_sync(
+                as_worker, evict.scan, layout, abandon_on_cancel=True
+            )
         except OSError as exc:
             log.warning("cannot measure the cache at %s: %s", layout.root, exc)
             return

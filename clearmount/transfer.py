@@ -23,6 +23,13 @@ of a fetch part): the call runs in a daemon thread of its own and is given up at
 The first attempt of a cold small object may run in a fetch process instead of a thread
 (`clearmount.workers`): its SDK calls are that process's, under the same data slot here.
 
+Threads and the CPU: the trio loop thread answers every FUSE request, while worker threads
+download and write; on a busy machine (a download uses the CPU of the daemon and of the
+server) a loop that wakes for a request waits for a CPU behind them. `favor_loop` runs the
+loop thread `LOOP_PRIORITY` nice levels above the process where the system allows it (root,
+or `CAP_SYS_NICE`); worker threads, which inherit the loop's priority when trio starts them,
+go back to the process's own on their first call (`as_worker`).
+
 Slots are held by the trio task, not by its thread: a call given up, or cancelled to make room
 for a reader, gives its slot back at once, while its abandoned thread winds down on its own
 (at its next progress report, or at the SDK's read timeout when the server has stalled).
@@ -31,7 +38,9 @@ for a reader, gives its slot back at once, while its abandoned thread winds down
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,6 +52,49 @@ from clearmount.config import STALL_BYTES
 from clearmount.errors import Unavailable
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: How many nice levels the trio loop thread runs above the rest of the process (see
+#: `favor_loop`): enough for its wake-ups to preempt a download thread or a local server.
+LOOP_PRIORITY = 10
+
+
+#: the process's nice value, once `favor_loop` has raised the loop thread above it
+_process_nice: int | None = None
+#: `.reset`: this worker thread has gone back to `_process_nice`
+_worker = threading.local()
+
+
+def favor_loop() -> None:
+    """Run the calling thread, the trio loop's, `LOOP_PRIORITY` nice levels above the process
+    if the system allows it (root, or `CAP_SYS_NICE`); else leave it as it is."""
+    global _process_nice
+    tid = threading.get_native_id()
+    nice = os.getpriority(os.PRIO_PROCESS, tid)
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, max(-20, nice - LOOP_PRIORITY))
+    except PermissionError:
+        log.debug("the FUSE loop keeps the process's CPU priority (no CAP_SYS_NICE)")
+        return
+    _process_nice = nice
+
+
+def worker_nice() -> int | None:
+    """The nice value of the process's workers (threads and fetch processes), if
+    `favor_loop` raised the loop thread above it; None if it did not."""
+    return _process_nice
+
+
+def as_worker(fn: Callable[..., T], *args: object) -> T:
+    """Call `fn(*args)` in a worker thread that first goes back to the process's CPU priority
+    (threads inherit the loop's when trio starts them, see `favor_loop`)."""
+    nice = _process_nice
+    if nice is not None and not getattr(_worker, "reset", False):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        _worker.reset = True
+    return fn(*args)
+
 
 #: Worker threads for the shared (L2) cache's calls (`Transfer.shared`).
 SHARED_CONCURRENCY = 16
@@ -126,7 +178,7 @@ class Transfer:
         async with self.shared_limiter:
             with trio.move_on_after(deadline):
                 return await trio.to_thread.run_sync(
-                    fn, *args, limiter=self._shared_threads, abandon_on_cancel=True
+                    as_worker, fn, *args, limiter=self._shared_threads, abandon_on_cancel=True
                 )
         raise Unavailable(f"no answer within {deadline:g}s", what)
 
@@ -135,7 +187,7 @@ class Transfer:
         worker thread, so a slow disk stalls only its caller, never the loop. Not abandoned
         on cancellation: the call always completes and returns, so what it opened is its
         caller's to close."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.local_limiter)
+        return await trio.to_thread.run_sync(as_worker, fn, *args, limiter=self.local_limiter)
 
     async def metadata(
         self, fn: Callable[..., T], *args: object, deadline: float | None = None, url: str = ""
@@ -145,7 +197,7 @@ class Transfer:
         async with self.metadata_limiter:
             with trio.move_on_after(math.inf if deadline is None else deadline):
                 return await trio.to_thread.run_sync(
-                    fn, *args, limiter=self._metadata_threads, abandon_on_cancel=True
+                    as_worker, fn, *args, limiter=self._metadata_threads, abandon_on_cancel=True
                 )
         raise Unavailable(f"no answer within {deadline:g}s", url)
 
@@ -193,7 +245,7 @@ class Transfer:
         """
         if progress is None:
             return await trio.to_thread.run_sync(
-                fn, *args, limiter=self._data_threads, abandon_on_cancel=True
+                as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
             )
         results: list[T] = []
         error: Exception | None = None
@@ -203,7 +255,7 @@ class Transfer:
             try:
                 results.append(
                     await trio.to_thread.run_sync(
-                        fn, *args, limiter=self._data_threads, abandon_on_cancel=True
+                        as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
                     )
                 )
             except Exception as exc:  # raised below: out of a nursery it would be a group

@@ -47,6 +47,7 @@ import trio
 
 from clearmount import errors
 from clearmount.errors import CacheError, ClearmountError, StoreError, Unexpected
+from clearmount.transfer import worker_nice
 
 if TYPE_CHECKING:
     from clearmount.backends.base import ObjectStore
@@ -175,6 +176,7 @@ class FetchProcesses:
 
     def _spawn(self) -> _Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        nice = worker_nice()
         with ours, theirs:
             popen = subprocess.Popen(
                 [
@@ -183,6 +185,8 @@ class FetchProcesses:
                     "clearmount.workers",
                     str(theirs.fileno()),
                     str(os.getpid()),
+                    # forked from the loop thread, it would keep the loop's priority
+                    "" if nice is None else str(nice),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -429,9 +433,12 @@ def _die_with(parent: int) -> None:
         os._exit(0)  # it died before the line above
 
 
-def serve(fd: int, parent: int) -> None:
-    """The worker process: run the jobs the daemon sends on socket `fd` until it closes."""
+def serve(fd: int, parent: int, nice: int | None) -> None:
+    """The worker process: run the jobs the daemon sends on socket `fd` until it closes, at
+    CPU priority `nice` (None: as started)."""
     _die_with(parent)
+    if nice is not None:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     # the terminal's ^C and the service manager's stop are the daemon's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -446,4 +453,4 @@ if __name__ == "__main__":
     # the module's own names, not __main__'s: what it sends is unpickled as clearmount.workers'
     from clearmount import workers
 
-    workers.serve(int(sys.argv[1]), int(sys.argv[2]))
+    workers.serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) if sys.argv[3] else None)

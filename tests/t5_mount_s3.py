@@ -385,6 +385,33 @@ def test_one_fetch_for_concurrent_readers_and_cache_reuse(
     assert int(os.getxattr(path, "user.clearmount.cached")) == len(data)
 
 
+def thread_nice(pid: int) -> dict[int, int]:
+    """The nice value of each thread of process `pid`, by thread id."""
+    nice = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        nice[int(tid)] = int(stat.rpartition(")")[2].split()[16])  # field 19
+    return nice
+
+
+def test_the_fuse_loop_thread_runs_above_the_download_threads(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    data = os.urandom(3 * MIB)
+    key = unique_name("nice") + ".bin"
+    s3_server.put(bucket, key, data)
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    assert mount.proc is not None
+    assert read_file(mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")) == data
+    nice = thread_nice(mount.proc.pid)
+    loop = nice.pop(mount.proc.pid)  # the main thread runs the trio loop
+    assert len(nice) >= 2  # the download's worker threads, and the open's
+    process = os.nice(0)
+    # raising a thread's priority takes root (or CAP_SYS_NICE); without, all stay equal
+    assert loop == (max(-20, process - 10) if os.geteuid() == 0 else process)
+    assert set(nice.values()) == {process}
+
+
 def test_file_downloaded_by_the_clearml_sdk_is_served_without_get(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, tmp_path: Path
 ) -> None:
