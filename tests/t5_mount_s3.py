@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import pytest
 
+from clearmount import workers
 from clearmount.cache.fetch import FIRST_WINDOW
 from conftest import MountFactory
 from devkit.confs import s3_conf
@@ -400,7 +401,7 @@ def test_the_fuse_loop_thread_runs_above_the_download_threads(
     data = os.urandom(3 * MIB)
     key = unique_name("nice") + ".bin"
     s3_server.put(bucket, key, data)
-    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=["fetch_processes=2"])
     assert mount.proc is not None
     assert read_file(mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")) == data
     nice = thread_nice(mount.proc.pid)
@@ -410,6 +411,28 @@ def test_the_fuse_loop_thread_runs_above_the_download_threads(
     # raising a thread's priority takes root (or CAP_SYS_NICE); without, all stay equal
     assert loop == (max(-20, process - 10) if os.geteuid() == 0 else process)
     assert set(nice.values()) == {process}
+    # the fetch processes, forked from the loop thread, work at the workers' priority too
+    children = poll_until(lambda: children_of(mount.proc.pid, 2), 30, "two fetch processes")
+
+    def working() -> bool:  # once a process has started its threads, it has set its priority
+        return all(len(thread_nice(child)) > workers.THREADS for child in children)
+
+    poll_until(working, 30, "the fetch processes' threads")
+    assert {value for child in children for value in thread_nice(child).values()} == {process}
+
+
+def children_of(pid: int, count: int) -> list[int]:
+    """The child processes of `pid`, once there are `count` of them (else [])."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found if len(found) >= count else []
 
 
 def test_file_downloaded_by_the_clearml_sdk_is_served_without_get(
