@@ -388,7 +388,9 @@ class Fetch:
         missing = self._missing(start, end)
         # a read of bytes no run brings, elsewhere than its reader read last: it jumped here
         jumped = missing is not None and missing[1] is None and not ahead and not continues
-        header = self._header_in(start, end) if self._headers else -1
+        # a read that goes on from the last one (a reader reading the archive in order) reads
+        # a header on its way, not onto it
+        header = self._header_in(start, end) if self._headers and not continues else -1
         if missing is not None and self.error is None:
             self._demand_at = time.monotonic()
             # a jump onto a member's header wants that header, not the member's first window
@@ -489,18 +491,19 @@ class Fetch:
         the directory was read, fetch the headers of the members after each header it reads,
         each in a small run: a zip reader that goes from header to header (torch.load(mmap=True)
         reads them one after the other) finds them on disk instead of waiting a GET for each.
-        The jump that starts it asks for the next `parallel` (a reader that extracts one member
-        stops there), each header read after it for the next `_HEADERS_AHEAD`. A reader that
-        reads the archive in order (torch.load without mmap) never jumps onto a header: its
-        window brings them before it reads them. (A read that finds the directory, the first
-        jump of every zip reader, can hold the last members' headers: the headers are not known
-        yet then, so it starts nothing.)"""
+        The jump that starts it asks for the next `parallel`, a page or two each (a reader that
+        extracts one member stops there), each header read after it for the next
+        `_HEADERS_AHEAD`. A reader that reads the archive in order (torch.load without mmap)
+        never reads onto a header: each of its reads goes on from its last one. (A read that
+        finds the directory, the first jump of every zip reader, can hold the last members'
+        headers: the headers are not known yet then, so it starts nothing.)"""
         headers = self._headers
+        # as far past each header as this READ reaches past its own (a buffered read of a
+        # 4 KiB page: 1-2 pages); a page or two while the reader may be extracting one member
+        # (its READ there can be the kernel's 1 MiB readahead)
+        reach = min(end - headers[k], _HEADER_HINT if self._hinting else 2 * mmap.PAGESIZE)
         count = _HEADERS_AHEAD if self._hinting else self.parallel
         self._hinting = True
-        # as far past each header as this READ reaches past its own (a buffered read of a
-        # 4 KiB page: 1-2 pages)
-        reach = min(end - headers[k], _HEADER_HINT)
         last = min(len(headers), k + 1 + count)
         if self._hinted_from <= k + 1 <= self._hinted_to:
             first = self._hinted_to  # on from the headers already asked for
