@@ -14,7 +14,7 @@ runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result
 Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
 read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
 that reads on gets a window ahead of it that doubles with what it has read in a row; a zip
-reader that jumps from member header to member header gets the next headers fetched ahead
+reader that jumps onto a member's header gets the next headers fetched ahead
 (`cache.zipahead` finds them in the directory it read); the bytes nobody asked for are
 fetched by background GETs that give way while readers wait.
 
@@ -234,10 +234,12 @@ class Fetch:
     - a reader that reads on (`FetchReader`) is fetched a window ahead of it, twice what it
       has read in a row, up to `parallel` times `part_size`, in runs of up to `part_size`,
       `lanes` at a time;
-    - once readers have read a zip's end and directory and jumped to two members' local
-      headers in a row, each header read has the next `_HEADERS_AHEAD` headers fetched
-      ahead in small runs, like a window, `parallel` at a time (a run shorter than
-      `_TIMED_GET` is a round trip more than a stream of bytes: `lanes` does not hold it);
+    - once readers have read a zip's end and directory, a jump onto a member's local
+      header is fetched alone (a page or two, no first window) and has the next `parallel`
+      headers fetched ahead in small runs, and each header read after it the next
+      `_HEADERS_AHEAD`, like a window, `parallel` at a time (a run shorter than
+      `_TIMED_GET` is a round trip more than a stream of bytes: `lanes` does not hold it),
+      started in the order the reader will read them;
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
       last `_QUIET` seconds, `lanes` at a time otherwise. So an opened file still ends up
@@ -286,6 +288,8 @@ class Fetch:
         # at once), and bytes ahead of a reader (up to `parallel` at a time)
         self._urgent: collections.deque[_Run] = collections.deque()
         self._queue: collections.deque[_Run] = collections.deque()
+        # runs whose tasks are started but not running yet, in the order they were started
+        self._starts_due: collections.deque[_Run] = collections.deque()
         self._readers_active = 0
         self._background_active = 0
         # reader runs started that have not received their first bytes yet
@@ -323,14 +327,12 @@ class Fetch:
         self.max_window = max(FIRST_WINDOW, self.parallel * part_size)
         # A zip's members (`zipahead`): while `_zip_looking`, each read looks whether the
         # archive's end and then its directory are on disk; `_headers` are then the members'
-        # local headers, fetched ahead of a reader that walks them (`_hinting`: its last two
-        # jumps landed on headers, `_header_jumps` counts them), those of indexes
-        # [`_hinted_from`, `_hinted_to`) so far.
+        # local headers, fetched ahead of a reader that walks them (`_hinting`: a jump landed
+        # on one), those of indexes [`_hinted_from`, `_hinted_to`) so far.
         self._zip_looking = not whole
         self._tail_seen = info.size
         self._directory: tuple[int, int, int] | None = None
         self._headers: list[int] = []
-        self._header_jumps = 0
         self._hinting = False
         self._hinted_from = self._hinted_to = 0
         if info.size:
@@ -382,17 +384,25 @@ class Fetch:
 
     # ----- readers
 
-    async def wait_for(self, start: int, end: int, ahead: int = 0) -> None:
+    async def wait_for(self, start: int, end: int, ahead: int = 0, continues: bool = False) -> None:
         """Return once bytes [start, end) are on disk; raise the fetch's error if they never
-        will be. `ahead`: how many bytes past `end` the reader will want next (its window)."""
+        will be. `ahead`: how many bytes past `end` the reader will want next (its window);
+        `continues`: the read goes on from the reader's last one."""
         missing = self._missing(start, end)
-        # a read of bytes no run brings, by a reader with no window: it jumped here
-        jumped = missing is not None and missing[1] is None and not ahead
+        # a read of bytes no run brings, elsewhere than its reader read last: it jumped here
+        jumped = missing is not None and missing[1] is None and not ahead and not continues
+        # a read that goes on from the last one (a reader reading the archive in order) reads
+        # a header on its way, not onto it
+        header = self._header_in(start, end) if self._headers and not continues else -1
         if missing is not None and self.error is None:
             self._demand_at = time.monotonic()
-            self._want(missing[0], end)
+            # a jump onto a member's header wants that header, not the member's first window
+            self._want(missing[0], end, exact=jumped and header >= 0)
         if ahead and self.error is None:
             self._want(end, end + ahead, ahead=True)
+        if header >= 0 and (jumped or self._hinting) and self.error is None:
+            # before waiting: the next headers' GETs go out right behind this read's own
+            self._fetch_headers_after(header, end)
         self._pump()
         while missing is not None:
             if self.error is not None:
@@ -418,8 +428,6 @@ class Fetch:
             missing = self._missing(start, end)
         if self._zip_looking:
             self._look_for_zip()
-        if self._headers and (jumped or self._hinting):
-            self._fetch_headers_after(start, end, jumped)
 
     # ----- zip archives
 
@@ -476,26 +484,30 @@ class Fetch:
             os.close(fd)
         return data if len(data) == end - start else None
 
-    def _fetch_headers_after(self, start: int, end: int, jumped: bool) -> None:
-        """Once a reader's jumps land on members' local headers, fetch the headers of the next
-        `_HEADERS_AHEAD` members after each header it reads ([start, end) holds one), each in
-        a small run: a zip reader that goes from header to header (torch.load(mmap=True) reads
-        them one after the other) finds them on disk instead of waiting a GET for each. Two
-        such jumps in a row are needed: every zip reader jumps to the directory at the end
-        (which the last members' headers precede), but one that reads the archive in order
-        gets there with a window that brings its headers before it reads them."""
+    def _header_in(self, start: int, end: int) -> int:
+        """The index of the first member whose local header starts in [start, end), or -1."""
+        k = bisect.bisect_left(self._headers, start)
+        return k if k < len(self._headers) and self._headers[k] < end else -1
+
+    def _fetch_headers_after(self, k: int, end: int) -> None:
+        """Once a reader jumps onto a member's local header (the `k`th, read up to `end`) after
+        the directory was read, fetch the headers of the members after each header it reads,
+        each in a small run: a zip reader that goes from header to header (torch.load(mmap=True)
+        reads them one after the other) finds them on disk instead of waiting a GET for each.
+        The jump that starts it asks for the next `parallel`, a page or two each (a reader that
+        extracts one member stops there), each header read after it for the next
+        `_HEADERS_AHEAD`. A reader that reads the archive in order (torch.load without mmap)
+        never reads onto a header: each of its reads goes on from its last one. (A read that
+        finds the directory, the first jump of every zip reader, can hold the last members'
+        headers: the headers are not known yet then, so it starts nothing.)"""
         headers = self._headers
-        k = bisect.bisect_left(headers, start)
-        holds_header = k < len(headers) and headers[k] < end
-        if jumped:
-            self._header_jumps = self._header_jumps + 1 if holds_header else 0
-            self._hinting = self._hinting or self._header_jumps >= 2
-        if not (holds_header and self._hinting):
-            return
         # as far past each header as this READ reaches past its own (a buffered read of a
-        # 4 KiB page: 1-2 pages)
-        reach = min(end - headers[k], _HEADER_HINT)
-        last = min(len(headers), k + 1 + _HEADERS_AHEAD)
+        # 4 KiB page: 1-2 pages); a page or two while the reader may be extracting one member
+        # (its READ there can be the kernel's 1 MiB readahead)
+        reach = min(end - headers[k], _HEADER_HINT if self._hinting else 2 * mmap.PAGESIZE)
+        count = _HEADERS_AHEAD if self._hinting else self.parallel
+        self._hinting = True
+        last = min(len(headers), k + 1 + count)
         if self._hinted_from <= k + 1 <= self._hinted_to:
             first = self._hinted_to  # on from the headers already asked for
         else:
@@ -505,11 +517,11 @@ class Fetch:
             end_page = -(-(header + reach) // mmap.PAGESIZE) * mmap.PAGESIZE
             self._want(first_page, min(end_page, self.info.size), ahead=True)
         self._hinted_to = max(self._hinted_to, last)
-        self._pump()
 
-    def _want(self, start: int, end: int, ahead: bool = False) -> None:
+    def _want(self, start: int, end: int, ahead: bool = False, exact: bool = False) -> None:
         """Make sure runs will bring bytes [start, end): new reader runs for the gaps; for
-        bytes needed now (not `ahead`), a background run far behind them is cut there."""
+        bytes needed now (not `ahead`), a background run far behind them is cut there. A run
+        for bytes needed now brings a first window from there, unless `exact`."""
         end = min(end, self.info.size)
         at = start
         while at < end:
@@ -533,7 +545,9 @@ class Fetch:
                 run = _Run(
                     at,
                     min(
-                        gap_end, end if ahead else max(end, at + FIRST_WINDOW), at + self.part_size
+                        gap_end,
+                        end if ahead or exact else max(end, at + FIRST_WINDOW),
+                        at + self.part_size,
                     ),
                     True,
                 )
@@ -583,7 +597,7 @@ class Fetch:
                 continue
             self._readers_active += 1
             self._starting += 1
-            nursery.start_soon(self._runner, run)
+            self._start_in_order(nursery, run)
         if self._starting:
             allowed = 0  # a reader's first bytes go out before the link is shared
         elif self._readers_active or time.monotonic() - self._demand_at < _QUIET:
@@ -597,7 +611,17 @@ class Fetch:
             run = _Run(gap[0], min(gap[1], gap[0] + self.part_size), False)
             self._insert(run)
             self._background_active += 1
-            nursery.start_soon(self._runner, run)
+            self._start_in_order(nursery, run)
+
+    def _start_in_order(self, nursery: trio.Nursery, run: _Run) -> None:
+        """Start a task for `run`; the tasks take their runs in the order they were started
+        (trio runs a batch of new tasks in either order: the header a reader reads next would
+        wait behind the 15 after it)."""
+        self._starts_due.append(run)
+        nursery.start_soon(self._run_next)
+
+    async def _run_next(self) -> None:
+        await self._runner(self._starts_due.popleft())
 
     def _next_gap(self) -> tuple[int, int] | None:
         """The first bytes no run claims, from the cursor on, else from the start."""

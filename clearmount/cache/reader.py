@@ -119,7 +119,8 @@ class FetchReader(_FileReader):
         fetch = self.fetch
         if not fetch.complete:
             # the kernel's readahead may send a few reads at once, slightly out of order
-            if self._next >= 0 and abs(offset - self._next) <= _SEQUENTIAL:
+            continues = self._next >= 0 and abs(offset - self._next) <= _SEQUENTIAL
+            if continues:
                 self._next = max(self._next, offset + size)
                 read = self._next - self._streak
                 # a jump's own GET brings its first window; past two, the reader reads on
@@ -127,7 +128,7 @@ class FetchReader(_FileReader):
             else:
                 self._streak, self._next, self._window = offset, offset + size, 0
             try:
-                await fetch.wait_for(offset, offset + size, self._window)
+                await fetch.wait_for(offset, offset + size, self._window, continues)
             except Stale:
                 # the next open must ask the server instead of trusting the old version
                 self._on_stale()
