@@ -32,7 +32,10 @@ def open_store(url: StorageURL, config: Config) -> ObjectStore:
     if store is not None:
         return store
     store = _new_store(url, config)
-    store.origin = (url, config)
+    if url.scheme not in ("http", "https"):
+        # A files server's token comes from a login to the ClearML API server: its fetches
+        # stay in the daemon, so that one token serves them all (one login, one refresh).
+        store.origin = (url, config)
     with _lock:
         return _stores.setdefault(cache_key, store)
 

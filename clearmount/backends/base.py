@@ -93,7 +93,8 @@ class ObjectStore(abc.ABC):
     #: the fetch bound whole lookups and downloads by them (README "Guarantees")
     deadlines: Deadlines = Deadlines()
     #: what `backends.open_store` built this store from: another process (a fetch process,
-    #: `clearmount.workers`) builds its own from it; None for stores made otherwise
+    #: `clearmount.workers`) builds its own from it; None for stores made otherwise, and for
+    #: plain HTTP stores, whose files-server token is the daemon's one login
     origin: tuple[StorageURL, Config] | None = None
 
     #: the store takes uploads (the writing methods below); False: writes are ENOTSUP
