@@ -468,6 +468,17 @@ def test_mode_and_owner_options_parse() -> None:
         options.parse_options(["metrics=9567"])
 
 
+def test_fetch_processes_option_parses_and_refuses_bad_values() -> None:
+    assert options.parse_options(["fetch_processes=0"]).fetch_processes == 0
+    assert options.parse_options(["fetch_processes=4"]).fetch_processes == 4
+    # by default: processes only where the daemon may run on more than one core
+    expected = 2 if len(os.sched_getaffinity(0)) > 1 else 0
+    assert options.parse_options([]).fetch_processes == expected
+    for bad in ("-1", "lots", ""):
+        with pytest.raises(UserError, match="fetch_processes"):
+            options.parse_options([f"fetch_processes={bad}"])
+
+
 # ----------------------------------------------------------------------------- status
 
 
