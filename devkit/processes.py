@@ -84,6 +84,18 @@ def tail(path: Path, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def warnings_and_errors(path: Path, most: int = 20) -> str:
+    """The first `most` WARNING and ERROR lines of a daemon log ("" if none or missing): a
+    failure's cause is often far above the log's tail."""
+    found = [
+        line
+        for line in tail(path, lines=1_000_000).splitlines()
+        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
+    ]
+    more = f"\n[{len(found) - most} more]" if len(found) > most else ""
+    return "\n".join(found[:most]) + more
+
+
 def unique_name(prefix: str) -> str:
     """A bucket/container name unique in this run: ``prefix-1a2b3c4d``."""
     return f"{prefix}-{secrets.token_hex(4)}"

@@ -25,7 +25,7 @@ import pytest
 
 from devkit.azurite import AzuriteServer
 from devkit.fake_gcs import FakeGcsServer
-from devkit.processes import tail
+from devkit.processes import tail, warnings_and_errors
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 from support import Mount, SecretGuard, start_mount
@@ -204,6 +204,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed:
         mounts: list[Mount] = item.stash.get(MOUNTS_KEY, [])
         for i, mount in enumerate(mounts):
+            report.sections.append(
+                (
+                    f"clearmount log mount{i}: warnings and errors",
+                    warnings_and_errors(mount.log_path),
+                )
+            )
             report.sections.append(
                 (f"clearmount log mount{i} ({mount.log_path})", tail(mount.log_path, 80))
             )

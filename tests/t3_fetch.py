@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from clearmount import config
 from clearmount.cache.events import FetchEvents
+from clearmount.cache.evict import remove_unless_open
 from clearmount.cache.fetch import _FAST_LANES, FIRST_WINDOW, Fetch
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import ManagerLayout
@@ -284,6 +286,45 @@ async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(
         for reader in (first, second):
             reader.close()
     assert store.ranges == [(0, len(data))]
+
+
+async def test_an_open_joining_a_fetch_whose_file_was_since_evicted_fetches_it_again(
+    tmp_path: Path,
+) -> None:
+    # A small object is fetched by its open; a second open of it joins and waits for that.
+    # The first reader may read, close, and eviction remove the file before the second open
+    # gets to it: the second open must then fetch it again, not fail with EIO.
+    data = os.urandom(200_000)
+    store = MemoryStore({"k": data})
+    transfer = HeldTransfer()
+    fetcher = make_fetcher(tmp_path, transfer=transfer)
+    url = "s3://memory/k"
+    final = fetcher.layout.final_path(url)
+    joined: list[bytes] = []
+
+    async def first() -> None:
+        reader = await fetcher.open(url, store, store.head("k"))
+        # no checkpoint from here on: the joining open has not run yet
+        reader.close()
+        assert remove_unless_open(final)
+
+    async def second() -> None:
+        reader = await fetcher.open(url, store, store.head("k"))
+        with trio.fail_after(10):
+            joined.append(await reader.read(0, len(data) + 1))
+        reader.close()
+
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        nursery.start_soon(first)
+        with trio.fail_after(10):
+            await transfer.returned.wait()  # the first open's thread fetched and sealed it
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()  # the second open waits for the first
+        assert len(fetcher.in_flight) == 1
+        transfer.go.set()
+    assert joined == [data]
+    assert store.ranges == [(0, len(data)), (0, len(data))]
 
 
 # ----- what the fetches report

@@ -1197,6 +1197,13 @@ class Fetcher:
         except BaseException:
             self.release(fetch)
             raise
+        if fd is None:
+            self.release(fetch)
+            if fetch.complete:
+                # its readers closed it and eviction removed it before this open got to
+                # it: the open looks again, and fetches it anew
+                return None
+            raise CacheError(f"cannot open cache file {fetch.partial}: it was removed")
         return FetchReader(fd, fetch, False, self.release, on_stale)
 
     def _open_known(self, url: str, final: Path, info: ObjectInfo) -> int | None:
@@ -1569,7 +1576,10 @@ class Fetcher:
         if one_fd:
             return _Partial(path, lock_fd, lock_fd)
         try:
-            return _Partial(path, lock_fd, _open_read(path))
+            read_fd = _open_read(path)
+            if read_fd is None:
+                raise CacheError(f"cannot open cache file {path}: it was removed")
+            return _Partial(path, lock_fd, read_fd)
         except BaseException:
             _discard(path, lock_fd)
             raise
@@ -1634,19 +1644,19 @@ class Fetcher:
             return 0
 
 
-def _open_read(*paths: Path) -> int:
-    """A shared-locked read descriptor of the first of `paths` that exists (blocking)."""
+def _open_read(*paths: Path) -> int | None:
+    """A shared-locked read descriptor of the first of `paths` that exists, None if none
+    does (blocking)."""
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            missing = exc
+        except FileNotFoundError:
             continue
         except OSError as exc:
             raise CacheError(f"cannot open cache file {path}: {exc.strerror}") from None
         _share_lock(fd)  # partial files are never evicted; this protects the renamed file
         return fd
-    raise CacheError(f"cannot open cache file {paths[0]}: {missing.strerror}")
+    return None
 
 
 def _warm(fd: int, size: int) -> None:
