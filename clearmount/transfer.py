@@ -141,14 +141,28 @@ class Progress:
         """Seconds until the download is given up, unless a step completes."""
         return self.last_step + self.patience - time.monotonic()
 
+    def fixed_deadline(self, at_most: int) -> float | None:
+        """When an attempt that receives at most `at_most` bytes is given up (a trio clock
+        time), if that cannot complete a step: its watch never moves then, a cancel scope
+        keeps it. None when it can."""
+        if self._step + at_most >= STALL_BYTES:
+            return None
+        now = time.monotonic()
+        until = min(self.last + self.window, self.last_step + self.patience)
+        return trio.current_time() + (until - now)
+
+    def why_stalled(self) -> str:
+        """Why the watch gives the current attempt up, now that it does."""
+        if self.left() <= 0:
+            return f"less than 1 MiB received in {self.patience:g}s"
+        return f"stalled: less than 1 MiB received in {self.window:g}s"
+
 
 async def _watch(progress: Progress, scope: trio.CancelScope) -> None:
     while True:
         now = time.monotonic()
-        if progress.left() <= 0:
-            progress.stalled = f"less than 1 MiB received in {progress.patience:g}s"
-        elif now >= progress.last + progress.window:
-            progress.stalled = f"stalled: less than 1 MiB received in {progress.window:g}s"
+        if progress.left() <= 0 or now >= progress.last + progress.window:
+            progress.stalled = progress.why_stalled()
         if progress.stalled:
             scope.cancel()
             return
@@ -235,18 +249,34 @@ class Transfer:
             self.data_limiter.release()
 
     async def in_thread(
-        self, fn: Callable[..., T], *args: object, progress: Progress | None = None
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        progress: Progress | None = None,
+        at_most: int | None = None,
     ) -> T:
         """Run a transfer that holds a data slot in a worker thread.
 
         On cancellation the thread is abandoned: it notices at its next progress report, which
         fails once its fetch has been stopped, and ends. With `progress`, a transfer that
-        stalls (see `Progress`) is abandoned so and raises `Unavailable`.
+        stalls (see `Progress`) is abandoned so and raises `Unavailable`. `at_most`: the
+        transfer receives no more bytes than that (a small ranged GET); one too small to
+        move the watch is watched by a deadline, without a watcher task.
         """
         if progress is None:
             return await trio.to_thread.run_sync(
                 as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
             )
+        if at_most is not None:
+            progress.restart()
+            deadline = progress.fixed_deadline(at_most)
+            if deadline is not None:
+                with trio.move_on_at(deadline):
+                    return await trio.to_thread.run_sync(
+                        as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
+                    )
+                progress.stalled = progress.why_stalled()
+                raise Unavailable(progress.stalled, progress.url)
         results: list[T] = []
         error: Exception | None = None
         async with trio.open_nursery() as nursery:

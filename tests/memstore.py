@@ -166,9 +166,13 @@ class HeldTransfer(Transfer):
         self.returned = trio.Event()
 
     async def in_thread(
-        self, fn: Callable[..., T], *args: object, progress: Progress | None = None
+        self,
+        fn: Callable[..., T],
+        *args: object,
+        progress: Progress | None = None,
+        at_most: int | None = None,
     ) -> T:
-        result = await super().in_thread(fn, *args, progress=progress)
+        result = await super().in_thread(fn, *args, progress=progress, at_most=at_most)
         self.returned.set()
         await self.go.wait()
         return result

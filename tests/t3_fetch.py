@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,6 +261,59 @@ async def test_a_body_trickling_on_every_attempt_fails_within_the_patience(
     assert seconds < 2.0 + 1.0  # the patience, and a little for the loop
     assert 2 <= len(store.ranges) <= 8  # resumed with backoff, then given up
     assert not fetch.partial.exists() and not fetch.final.exists()
+
+
+class StallingTailStore(MemoryStore):
+    """Its first GET of the object's last `tail` bytes sends nothing more after `fast` bytes
+    (a server that stalls mid-body); every other GET is served whole."""
+
+    def __init__(self, data: bytes, tail: int, fast: int) -> None:
+        super().__init__({"k": data})
+        self.tail_from = len(data) - tail
+        self.fast = fast
+        self.deadlines = config.Deadlines(0.1, 0.1)
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+
+    def read_range(
+        self, key: str, version: str, start: int, end: int, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        if start < self.tail_from or self.stalled.is_set():
+            yield from super().read_range(key, version, start, end, chunk_size)
+            return
+        with self._lock:
+            self.ranges.append((start, end))
+        self.stalled.set()
+        yield self.data(key)[start : start + self.fast]
+        self.release.wait(30)  # the attempt is given up at the stall window, long before
+
+
+async def test_a_small_get_that_stalls_is_given_up_after_the_window_and_resumed(
+    tmp_path: Path, short_deadlines: None
+) -> None:
+    # A read of an object's last bytes is fetched by a GET of its last 64 KiB, too few bytes
+    # to complete a 1 MiB step: its watch is a fixed deadline, and it holds as the watch of
+    # a long GET does (given up after the stall window, resumed from its last byte).
+    data = os.urandom(4 << 20)
+    store = StallingTailStore(data, tail=64 << 10, fast=1000)
+    fetcher = make_fetcher(tmp_path)
+    async with trio.open_nursery() as nursery:
+        fetcher.start(nursery)
+        reader = await fetcher.open("s3://memory/k", store, store.head("k"))
+        with trio.fail_after(10):
+            assert await reader.read(len(data) - 100, 100) == data[-100:]
+        fetch = fetch_of(reader)
+        with trio.fail_after(30):
+            await fetch.ended.wait()
+        reader.close()
+    store.release.set()
+    assert fetch.error is None and fetch.final.read_bytes() == data
+    tail = len(data) - (64 << 10)
+    # the stalled GET, then its resume from the last byte it brought
+    assert [r for r in store.ranges if r[0] >= tail] == [
+        (tail, len(data)),
+        (tail + 1000, len(data)),
+    ]
 
 
 async def test_an_open_joining_a_fetch_its_thread_just_sealed_reads_the_file(

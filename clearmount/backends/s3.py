@@ -87,6 +87,13 @@ DEFAULT_MAX_ATTEMPTS = 5
 
 #: Lifetime of the URL of a presigned GET, sent at once: only a clock skew beyond it matters.
 _PRESIGN_SECONDS = 900
+#: A URL signed here is sent again for the key's next GETs for this long: signing costs more
+#: CPU than the rest of a small GET's client side, and a reader of many small ranges (a zip's
+#: member headers) GETs one key hundreds of times in a row. Far inside `_PRESIGN_SECONDS`, and
+#: inside the 10 minutes before their expiry at which botocore refreshes temporary credentials.
+_REUSE_SECONDS = 60.0
+#: Keys whose last URL signed here is kept.
+_REUSED_KEYS = 64
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _MONTHS = {
@@ -271,6 +278,8 @@ class S3Store(ObjectStore):
         self._pool: Any = _UNBUILT
         self._signer: _QuerySigner | None = None
         self._signer_tried = False
+        # key -> (URL signed here, monotonic time it was signed)
+        self._signed: dict[str, tuple[str, float]] = {}
 
     @property
     def _client(self) -> Any:
@@ -412,6 +421,7 @@ class S3Store(ObjectStore):
                     "%s: a GET signed here answered %d: the client signs", self.base_url, status
                 )
                 self._signer = None
+                self._signed = {}
             elif status in (400, 403) or 300 <= status < 400:
                 log.info("%s: presigned GETs answered %d: using the SDK's", self.base_url, status)
                 self._http = None
@@ -433,8 +443,15 @@ class S3Store(ObjectStore):
         client's first one: the same signature for a third of the CPU) or the client did."""
         signer = self._signer
         if signer is not None:
+            now = time.monotonic()
+            signed = self._signed.get(key)
+            if signed is not None and now - signed[1] < _REUSE_SECONDS:
+                return signed[0], True
             url = signer.sign(key)
             if url is not None:
+                if len(self._signed) >= _REUSED_KEYS:
+                    self._signed = {}
+                self._signed[key] = (url, now)
                 return url, True
         presigned: str = self._client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=_PRESIGN_SECONDS

@@ -812,7 +812,13 @@ class Fetch:
             run.attempt += 1
             try:
                 await transfer.in_thread(
-                    self._fetch_range, run, run.attempt, run.front, progress, progress=progress
+                    self._fetch_range,
+                    run,
+                    run.attempt,
+                    run.front,
+                    progress,
+                    progress=progress,
+                    at_most=run.end - run.front,
                 )
                 return
             except Unavailable as exc:
