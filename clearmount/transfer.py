@@ -14,6 +14,8 @@ store's `Deadlines`); this module bounds what they cannot:
 - a data transfer given a `Progress` is watched: less than 1 MiB within the stall window,
   and it raises `Unavailable` (a server that trickles bytes never trips the SDK's read
   timeout, nor does one that answers the first bytes of every attempt and then stalls).
+  A transfer too small to complete a 1 MiB step (a zip header's GET) has a fixed deadline,
+  kept by a cancel scope instead of a watcher task.
 
 The shared (L2) cache on a network filesystem has its own budget (`shared`): a hung NFS
 server holds those threads, never the cache disk's or the network's, and every call has a

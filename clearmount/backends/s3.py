@@ -17,10 +17,10 @@ Whole lookups and downloads are bounded by `clearmount.transfer`, retries includ
 Data GETs skip most of botocore's per-request work: the client presigns them and they go out
 on its own connection pool, so credentials, region, addressing, proxies, TLS and timeouts are
 still the SDK's (after the first, the URLs are signed by `_QuerySigner`, learned from the
-client's first one: the same SigV4 signature without botocore's per-call pipeline). Only a
-200/206 answer is used; after anything else the SDK asks again (and retries, follows
-redirects, names the error); a presigned GET that times out is resumed by the fetch like a
-stalled body.
+client's first one: the same SigV4 signature without botocore's per-call pipeline, and sent
+again by the key's GETs of the next `_REUSE_SECONDS`). Only a 200/206 answer is used; after
+anything else the SDK asks again (and retries, follows redirects, names the error); a
+presigned GET that times out is resumed by the fetch like a stalled body.
 
 Never wrong bytes: a ranged GET is pinned with If-Match, and its answer is checked too (the
 range it covers, the ETag it carries), so a server that ignores Range or If-Match cannot put
