@@ -149,7 +149,10 @@ class Visit:
     def bucket_bytes(self, key: str) -> int:
         """Response body bytes the server has sent for GETs of `key` through the proxy."""
         assert self.proxy is not None, f"{self.who}'s session has no proxy"
-        return sum(s.body_bytes for s in self.proxy.requests("GET", f"/{BUCKET}/{key}"))
+        gets = self.proxy.requests("GET", f"/{BUCKET}/{key}")
+        sent = sum(s.body_bytes for s in gets)
+        log(f"{self.who}: {len(gets)} GETs of {key}, {sent} bytes")
+        return sent
 
     def add(self, row: str, value: float) -> None:
         self.bench.results.add(row, self.who, value)

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import mlrun
-from ..common import MIB
+from ..common import MIB, log
+from ..session import cpu_seconds
 from . import Row, Scenario, register
 
 if TYPE_CHECKING:
@@ -88,9 +89,25 @@ def register_pair(spec: OneTensor) -> None:
         v.add(bytes_key, spec.manifest(v.data)["tensor_bytes"] / MIB)
 
     def contender_time(v: Visit) -> None:
+        cpu: list[float] = []
+
+        def loop_cpu() -> float:
+            pid = v.mount.proc_pid
+            return 0.0 if pid is None else cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+
+        def before() -> None:
+            v.page_cache.drop()
+            cpu[:] = [v.mount.cpu_seconds(), loop_cpu()]
+
+        def after() -> None:
+            log(
+                f"{v.who}: mount CPU {v.mount.cpu_seconds() - cpu[0]:.3f} s over {spec.call} "
+                f"({loop_cpu() - cpu[1]:.3f} s main thread)"
+            )
+
         with v.step(time_key), v.watchdog(900, spec.call):
             with v.profiler(spec.name):
-                seconds = mlrun.run(spec.job(v.data, v.root / spec.key), before=v.page_cache.drop)
+                seconds = mlrun.run(spec.job(v.data, v.root / spec.key), before, after)
             v.add(time_key, seconds * 1e3)
 
     def contender_bytes(v: Visit) -> None:
