@@ -1503,7 +1503,7 @@ class Fetcher:
         if not self.limits.fits(info.size, free, self.usage_bytes, self.reserved_bytes()):
             return None
         try:
-            found = self._create_partial(final, url, one_fd=True)
+            found = self._create_partial(final, url, one_fd=True, absent=True)
         except (ClearmountError, OSError):
             return None
         assert self.processes is not None
@@ -1570,11 +1570,14 @@ class Fetcher:
             except Exception as exc:  # the loop decides: resume, or fail the fetch
                 hop.error = exc
 
-    def _create_partial(self, final: Path, url: str, one_fd: bool = False) -> _Partial:
+    def _create_partial(
+        self, final: Path, url: str, one_fd: bool = False, absent: bool = False
+    ) -> _Partial:
         """A new locked partial file for `final` (blocking: runs in a worker thread); with
-        `one_fd`, its lock descriptor (shared-locked, readable) is its reader's too."""
+        `one_fd`, its lock descriptor (shared-locked, readable) is its reader's too;
+        `absent`: nothing was found at `final` just now (`CacheLayout.create_partial`)."""
         try:
-            path, lock_fd = self.layout.create_partial(final)
+            path, lock_fd = self.layout.create_partial(final, absent)
         except LayoutConflict:
             raise
         except OSError as exc:

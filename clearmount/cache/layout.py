@@ -123,13 +123,14 @@ class CacheLayout:
     def _make_parent(self, final: Path) -> None:
         self.make_folders()
 
-    def create_partial(self, final: Path) -> tuple[Path, int]:
-        """A new partial file for `final`, locked for as long as the returned fd is open.
+    def create_partial(self, final: Path, absent: bool = False) -> tuple[Path, int]:
+        """A new partial file for `final`, locked for as long as the returned fd is open
+        (`absent`: the caller just found nothing at `final`, so no folder is there).
 
         The (shared) lock tells a later start-up sweep whether its writer is still alive;
         readers hold shared locks too, and the file becomes the cache file they keep open.
         """
-        if final.is_dir():
+        if not absent and final.is_dir():
             raise LayoutConflict(21, f"{final} is a folder, not a file")
         path = self.partial_path(final)
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
