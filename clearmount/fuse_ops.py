@@ -287,9 +287,7 @@ class Operations(pyfuse3.Operations):
             self._files[handle] = writing.reader()
             return pyfuse3.FileInfo(fh=handle, keep_cache=False)
         await self.namespace.revalidate(node)
-        parts = node.parts  # one walk up the path, for both
-        store, _ = await self.namespace.store_for(parts)
-        url = str(self.namespace.url_of(parts))
+        store, url = await self.namespace.object_of(node)
         # a changed object seen by a read: the next open must ask the server again
         on_stale = functools.partial(self.namespace.invalidate, node)
         reader = await self.fetcher.open(url, store, node.info, on_stale=on_stale)
@@ -479,6 +477,10 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def flush(self, fh: int) -> None:
+        if self.uploads is None:
+            # Nothing is ever written here: the kernel takes ENOSYS as "no flush on this
+            # mount" and stops sending one per close(), a request fewer per file read.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         # close(): the object is complete on the server when this returns 0
         await self._finish(fh, closing=True)
 

@@ -52,6 +52,8 @@ _NAME_MAX = 255
 _LIST_AHEAD_PAGES = 10
 # Listing entries remembered per mount beyond which expired ones are swept.
 _ENTRY_SWEEP_AT = 200_000
+#: files whose store and URL an open remembers (`Namespace.object_of`), oldest dropped first
+_OBJECTS_KEPT = 100_000
 # Unlisted endpoints refused with a WARNING line each; later ones are logged at DEBUG only.
 _REFUSED_LOGGED = 100
 
@@ -243,6 +245,8 @@ class Namespace:
         self._looked_up.clear()
         # the stores opened with this config, by base URL
         self._stores: dict[str, ObjectStore] = {}
+        # what `object_of` worked out under this config, by path
+        self._objects: dict[MountPath, tuple[ObjectStore, str]] = {}
         self.root = Node(ROOT_INODE, ROOT_PATH, Kind.ROOT)
         self._nodes[ROOT_INODE] = self.root
 
@@ -334,6 +338,25 @@ class Namespace:
             opened = await self.transfer.local(self._open_store, url, self.config)
             store = stores.setdefault(url.base_url, opened)
         return store, "/".join(parts[depth:])
+
+    async def object_of(self, node: Node) -> tuple[ObjectStore, str]:
+        """The store holding the file `node` and its URL (what the cache names it by).
+
+        Remembered by path until the next reload: every open asks, and working them out
+        (the path's URL parsed twice, the bucket's base URL) cost a cached open more of the
+        loop than its file calls (a DataLoader's next epoch looks each file up anew).
+        """
+        path = node.path
+        objects = self._objects  # this config's, even if a reload comes meanwhile
+        found = objects.get(path)
+        if found is None:
+            parts = path.parts
+            store, _ = await self.store_for(parts)
+            found = (store, str(self.url_of(parts)))
+            if len(objects) >= _OBJECTS_KEPT:
+                del objects[next(iter(objects))]
+            objects[path] = found
+        return found
 
     def may_contact(self, scheme: str, host: str) -> bool:
         """Whether requests may go to the server of `scheme`://`host` (the URL's netloc).

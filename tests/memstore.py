@@ -195,15 +195,20 @@ def make_fetcher(
 BUCKET_CONFIG = 'sdk.aws.s3 { credentials: [ { bucket: "bucket", key: "AK", secret: "SK" } ] }'
 
 
-def make_namespace(tmp_path: Path, store: MemoryStore, **options: Any) -> Namespace:
+def make_namespace(
+    tmp_path: Path, store: MemoryStore, opened: list[str] | None = None, **options: Any
+) -> Namespace:
     """A Namespace over a clearml.conf naming s3://bucket, which `store` serves (no file/
-    level); `options` are MountOptions fields. Any other store asked for fails the test."""
+    level); `options` are MountOptions fields. Any other store asked for fails the test.
+    `opened` gets the base URL of each store the namespace opens."""
     path = tmp_path / "clearml.conf"
     path.write_text(BUCKET_CONFIG)
     cfg = config.load(path, {"HOME": str(tmp_path)})
 
     def open_store(url: StorageURL, _: config.Config) -> ObjectStore:
         assert url.base_url == store.base_url, f"asked for the store of {url}"
+        if opened is not None:
+            opened.append(url.base_url)
         return store
 
     mount_options = MountOptions(**{"nofile": True, **options})

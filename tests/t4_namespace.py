@@ -177,6 +177,24 @@ async def test_an_open_revalidates_after_attr_timeout_and_invalidate_forces_it(
         await namespace.revalidate(node)
 
 
+async def test_a_files_store_and_url_hold_for_its_path_until_a_reload(tmp_path: Path) -> None:
+    opened: list[str] = []
+    namespace = make_namespace(tmp_path, bucket(), opened=opened)
+    node = await must_walk(namespace, "s3/bucket/dir/a.bin")
+    store, url = await namespace.object_of(node)
+    assert url == "s3://bucket/dir/a.bin" and opened == ["s3://bucket"]
+    # the kernel forgot the inode and looks the path up again (a new node): same answer
+    node.lookups += 1
+    namespace.forget(node.inode, 1)
+    again = await must_walk(namespace, "s3/bucket/dir/a.bin")
+    assert again is not node
+    assert await namespace.object_of(again) == (store, url)
+    # a reload (new credentials, endpoints) opens the store anew for the next open
+    namespace.reload(namespace.config, namespace.direct)
+    assert (await namespace.object_of(again))[1] == url
+    assert opened == ["s3://bucket", "s3://bucket"]
+
+
 async def test_an_endpoint_the_config_does_not_name_is_never_contacted(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

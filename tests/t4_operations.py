@@ -101,6 +101,21 @@ async def test_each_open_is_counted_by_how_it_found_the_bytes(
     assert ops.counters.reads == 3 and ops.counters.read_bytes == len(DATA) + 11
 
 
+async def test_a_read_only_mount_refuses_flush_so_the_kernel_stops_sending_it(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # ENOSYS is the kernel's "no FLUSH on this mount": a request fewer at every close()
+    ops = operations(tmp_path, nursery, MemoryStore({"a.bin": DATA}, base_url="s3://bucket"))
+    inode = (await lookup(ops, "s3/bucket/a.bin")).st_ino
+    opened = await ops.open(inode, os.O_RDONLY, CTX)
+    with trio.fail_after(10):
+        assert await ops.read(opened.fh, 0, 10) == DATA[:10]
+    assert await errno_of(ops.flush(opened.fh)) == errno.ENOSYS
+    assert await ops.read(opened.fh, 10, 10) == DATA[10:20]  # the file stays open and read
+    await ops.release(opened.fh)
+    assert not ops.counters.errors  # not a failure anyone sees
+
+
 async def test_writes_and_directories_get_their_errno(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:

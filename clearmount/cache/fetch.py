@@ -171,6 +171,7 @@ class _KnownFile:
 
     version: str
     identity: Identity
+    final: Path  # its cache file (the layout's name for the URL, worked out once)
 
 
 def _chunk_size(run: _Run, object_size: int) -> int:
@@ -1126,7 +1127,8 @@ class Fetcher:
         Does not wait for data: each read waits for its own bytes.
         """
         key = (url, info.version)
-        final = self.layout.final_path(url)
+        known = self._known.get(url)
+        final = known.final if known is not None else self.layout.final_path(url)
         verify = self.verify and store.md5_versions
         small = 0 < info.size <= min(_SMALL, self.part_size) and self.shared is None
         while True:
@@ -1171,7 +1173,7 @@ class Fetcher:
                 if not lookup.count:
                     del self._lookups[key]
             if isinstance(found, _Hit):
-                self._remember(url, info.version, found.identity)
+                self._remember(url, info.version, final, found.identity)
                 self._note_source(url, "l1")
                 if self.index.pending:
                     # an adopted file's row waits for a batch: the eviction loop writes it
@@ -1247,7 +1249,7 @@ class Fetcher:
                 del self._known[url]
                 return None
             self.layout.touch(final)  # a hit: changes the file's change time
-            self._remember(url, info.version, identity(os.fstat(fd)))
+            self._remember(url, info.version, final, identity(os.fstat(fd)))
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, min(info.size, _WARM_BYTES), os.POSIX_FADV_WILLNEED)
         except BaseException:
@@ -1256,9 +1258,9 @@ class Fetcher:
             raise
         return fd
 
-    def _remember(self, url: str, version: str, known: Identity) -> None:
+    def _remember(self, url: str, version: str, final: Path, known: Identity) -> None:
         self._known.pop(url, None)
-        self._known[url] = _KnownFile(version, known)
+        self._known[url] = _KnownFile(version, known, final)
         if len(self._known) > _KNOWN_KEPT:
             del self._known[next(iter(self._known))]  # the oldest
 
@@ -1438,7 +1440,7 @@ class Fetcher:
                 log.info("streaming %s (%d bytes): more than the cache can hold", url, info.size)
                 return StreamReader(Stream(store, info, self.transfer, url, self.events))
             assert isinstance(found, _Hit)
-            self._remember(url, info.version, found.identity)
+            self._remember(url, info.version, final, found.identity)
             self._note_source(url, "l1")
             if self.index.pending:
                 self._changed()  # as in `open`
@@ -1614,7 +1616,7 @@ class Fetcher:
         file's lock descriptor closed (None: already closed)."""
         self._forget(fetch)
         if fetch.complete and fetch.identity is not None:
-            self._remember(fetch.url, fetch.info.version, fetch.identity)
+            self._remember(fetch.url, fetch.info.version, fetch.final, fetch.identity)
         lookup = self._lookups.get((fetch.url, fetch.info.version))
         if lookup is not None:
             lookup.ends += 1
