@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from devkit import REPO
@@ -19,6 +20,15 @@ from devkit.mounts import hermetic_env, mount_points, processes_mentioning
 from devkit.processes import free_ports, http_status, poll_until, tail
 
 READY_TIMEOUT = 180.0
+#: Starts the demo with SIGINT's default action, as a terminal's shell does: a test run
+#: started in the background of a script inherits SIGINT ignored, and a shell cannot trap a
+#: signal ignored when it started, so the demo's Ctrl-C trap would silently not exist.
+_WITH_DEFAULT_SIGINT = (
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+)
 
 
 class Demo:
@@ -42,7 +52,7 @@ class Demo:
         (tmp / "home").mkdir(exist_ok=True)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(REPO / "scripts" / "demo")],
+                [*_WITH_DEFAULT_SIGINT, str(REPO / "scripts" / "demo")],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
