@@ -40,6 +40,7 @@ for a reader, gives its slot back at once, while its abandoned thread winds down
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -265,31 +266,29 @@ class Transfer:
         transfer receives no more bytes than that (a small ranged GET); one too small to
         move the watch is watched by a deadline, without a watcher task.
         """
+        run = functools.partial(
+            trio.to_thread.run_sync,
+            as_worker,
+            fn,
+            *args,
+            limiter=self._data_threads,
+            abandon_on_cancel=True,
+        )
         if progress is None:
-            return await trio.to_thread.run_sync(
-                as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
-            )
-        if at_most is not None:
-            progress.restart()
-            deadline = progress.fixed_deadline(at_most)
-            if deadline is not None:
-                with trio.move_on_at(deadline):
-                    return await trio.to_thread.run_sync(
-                        as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
-                    )
-                progress.stalled = progress.why_stalled()
-                raise Unavailable(progress.stalled, progress.url)
+            return await run()
+        progress.restart()
+        deadline = progress.fixed_deadline(at_most) if at_most is not None else None
+        if deadline is not None:
+            with trio.move_on_at(deadline):
+                return await run()
+            progress.stalled = progress.why_stalled()
+            raise Unavailable(progress.stalled, progress.url)
         results: list[T] = []
         error: Exception | None = None
         async with trio.open_nursery() as nursery:
-            progress.restart()
             nursery.start_soon(_watch, progress, nursery.cancel_scope)
             try:
-                results.append(
-                    await trio.to_thread.run_sync(
-                        as_worker, fn, *args, limiter=self._data_threads, abandon_on_cancel=True
-                    )
-                )
+                results.append(await run())
             except Exception as exc:  # raised below: out of a nursery it would be a group
                 error = exc
             nursery.cancel_scope.cancel()

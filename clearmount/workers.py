@@ -229,8 +229,7 @@ class FetchProcesses:
     def _spawn(self) -> _Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         nice = worker_nice()
-        with theirs, contextlib.ExitStack() as on_error:
-            on_error.callback(ours.close)
+        try:
             popen = subprocess.Popen(
                 [
                     sys.executable,
@@ -245,8 +244,12 @@ class FetchProcesses:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
-            on_error.pop_all()
-            return _Process(popen, Channel(ours))
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the process has its own copy
+        return _Process(popen, Channel(ours))
 
     async def _read(self, process: _Process) -> None:
         conn = process.conn

@@ -74,14 +74,18 @@ def poll_until(
         interval = min(interval * 1.5, 0.25)
 
 
-def tail(path: Path, lines: int = 60) -> str:
-    """The last `lines` lines of a log file ("" if missing)."""
+def _log_lines(path: Path) -> list[str]:
+    """A log file's lines ([] if missing)."""
     try:
         data = path.read_bytes()
     except OSError:
-        return ""
-    text = data.decode("utf-8", "replace").replace("\x00", "")
-    return "\n".join(text.splitlines()[-lines:])
+        return []
+    return data.decode("utf-8", "replace").replace("\x00", "").splitlines()
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """The last `lines` lines of a log file ("" if missing)."""
+    return "\n".join(_log_lines(path)[-lines:])
 
 
 def warnings_and_errors(path: Path, most: int = 20) -> str:
@@ -89,7 +93,7 @@ def warnings_and_errors(path: Path, most: int = 20) -> str:
     failure's cause is often far above the log's tail."""
     found = [
         line
-        for line in tail(path, lines=1_000_000).splitlines()
+        for line in _log_lines(path)
         if " WARNING " in line or " ERROR " in line or " CRITICAL " in line
     ]
     more = f"\n[{len(found) - most} more]" if len(found) > most else ""
