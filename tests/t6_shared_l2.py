@@ -295,6 +295,34 @@ def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) ->
     assert not list((l2 / "clearmount/evictor").glob("*"))
 
 
+def test_one_l2_eviction_round_answers_the_whole_fleet(tmp_path: Path) -> None:
+    """Each round walks the whole L2 tree: a node does not walk it again for a reason that a
+    round of another node, started after that reason, already answered."""
+    from clearmount.cache.shared import L2Limits, SharedCache
+    from clearmount.transfer import Transfer
+
+    l2 = tmp_path / "l2"
+    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=0)
+    a = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
+    b = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
+    folder = l2 / "storage/s3/bucket"
+    folder.mkdir(parents=True)
+    assert b.round_due(time.time(), spacing=5) == 0  # no round yet: due now
+
+    before = time.time()
+    (folder / "old.bin").write_bytes(b"x" * 6000)
+    assert a.evict_once() == 1  # a's round removes it
+    assert not (folder / "old.bin").exists()
+    assert b.round_due(before, spacing=5) is None  # b's earlier reason is answered
+    # b publishes after a's round started: b's round is due, once the fleet's spacing passed
+    pause = b.round_due(time.time() + 1, spacing=5)
+    assert pause is not None and 0 < pause <= 5
+    assert b.round_due(time.time() + 1, spacing=0) == 0
+    # a torn record never stops eviction
+    a.last_round_path.write_bytes(b"{")
+    assert b.round_due(before, spacing=5) == 0
+
+
 def l2_files(l2: Path) -> dict[str, os.stat_result]:
     """The complete files in the L2's storage tree, by path relative to it."""
     found = {}

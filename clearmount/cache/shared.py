@@ -45,10 +45,10 @@ import os
 import socket
 import stat as statmod
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -62,6 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Seconds between a waiting node's looks at the L2 (publication, lease expiry): the first
 #: wait, growing by half at each look up to the last (file operations on the shared
 #: filesystem stay about one per second per waiting fetch).
@@ -69,10 +71,11 @@ POLL_SECONDS = 0.1
 POLL_MAX_SECONDS = 2.0
 #: At most one WARNING about a sick L2 per this many seconds.
 WARN_EVERY = 60.0
-#: Seconds between the L2 evictor's rounds (each node tries; one holds the evictor lease)...
+#: Seconds between a node's looks at the L2's size, unless a round of any node looked since...
 EVICT_EVERY = 60.0
-#: ...and a node's publication starts a round at once, but one node starts at most one round
-#: per this many seconds (each round walks the L2).
+#: ...and a publication asks for a round, but rounds start at most once per this many seconds
+#: across the fleet (each round walks the whole L2 tree; a round that starts after a node's
+#: publication covers it, whichever node holds the evictor lease).
 EVICT_SPACING = 5.0
 #: Bytes per L2 read.
 _CHUNK = 1 << 20
@@ -144,6 +147,8 @@ class SharedCache:
         self.root = root
         self.limits = limits or L2Limits()
         self.evictor_dir = root / "clearmount" / "evictor"
+        #: when the fleet's last eviction round started, and which node ran it
+        self.last_round_path = root / "clearmount" / "evictor-round"
         self.data_dir = root / "storage"
         self.leases_dir = root / "clearmount" / "leases"
         self.versions_dir = root / "clearmount" / "versions"
@@ -186,9 +191,9 @@ class SharedCache:
         else:
             log.debug("shared cache %s: %s: %s", self.root, what, exc)
 
-    async def _io(self, fn: object, *args: object, deadline: float | None = None) -> object:
+    async def _io(self, fn: Callable[..., T], *args: object, deadline: float | None = None) -> T:
         return await self.transfer.shared(
-            fn,  # type: ignore[arg-type]
+            fn,
             *args,
             deadline=self.timeout if deadline is None else deadline,
             what=str(self.root),
@@ -283,11 +288,11 @@ class SharedCache:
     async def keep_within_limits(
         self, interval: float = EVICT_EVERY, spacing: float = EVICT_SPACING
     ) -> None:
-        """After each publication of this node (at most one round per `spacing` seconds),
-        and every `interval` seconds, evict the L2 down to its limits if this node gets the
-        evictor lease (one evictor at a time over the fleet). A round that had to leave the
-        L2 over its limits (its files were too recent, or leased) is followed by another
-        once they are no longer recent."""
+        """After each publication of this node, and every `interval` seconds, see that a
+        round evicts the L2 down to its limits: this node's, if it gets the evictor lease
+        (one evictor at a time over the fleet), unless a round of any node started since
+        (`round_due`). A round that had to leave the L2 over its limits (its files were too
+        recent, or leased) is followed by another once they are no longer recent."""
         if self.limits.max_bytes is None and not self.limits.min_free_bytes:
             return
         while True:
@@ -296,17 +301,40 @@ class SharedCache:
                 wait = min(interval, max(0.0, self.limits.recent_seconds - spacing))
             with trio.move_on_after(wait):
                 await self._published.wait()
+            published = self._published.is_set()
             self._published = trio.Event()
+            # a round that starts after this moment sees the publication; the periodic look
+            # is answered by any round that started while this node waited
+            since = time.time() - (0.0 if published else wait)
             try:
-                removed = await self._io(self.evict_once, deadline=self.timeout + 60)
+                while (pause := await self._io(self.round_due, since, spacing)) is not None:
+                    if pause <= 0:
+                        removed = await self._io(self.evict_once, deadline=self.timeout + 60)
+                        if removed:
+                            log.info("evicted %d file(s) from the shared cache", removed)
+                        break
+                    await trio.sleep(pause)
             except (OSError, ClearmountError) as exc:
                 self.fault("eviction", exc)
-            else:
-                if removed:
-                    log.info("evicted %d file(s) from the shared cache", removed)
             await trio.sleep(spacing)
 
     # ----- blocking operations (worker threads, with deadlines) ------------------------------
+
+    def round_due(self, since: float, spacing: float) -> float | None:
+        """Whether this node should run an eviction round for a reason dated `since` (epoch
+        seconds): None when a round of any node started at or after it (that round saw what
+        this node wants seen), else the seconds to wait first (0: now) so that rounds start at
+        most once per `spacing` seconds across the fleet. Clocks are compared across nodes as
+        the leases' expiries are."""
+        try:
+            started = float(json.loads(self.last_round_path.read_bytes())["started"])
+        except FileNotFoundError:
+            return 0.0
+        except (ValueError, KeyError, TypeError):
+            return 0.0  # torn or foreign: a round now writes a good one
+        if started >= since:
+            return None
+        return max(0.0, started + spacing - time.time())
 
     def evict_once(self) -> int:
         """Under the evictor lease: remove least recently used L2 files (by atime, as the
@@ -318,7 +346,14 @@ class SharedCache:
             self.over_limits = False  # the node that holds it evicts
             return 0
         try:
-            return self._evict_under_lease()
+            started = time.time()
+            removed = self._evict_under_lease()
+            # written once the walk is done: a round that died midway covers nobody's reason
+            record = {"node": self.node, "started": started}
+            tmp = self.last_round_path.with_name(f".evictor-round.{self.node}.{self.pid}.tmp")
+            tmp.write_bytes(json.dumps(record).encode())
+            os.rename(tmp, self.last_round_path)
+            return removed
         finally:
             self._release(lease)
 
