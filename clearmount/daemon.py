@@ -30,6 +30,7 @@ import trio
 
 from clearmount import backends, control
 from clearmount import config as config_module
+from clearmount.backends.base import limit_pools
 from clearmount.cache import limits as cache_limits
 from clearmount.cache.evict import EvictResult, evict, reconcile
 from clearmount.cache.fetch import Fetcher
@@ -186,6 +187,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     except sqlite3.Error as exc:  # a stale row is harmless: the next start cleans it
         log.warning("cache index not reconciled with the disk: %s", exc)
     transfer = Transfer(options.metadata_concurrency, options.fetch_concurrency)
+    limit_pools(transfer.requests_at_once)
     config = request.config
     direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)
     namespace = Namespace(config, options, transfer, direct)

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import trio
 
 from clearmount import errors
+from clearmount.backends.base import limit_pools
 from clearmount.errors import CacheError, ClearmountError, StoreError, Unexpected
 from clearmount.transfer import worker_nice
 
@@ -586,6 +587,7 @@ def serve(fd: int, parent: int, nice: int | None) -> None:
     # errors only: the daemon built the same stores from the same config, and said their
     # warnings (a credentials entry it cannot use, ...) once already
     logging.basicConfig(level=logging.ERROR, format="clearmount fetch process: %(message)s")
+    limit_pools(THREADS)
     _Worker(Channel(socket.socket(fileno=fd))).serve()
     os._exit(0)  # threads still in a GET are not waited for
 
