@@ -380,6 +380,12 @@ def render_status(status: dict[str, Any]) -> str:
             f"{format_bytes(fetch['bytes_done'])} / {format_bytes(fetch['size'])}  "
             f"{format_bytes(fetch['rate'])}/s  {_duration(fetch['elapsed'])}"
         )
+    processes = status.get("fetch_processes")
+    if processes:
+        lines.append(
+            f"workers:  {processes['ready']} of {processes['count']} fetch processes ready, "
+            f"{processes['restarts']} restarted"
+        )
     uploads = status.get("uploads") or []
     if uploads:
         lines.append(f"uploads:  {len(uploads)} in flight")

@@ -30,6 +30,7 @@ import trio
 
 from clearmount import backends, control
 from clearmount import config as config_module
+from clearmount.backends.base import limit_pools
 from clearmount.cache import limits as cache_limits
 from clearmount.cache.evict import EvictResult, evict, reconcile
 from clearmount.cache.fetch import Fetcher
@@ -186,6 +187,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     except sqlite3.Error as exc:  # a stale row is harmless: the next start cleans it
         log.warning("cache index not reconciled with the disk: %s", exc)
     transfer = Transfer(options.metadata_concurrency, options.fetch_concurrency)
+    limit_pools(transfer.requests_at_once)
     config = request.config
     direct = DirectAccess(config.direct_access, config.path_substitution, request.mountpoint)
     namespace = Namespace(config, options, transfer, direct)
@@ -325,8 +327,9 @@ async def _fetch_nursery(task_status: trio.TaskStatus[trio.Nursery]) -> None:
 async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None:
     """Evict in the background whenever a fetch starts or ends (the free-space check at most
     once per `CHECK_GAP`), and every few seconds (the ClearML SDK adds files too). Reads never
-    wait for it. When to scan and evict is `cache.limits`' policy; the `statvfs`, the scan and
-    the batched index rows (`_check`) run in worker threads."""
+    wait for it; a fetch starting while it is behind does, briefly (`Fetcher.note_eviction`,
+    `cache_limits.waits_for_room`). When to scan and evict is `cache.limits`' policy; the
+    `statvfs`, the scan and the batched index rows (`_check`) run in worker threads."""
     layout = fetcher.layout
     limits = fetcher.limits
     local = fetcher.transfer.local
@@ -357,7 +360,7 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             reserved = fetcher.reserved_bytes()
             since_scan = trio.current_time() - last_scan
             due = cache_limits.eviction_due_by_size(
-                limits, since_scan, fetcher.usage_bytes, reserved
+                limits, since_scan, fetcher.held_bytes(), reserved
             )
             gap_over = trio.current_time() >= last_check + cache_limits.CHECK_GAP
             if not due and gap_over and (want_free or fetcher.index.pending):
@@ -367,7 +370,7 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
                 reserved = fetcher.reserved_bytes()
                 since_scan = trio.current_time() - last_scan
                 due = cache_limits.eviction_due(
-                    limits, since_scan, fetcher.usage_bytes, free, reserved
+                    limits, since_scan, fetcher.held_bytes(), free, reserved
                 )
             if not due:
                 continue
@@ -377,13 +380,16 @@ async def _keep_within_limits(fetcher: Fetcher, counters: MountCounters) -> None
             except (OSError, sqlite3.Error) as exc:
                 # a full or vanished cache disk must not end the mount: try again later
                 log.warning("cache eviction failed: %s", exc)
+                fetcher.note_eviction(over=True)
                 continue
             # Fetches that ended during the pass may be missing from its scan: count them on
             # top (too high is corrected by the next pass's scan; too low overshoots the limit).
-            fetcher.usage_bytes = result.used_bytes + max(0, fetcher.usage_bytes - estimate)
+            complete = result.used_bytes - result.partial_bytes
+            fetcher.usage_bytes = complete + max(0, fetcher.usage_bytes - estimate)
             last_scan = trio.current_time()
             if result.over:
                 not_before = last_scan + cache_limits.STUCK_PAUSE
+            fetcher.note_eviction(result.over)
             counters.evictions += len(result.removed)
             counters.evicted_bytes += sum(f.size for f in result.removed)
     finally:

@@ -170,6 +170,18 @@ class _MountCollector(Collector):
             "Fetches running now",
             value=monitor.fetches_in_flight,
         )
+        processes = fetcher.processes
+        if processes is not None:
+            yield GaugeMetricFamily(
+                "clearmount_fetch_processes_ready",
+                "Fetch processes taking jobs now (-o fetch_processes)",
+                value=processes.ready,
+            )
+            yield CounterMetricFamily(
+                "clearmount_fetch_process_restarts",
+                "Fetch processes started again after one died",
+                value=processes.restarts,
+            )
         errors = CounterMetricFamily(
             "clearmount_errors",
             "User-visible failures by operation and kind (error class or errno)",

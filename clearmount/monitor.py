@@ -347,6 +347,14 @@ class Monitor(FetchEvents):
             **dataclasses.asdict(shared.stats),
         }
 
+    def _fetch_processes(self) -> dict[str, int] | None:
+        """How many fetch processes take jobs, of how many, and how many were started again
+        after one died (`-o fetch_processes`; None without)."""
+        processes = self.fetcher.processes
+        if processes is None:
+            return None
+        return {"ready": processes.ready, "count": processes.count, "restarts": processes.restarts}
+
     def snapshot(self) -> dict[str, Any]:
         """Everything `clearmount status` shows, as plain JSON types."""
         config = self._config()
@@ -366,6 +374,7 @@ class Monitor(FetchEvents):
             "options": dataclasses.asdict(self.options),
             "fetches": self.fetches(),
             "uploads": self.uploads.in_flight() if self.uploads is not None else [],
+            "fetch_processes": self._fetch_processes(),
             "cache": {
                 **dataclasses.asdict(self.cache),
                 "max_bytes": limits.max_bytes,

@@ -186,6 +186,11 @@ class Transfer:
         self.shared_limiter = trio.CapacityLimiter(SHARED_CONCURRENCY)
         self._shared_threads = trio.CapacityLimiter(SHARED_CONCURRENCY + _ABANDONED_MAX)
 
+    @property
+    def requests_at_once(self) -> int:
+        """The most store requests the slots let run at once (metadata and data)."""
+        return int(self.metadata_limiter.total_tokens + self.data_limiter.total_tokens)
+
     async def shared(
         self, fn: Callable[..., T], *args: object, deadline: float, what: str = "shared cache"
     ) -> T:

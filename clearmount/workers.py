@@ -22,6 +22,14 @@ Processes die with the daemon: they read their socket in their main thread and e
 end, and the kernel kills them once the daemon is gone (`PR_SET_PDEATHSIG`). They are
 started after the mount is ready and are used once they say they are; until then, and for
 stores they cannot build (`ObjectStore.origin` unset), opens take the daemon's threads.
+
+A process that dies (the OOM killer, an operator's kill) is started again: after
+`_RESTART_SECONDS`, doubling up to `_RESTART_MAX_SECONDS` while its successors keep dying,
+back to the first delay once one stayed up `_STAYED_UP_SECONDS`. Meanwhile its jobs are given
+up and resumed in the daemon's threads, as are new ones if no other process is ready. After
+`_START_FAILURES` processes in a row that never got ready (a broken install) no more are
+started, and small files use the daemon's threads from then on. The loop never waits for a
+process to end: it polls for its exit status.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import trio
 
 from clearmount import errors
+from clearmount.backends.base import limit_pools
 from clearmount.errors import CacheError, ClearmountError, StoreError, Unexpected
 from clearmount.transfer import worker_nice
 
@@ -59,6 +68,16 @@ log = logging.getLogger(__name__)
 THREADS = 8
 #: A process that has not said it is ready after this long is not waited for.
 _START_SECONDS = 30.0
+#: A process that died is started again after this long, doubled for each successor that dies
+#: too, up to `_RESTART_MAX_SECONDS`; back to this once one stayed up `_STAYED_UP_SECONDS`.
+_RESTART_SECONDS = 1.0
+_RESTART_MAX_SECONDS = 60.0
+_STAYED_UP_SECONDS = 60.0
+#: Processes in a row that never got ready after which no more are started.
+_START_FAILURES = 5
+#: How long the loop polls for the exit status of a process it killed (every `_REAP_POLL`).
+_REAP_SECONDS = 5.0
+_REAP_POLL = 0.01
 _PR_SET_PDEATHSIG = 1
 
 
@@ -195,6 +214,8 @@ class _Process:
         self.popen = popen
         self.conn = conn
         self.ready = False
+        #: when it said it was ready (trio clock), None if it never did
+        self.ready_at: float | None = None
         self.alive = True
         self.waiting: dict[int, _Waiter] = {}
         #: the stores this process was sent (by the daemon's store object)
@@ -206,25 +227,79 @@ class FetchProcesses:
 
     def __init__(self, count: int) -> None:
         self.count = count
+        #: the processes started and not lost yet
         self._processes: list[_Process] = []
         self._store_ids: dict[ObjectStore, int] = {}
         self._next_job = 0
+        #: processes started again after one died
+        self.restarts = 0
+        #: processes in a row that never got ready
+        self._start_failures = 0
+        self._gave_up = False
+        self._announced = False
+
+    @property
+    def ready(self) -> int:
+        """How many processes take jobs now."""
+        return sum(p.ready for p in self._processes)
 
     def takes(self, store: ObjectStore) -> bool:
         """Whether a job for `store` can go to a process now."""
         return store.origin is not None and any(p.ready for p in self._processes)
 
     async def run(self) -> None:
-        """Start the processes and read what they say, until cancelled (then end them)."""
+        """Start the processes, keep them running and read what they say, until cancelled
+        (then end them)."""
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(self.count):
-                    process = self._spawn()
-                    self._processes.append(process)
-                    nursery.start_soon(self._read, process)
+                    nursery.start_soon(self._keep)
         finally:
             for process in self._processes:
                 self._lost(process)
+            with trio.CancelScope(shield=True):
+                for process in self._processes:
+                    await _exit_status(process.popen)
+
+    async def _keep(self) -> None:
+        """Keep one process running: start another after it dies (see the module docstring)."""
+        delay = _RESTART_SECONDS
+        while True:
+            try:
+                process = self._spawn()
+            except OSError as exc:
+                what, ready_at = f"not started ({exc})", None
+            else:
+                self._processes.append(process)
+                try:
+                    await self._read(process)
+                finally:
+                    self._lost(process)
+                status = await _exit_status(process.popen)
+                self._processes.remove(process)
+                what, ready_at = f"{process.popen.pid} ended ({status})", process.ready_at
+            if ready_at is None:
+                self._start_failures += 1
+                if self._start_failures >= _START_FAILURES and not self._gave_up:
+                    self._gave_up = True
+                    log.warning(
+                        "fetch process %s: %d in a row never got ready, no more are started: "
+                        "small files use threads",
+                        what,
+                        self._start_failures,
+                    )
+            elif trio.current_time() - ready_at >= _STAYED_UP_SECONDS:
+                delay = _RESTART_SECONDS
+            if self._gave_up:
+                return
+            log.warning(
+                "fetch process %s: its files go on in threads; another starts in %gs",
+                what,
+                delay,
+            )
+            await trio.sleep(delay)
+            delay = min(2 * delay, _RESTART_MAX_SECONDS)
+            self.restarts += 1
 
     def _spawn(self) -> _Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -252,14 +327,12 @@ class FetchProcesses:
         return _Process(popen, Channel(ours))
 
     async def _read(self, process: _Process) -> None:
+        """Read what `process` says until it is gone (or must be: it did not start)."""
         conn = process.conn
         with trio.move_on_after(_START_SECONDS) as starting:
             await trio.lowlevel.wait_readable(conn.fileno())
         if starting.cancelled_caught:
-            log.warning(
-                "fetch process %d did not start: small files use threads", process.popen.pid
-            )
-            self._lost(process)
+            log.warning("fetch process %d did not start in %gs", process.popen.pid, _START_SECONDS)
             return
         try:
             while True:
@@ -271,22 +344,25 @@ class FetchProcesses:
                             waiter.outcome = Outcome._make(message[2])
                             waiter.event.set()
                     elif message[0] == "ready":
-                        process.ready = True
-                        if all(p.ready for p in self._processes):
-                            log.info("%d fetch processes ready", len(self._processes))
+                        self._now_ready(process)
         except (EOFError, OSError, trio.ClosedResourceError):
-            log.warning(
-                "fetch process %d exited (%s): its files go on in threads",
-                process.popen.pid,
-                process.popen.poll(),
-            )
+            pass  # it exited: `_keep` says how
         except Exception:  # a bug must cost the mount this process, never the mount
             log.exception("fetch process %d: unreadable answer", process.popen.pid)
-        finally:
-            self._lost(process)
+
+    def _now_ready(self, process: _Process) -> None:
+        process.ready = True
+        process.ready_at = trio.current_time()
+        self._start_failures = 0
+        if self._announced:
+            log.info("fetch process %d ready, in place of one that ended", process.popen.pid)
+        elif len(self._processes) == self.count and all(p.ready for p in self._processes):
+            self._announced = True
+            log.info("%d fetch processes ready", self.count)
 
     def _lost(self, process: _Process) -> None:
-        """The process is gone, or the daemon stops: its waiting jobs are given up."""
+        """The process is gone, or the daemon stops: its waiting jobs are given up, and it is
+        killed (`_exit_status` reaps it)."""
         if not process.alive:
             return
         process.alive = process.ready = False
@@ -298,8 +374,6 @@ class FetchProcesses:
             process.conn.close()
         with contextlib.suppress(OSError):
             process.popen.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.popen.wait(timeout=1)
 
     async def fetch(self, store: ObjectStore, job: Job, deadline: float) -> Outcome:
         """Run `job` in the least busy ready process; given up (`stalled`, nothing written
@@ -325,6 +399,18 @@ class FetchProcesses:
                 with contextlib.suppress(OSError):
                     process.conn.send(("cancel", job_id))
         return waiter.outcome or Outcome(0, stalled=True)
+
+
+async def _exit_status(popen: subprocess.Popen[bytes]) -> str:
+    """How a process that was killed (or exited) ended, once reaped; polled, so the loop never
+    blocks on it ("not reaped" after `_REAP_SECONDS`: `subprocess` reaps it later)."""
+    with trio.move_on_after(_REAP_SECONDS):
+        while popen.poll() is None:
+            await trio.sleep(_REAP_POLL)
+    code = popen.returncode
+    if code is None:
+        return "not reaped"
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
 # ----- the worker's side
@@ -501,6 +587,7 @@ def serve(fd: int, parent: int, nice: int | None) -> None:
     # errors only: the daemon built the same stores from the same config, and said their
     # warnings (a credentials entry it cannot use, ...) once already
     logging.basicConfig(level=logging.ERROR, format="clearmount fetch process: %(message)s")
+    limit_pools(THREADS)
     _Worker(Channel(socket.socket(fileno=fd))).serve()
     os._exit(0)  # threads still in a GET are not waited for
 

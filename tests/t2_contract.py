@@ -16,6 +16,7 @@ import logging
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ import hypothesis.strategies as st
 import pytest
 
 from clearmount import backends, config, urls
-from clearmount.backends import s3
+from clearmount.backends import base, s3
 from clearmount.backends.base import ObjectInfo, ObjectStore
 from clearmount.config import Config
 from clearmount.errors import AccessDenied, NotFound, Stale, Unavailable, Unexpected
@@ -36,7 +37,7 @@ from devkit.azurite import AzuriteServer
 from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
 from devkit.mounts import hermetic_env
-from devkit.processes import free_port, unique_name
+from devkit.processes import free_port, poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 
@@ -590,6 +591,47 @@ def test_s3_gets_after_the_first_are_signed_like_the_clients(
     assert len(gets) == 2 + len(ODD_KEYS)
     assert all("X-Amz-Signature=" in get.query for get in gets)
     assert not any("authorization" in get.headers for get in gets)
+
+
+def established_to(port: int) -> int:
+    """This machine's TCP connections established to 127.0.0.1:`port` (their client ends)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        remote, state = line.split()[2:4]
+        count += state == "01" and int(remote.rpartition(":")[2], 16) == port
+    return count
+
+
+def test_s3_a_client_keeps_no_more_connections_than_requests_it_sends_at_once(
+    s3_backend: S3Backend, make_proxy: Callable[[str], Proxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the daemon says how many requests it sends at once (its transfer slots); connections
+    # beyond that (opened while given-up requests still ran) are closed once done, not pooled
+    monkeypatch.setattr(base, "_requests_at_once", None)
+    base.limit_pools(3)
+    proxy = make_proxy(s3_backend.server.endpoint)
+    store = proxied_s3_store(s3_backend, proxy)
+    info = store.head("big.bin")
+    proxy.stall(1000, 120, count=None, method="GET")
+    bodies: list[bytes] = []
+
+    def get() -> None:
+        bodies.append(b"".join(store.read_range("big.bin", info.version, 0, 100_000)))
+
+    readers = [threading.Thread(target=get) for _ in range(12)]
+    for reader in readers:
+        reader.start()
+    poll_until(
+        lambda: sum(r.body_bytes >= 1000 for r in proxy.requests("GET")) == 12,
+        30,
+        "12 GETs at once",
+    )
+    assert established_to(proxy.port) >= 12
+    proxy.release()
+    for reader in readers:
+        reader.join(30)
+    assert bodies == [BIG[:100_000]] * 12
+    assert established_to(proxy.port) <= 3
 
 
 @pytest.mark.parametrize("reused", [True, False])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -41,7 +43,7 @@ from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import Mount, tmpfs
+from support import Mount, status_json, tmpfs
 from t5_mount_azure_gcs import AzureCloud, Cloud, GcsCloud
 
 MIB = 1 << 20
@@ -758,6 +760,43 @@ def test_fetch_processes_die_with_a_killed_daemon(
     mount.proc.kill()
     mount.proc.wait(10)
     poll_until(lambda: all(map(is_gone, pids)), 30, "the fetch processes gone")
+
+
+def test_a_killed_fetch_process_is_replaced_and_small_files_read_on(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    before, after = (
+        {unique_name(f"{when}{size}") + ".bin": object_data(size) for size in SMALL_SIZES}
+        for when in ("before", "after")
+    )
+    for key, data in {**before, **after}.items():
+        scene.put(key, data)
+    mount = mount_small(scene, mounted, 1)
+    [killed] = fetch_process_ids(mount)
+    os.kill(killed, signal.SIGKILL)  # as the OOM killer does
+    # read at once: jobs sent to the dead process, or taken by the threads meanwhile
+    for key, data in before.items():
+        outcome = read_now(scene.path(key))
+        assert outcome.errno is None and sha256(outcome.data) == sha256(data), key
+    poll_until(
+        lambda: re.search(r"fetch process (\d+) ready, in place", mount.log_text()),
+        60,
+        "a new fetch process",
+    )
+    match = re.search(r"fetch process (\d+) ready, in place", mount.log_text())
+    assert match is not None
+    new = int(match[1])
+    assert new != killed and fetch_process_ids(mount) == [new]
+    assert "clearmount.workers" in Path(f"/proc/{new}/cmdline").read_text()
+    assert f"fetch process {killed} ended (signal 9)" in mount.log_text()
+    status = status_json(mount.path, mount.env)["fetch_processes"]
+    assert status == {"ready": 1, "count": 1, "restarts": 1}
+    for key, data in after.items():
+        outcome = read_now(scene.path(key))
+        assert outcome.errno is None and sha256(outcome.data) == sha256(data), key
+    # the new process fetched them: their bytes were written by it, not by the daemon
+    assert written_by_fetch_processes(mount) >= sum(map(len, after.values()))
+    scene.check_after()
 
 
 # ----------------------------------------------------------------------------- server killed

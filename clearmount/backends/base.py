@@ -1,8 +1,9 @@
 """The `ObjectStore` contract every cloud adapter satisfies.
 
 Owns: the value types a backend returns (`ObjectInfo`, `ListPage`), the abstract
-`ObjectStore`, and `sdk_border`, the one SDK → clearmount error border every adapter uses.
-One store is one bucket / container, reached with one credentials entry.
+`ObjectStore`, `sdk_border`, the one SDK → clearmount error border every adapter uses, and
+`pool_size`, how many idle connections an SDK client may keep (`limit_pools`). One store is
+one bucket / container, reached with one credentials entry.
 
 Contract, for every implementation:
 - methods are blocking and thread-safe; they are called from worker threads only
@@ -50,6 +51,24 @@ if TYPE_CHECKING:
     from clearmount.urls import StorageURL
 
 log = logging.getLogger(__name__)
+
+#: The most requests this process sends at once (`limit_pools`); None: not said (a command).
+_requests_at_once: int | None = None
+
+
+def limit_pools(requests_at_once: int) -> None:
+    """Say how many requests this process sends at once at most (the daemon: its transfer
+    slots; a fetch process: its threads), before it builds a client: no client pools more
+    idle connections than that. A configured pool is kept as a cap (ClearML asks for 512),
+    and connections beyond it (a request given up while its thread still runs) are closed
+    once done instead of kept at rest."""
+    global _requests_at_once
+    _requests_at_once = requests_at_once
+
+
+def pool_size(configured: int) -> int:
+    """The connections a client configured to pool `configured` keeps (see `limit_pools`)."""
+    return configured if _requests_at_once is None else min(configured, _requests_at_once)
 
 
 @dataclass(frozen=True, slots=True)

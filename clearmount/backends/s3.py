@@ -49,7 +49,7 @@ import botocore.response
 import botocore.utils
 import urllib3.exceptions
 
-from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
+from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, pool_size, sdk_border
 from clearmount.config import Boto3Settings, S3Credentials
 from clearmount.errors import (
     AccessDenied,
@@ -132,7 +132,8 @@ def retry_policy(session: boto3.session.Session) -> dict[str, Any]:
 
 
 def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
-    cache_key = (entry, settings)
+    pool = pool_size(settings.pool_connections)
+    cache_key = (entry, settings, pool)
     with _clients_lock:
         client = _clients.get(cache_key)
         if client is not None:
@@ -150,7 +151,7 @@ def client_for(entry: S3Credentials, settings: Boto3Settings) -> Any:
         if settings.addressing_style:
             s3_options["addressing_style"] = settings.addressing_style
         config = botocore.config.Config(
-            max_pool_connections=settings.pool_connections,
+            max_pool_connections=pool,
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             signature_version=settings.signature_version,

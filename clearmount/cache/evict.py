@@ -91,6 +91,8 @@ class EvictResult:
     used_bytes: int
     #: still over a limit: what is left is open, pinned, recent or being downloaded
     over: bool = False
+    #: of `used_bytes`, those of partial files (downloads in flight)
+    partial_bytes: int = 0
 
 
 def evict(
@@ -113,8 +115,9 @@ def evict(
 
     removed: list[CachedFile] = []
     kept: list[str] = []
+    partial = sum(f.size for f in usage.files if f.partial)
     if not over():
-        return EvictResult(removed, kept, used)
+        return EvictResult(removed, kept, used, partial_bytes=partial)
     goal = goal.with_margin()
     pinned = index.pinned_names()
     now = time.time()
@@ -156,7 +159,7 @@ def evict(
             used,
             free,
         )
-    return EvictResult(removed, kept, used, still_over)
+    return EvictResult(removed, kept, used, still_over, partial)
 
 
 def reconcile(layout: CacheLayout, index: CacheIndex) -> None:

@@ -77,7 +77,7 @@ from clearmount.cache import zipahead
 from clearmount.cache.events import FetchEvents, tell
 from clearmount.cache.index import CacheIndex
 from clearmount.cache.layout import CacheLayout, LayoutConflict
-from clearmount.cache.limits import CacheLimits, free_bytes
+from clearmount.cache.limits import ROOM_WAIT, CacheLimits, free_bytes, waits_for_room
 from clearmount.cache.reader import (
     FIRST_WINDOW,
     CachedReader,
@@ -1076,8 +1076,13 @@ class Fetcher:
         self.changed = trio.Event()
         #: how many times `changed` was set: a waiter busy elsewhere meanwhile sees it moved
         self.changes = 0
-        #: bytes the cache held at the last eviction pass (for `CacheLimits.fits`)
+        #: bytes of complete files the cache held at the last eviction pass, plus the fetches
+        #: completed since (for `CacheLimits.fits`; `held_bytes` adds the partial files)
         self.usage_bytes = 0
+        #: set after each pass of the daemon's eviction loop (None: no loop runs), and whether
+        #: that pass left the cache over its limits (`note_eviction`)
+        self._evicted: trio.Event | None = None
+        self._eviction_stuck = False
         self._nursery: trio.Nursery | None = None
         self._lookups: dict[tuple[str, str], _Lookup] = {}
         #: complete cache files by URL, as this process last sealed or opened them, while the
@@ -1273,6 +1278,12 @@ class Fetcher:
     def reserved_bytes(self) -> int:
         """Bytes still to come for the fetches in flight."""
         return sum(f.info.size - f.bytes_done for f in self.in_flight.values())
+
+    def held_bytes(self) -> int:
+        """Bytes in the cache as far as this process knows: `usage_bytes`, and those the
+        fetches in flight wrote (a fetch that wrote all its bytes and is being checked or
+        renamed is in neither `usage_bytes` nor `reserved_bytes`)."""
+        return self.usage_bytes + sum(f.bytes_done for f in self.in_flight.values())
 
     def _changed(self) -> None:
         self.changes += 1
@@ -1595,8 +1606,30 @@ class Fetcher:
             _discard(path, lock_fd)
             raise
 
+    def note_eviction(self, over: bool) -> None:
+        """The eviction loop ended a pass; `over`: it could not get within the limits (the
+        rest is open, pinned or in flight) or failed, and then no fetch waits for room."""
+        self._eviction_stuck = over
+        evicted, self._evicted = self._evicted, trio.Event()
+        if evicted is not None:
+            evicted.set()
+
+    async def _room_for(self, fetch: Fetch) -> None:
+        """Hold `fetch` back while the eviction loop is behind (`limits.waits_for_room`),
+        until a pass made room, for at most `ROOM_WAIT` seconds; never after a pass that could
+        not (so never for good, whatever is open or pinned)."""
+        size = fetch.info.size
+        with trio.move_on_after(ROOM_WAIT):
+            while (
+                self._evicted is not None
+                and not self._eviction_stuck
+                and waits_for_room(self.limits, self.held_bytes(), self.reserved_bytes(), size)
+            ):
+                await self._evicted.wait()
+
     async def _run(self, fetch: Fetch, lock_fd: int) -> None:
         try:
+            await self._room_for(fetch)
             source = "bucket"
             if self.shared is not None:
                 # the L2's file, else the bucket (under this node's lease, or after waiting

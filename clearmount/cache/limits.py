@@ -6,6 +6,8 @@ the policy the rest of the cache applies:
 - `CacheLimits.fits`: can an object be cached at all (else the daemon streams it);
 - `CacheLimits.exceeded`: is the cache (with the bytes still to come for the downloads in
   flight) over a limit: the eviction loop's trigger, and `evict`'s stopping rule;
+- `waits_for_room`: does a fetch wait for the eviction loop before it downloads (the cache,
+  with the other downloads in flight, is over the size limit: eviction fell behind);
 - `low_room`: the warning a mount starts with when its filesystem leaves (almost) no room
   for cached files;
 - `EVICTION_INTERVAL` / `CHECK_GAP` / `STUCK_PAUSE` / `RESCAN_INTERVAL`, `eviction_due` and
@@ -37,6 +39,8 @@ CHECK_GAP = 0.1
 #: Seconds before the next pass after one that could not get within the limits (the rest is
 #: open, pinned or in flight): passes back to back would only scan the cache again.
 STUCK_PAUSE = 1.0
+#: Seconds at most that a fetch waits for the eviction loop to make room (`waits_for_room`).
+ROOM_WAIT = 5.0
 #: Seconds between full scans of the cache while the estimate says all is well (the ClearML
 #: SDK adds files behind the daemon's back).
 RESCAN_INTERVAL = 30.0
@@ -107,6 +111,16 @@ def eviction_due_by_size(limits: CacheLimits, since_scan: float, used: int, rese
     if since_scan >= RESCAN_INTERVAL:
         return True
     return limits.max_bytes is not None and used + reserved > limits.max_bytes
+
+
+def waits_for_room(limits: CacheLimits, used: int, reserved: int, size: int) -> bool:
+    """Whether a fetch of `size` bytes, counted in `reserved` (the bytes still to come for the
+    downloads in flight), waits for the next eviction pass before it downloads: the cache
+    (`used` bytes) is over the size limit without it. The eviction loop evicts for the
+    downloads in flight as they start, so this holds only while it is behind (a loaded
+    machine): waiting then keeps the overshoot within about one download. Only the size limit,
+    known without a system call, counts."""
+    return limits.max_bytes is not None and used + reserved - size > limits.max_bytes
 
 
 def free_bytes(root: Path) -> int | None:
