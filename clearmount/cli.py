@@ -61,8 +61,9 @@ OPTIONS_HELP = """mount options (-o, comma separated):
   dir_timeout=S       seconds a directory listing is reused (60)
   negative_timeout=S  seconds "no such file" is remembered (5)
   fetch_concurrency=N ranged GETs at once over all downloads (32)
-  fetch_processes=N   worker processes that fetch cold files of up to 1 MiB, off the
-                      daemon's GIL (2 on more than one core, else 0: the daemon's threads)
+  fetch_processes=N   worker processes that fetch cold files of up to 1 MiB and a zip's
+                      headers, off the daemon's GIL (2 on more than one core, else 0: the
+                      daemon's threads)
   metadata_concurrency=N  HEAD/LIST requests at once (32)
   uid=N,gid=N         owner shown for every file, number or name (default: the user
                       running clearmount)

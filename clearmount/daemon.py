@@ -459,7 +459,7 @@ async def _announce_ready(
     await service.namespace.transfer.metadata(backends.warm_up, service.namespace.config)
     if service.fetcher.processes is not None:
         # after ready: their start (an interpreter and the SDK's imports each) delays no one
-        nursery.start_soon(service.fetcher.processes.run)
+        nursery.start_soon(service.fetcher.processes.run, service.namespace.config)
     # What start-up and the SDKs built (~90 000 objects, mostly botocore's service models)
     # lives as long as the daemon: out of the collector's sight, a full collection, which
     # a listing of 10 000 keys triggers a few times, takes ~2 ms instead of ~40 ms.

@@ -22,8 +22,9 @@ server holds those threads, never the cache disk's or the network's, and every c
 deadline. `call_with_deadline` does the same for a worker thread already running (the L2 reads
 of a fetch part): the call runs in a daemon thread of its own and is given up at its deadline.
 
-The first attempt of a cold small object may run in a fetch process instead of a thread
-(`clearmount.workers`): its SDK calls are that process's, under the same data slot here.
+The first attempt of a cold small object, and of a big object's run too small to bring
+1 MiB, may run in a fetch process instead of a thread (`clearmount.workers`): its SDK calls
+are that process's, under the same data slot here.
 
 Threads and the CPU: the trio loop thread answers every FUSE request, while worker threads
 download and write; on a busy machine (a download uses the CPU of the daemon and of the

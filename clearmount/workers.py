@@ -9,15 +9,23 @@ hashing) that take the GIL from the FUSE loop. Here that work runs in other proc
 loop sends a job (about 300 bytes) and later reads its outcome from the process's socket
 (`trio.lowlevel.wait_readable`: no thread of the daemon waits for it).
 
-A job is the first attempt of one small object's fetch (`cache.fetch.Fetcher`'s
-`_open_in_process`), into the partial file the loop created: GET, write, MD5/ETag and size
-check, rename into place. The loop records the index row. A job is given up after the
-store's stall window (by a watchdog in the worker, which then writes and renames nothing
-more: the rename is under the job's lock) and its outcome says how many bytes are on disk;
-the fetch then goes on in the daemon's threads from there, as a stalled thread's does.
+A job is one of two kinds. The first attempt of one small object's fetch
+(`cache.fetch.Fetcher`'s `_open_in_process`), into the partial file the loop created: GET,
+write, MD5/ETag and size check, rename into place; the loop records the index row. Or one
+attempt at a big object's small ranged GET (a run too small to bring 1 MiB, such as a zip
+member's header: `cache.fetch.Fetch._fetch_in_process`): bytes [start, end) of the version
+into the fetch's partial file at their offset, no hash, no rename. A job is given up after
+its stall window (by a watchdog in the worker, which then writes and renames nothing more:
+the rename is under the job's lock) and its outcome says how far the bytes are on disk; the
+fetch then goes on in the daemon's threads from there, as a stalled thread's does. Bytes a
+given-up job's thread still writes land at their own offset of the same version, and
+nothing counts them.
 
 Each process builds its stores once (`backends.open_store`, from the frozen config and the
 store's URL that the daemon sends it once per store), and runs up to `THREADS` jobs at once.
+Before it says it is ready it imports the SDKs and builds the clients the mount's config
+uses (`backends.warm_up`, as the daemon does at its start): ~0.15 s of CPU per client,
+which its first jobs would otherwise pay while a reader waits.
 Processes die with the daemon: they read their socket in their main thread and exit at its
 end, and the kernel kills them once the daemon is gone (`PR_SET_PDEATHSIG`). They are
 started after the mount is ready and are used once they say they are; until then, and for
@@ -61,6 +69,7 @@ from clearmount.transfer import worker_nice
 
 if TYPE_CHECKING:
     from clearmount.backends.base import ObjectStore
+    from clearmount.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +91,28 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Job(NamedTuple):
-    """The first attempt at one small object, into `partial`, renamed to `final` if whole."""
+    """The first attempt at one small object, into `partial`, renamed to `final` if whole;
+    or (`final` None) bytes [start, end) of the object into `partial` at their offset."""
 
     url: str
     key: str
     version: str
     size: int
     partial: str
-    final: str
+    #: None: a ranged GET into a bigger fetch's partial file (not checked, not renamed)
+    final: str | None
     #: the MD5 the ETag states (checked), or None
     md5: str | None
     #: the store's stall window: the job is given up after it
     window: float
+    start: int = 0
+    #: None: the object's size
+    end: int | None = None
 
 
 class Outcome(NamedTuple):
-    #: bytes on disk from the start of the partial file (the fetch resumes from there)
+    #: the bytes from the job's start up to here are on disk (the fetch resumes from
+    #: there; 0 when nothing is known)
     written: int
     #: renamed into place, checked
     sealed: bool = False
@@ -247,13 +262,14 @@ class FetchProcesses:
         """Whether a job for `store` can go to a process now."""
         return store.origin is not None and any(p.ready for p in self._processes)
 
-    async def run(self) -> None:
-        """Start the processes, keep them running and read what they say, until cancelled
-        (then end them)."""
+    async def run(self, config: Config | None = None) -> None:
+        """Start the processes (their SDK clients built from `config` before they say they
+        are ready), keep them running and read what they say, until cancelled (then end
+        them)."""
         try:
             async with trio.open_nursery() as nursery:
                 for _ in range(self.count):
-                    nursery.start_soon(self._keep)
+                    nursery.start_soon(self._keep, config)
         finally:
             for process in self._processes:
                 self._lost(process)
@@ -261,12 +277,12 @@ class FetchProcesses:
                 for process in self._processes:
                     await _exit_status(process.popen)
 
-    async def _keep(self) -> None:
+    async def _keep(self, config: Config | None) -> None:
         """Keep one process running: start another after it dies (see the module docstring)."""
         delay = _RESTART_SECONDS
         while True:
             try:
-                process = self._spawn()
+                process = self._spawn(config)
             except OSError as exc:
                 what, ready_at = f"not started ({exc})", None
             else:
@@ -301,7 +317,7 @@ class FetchProcesses:
             delay = min(2 * delay, _RESTART_MAX_SECONDS)
             self.restarts += 1
 
-    def _spawn(self) -> _Process:
+    def _spawn(self, config: Config | None) -> _Process:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         nice = worker_nice()
         try:
@@ -324,7 +340,10 @@ class FetchProcesses:
             raise
         finally:
             theirs.close()  # the process has its own copy
-        return _Process(popen, Channel(ours))
+        conn = Channel(ours)
+        with contextlib.suppress(OSError):  # (one that died at once is found by `_read`)
+            conn.send(("warm", config))  # the socket's buffer holds it while it starts
+        return _Process(popen, conn)
 
     async def _read(self, process: _Process) -> None:
         """Read what `process` says until it is gone (or must be: it did not start)."""
@@ -422,13 +441,13 @@ class _Attempt:
 
     __slots__ = ("abandoned", "deadline", "job_id", "lock", "sent", "written")
 
-    def __init__(self, job_id: int, deadline: float) -> None:
+    def __init__(self, job_id: int, deadline: float, start: int) -> None:
         self.job_id = job_id
         self.deadline = deadline
         self.lock = threading.Lock()
         self.abandoned = False
         self.sent = False
-        self.written = 0
+        self.written = start
 
     def __lt__(self, other: _Attempt) -> bool:
         return self.deadline < other.deadline
@@ -472,7 +491,8 @@ class _Worker:
                 self._watch.wait(timeout)
 
     def _run(self, job_id: int, store_id: int, job: Job) -> None:
-        attempt = self.attempts[job_id] = _Attempt(job_id, time.monotonic() + job.window)
+        attempt = _Attempt(job_id, time.monotonic() + job.window, job.start)
+        self.attempts[job_id] = attempt
         store = self.stores[store_id]
         with self._watch:
             heapq.heappush(self._watched, attempt)
@@ -489,22 +509,23 @@ class _Worker:
                 self.finish(attempt, outcome)
 
     def _fetch(self, attempt: _Attempt, store: ObjectStore, job: Job) -> Outcome | None:
+        end = job.size if job.end is None else job.end
         digest = hashlib.md5() if job.md5 is not None else None
         fd = os.open(job.partial, os.O_WRONLY | os.O_CLOEXEC)
-        position = 0
+        position = job.start
         try:
-            chunks = store.read_range(job.key, job.version, 0, job.size, max(job.size, 1))
+            chunks = store.read_range(job.key, job.version, position, end, max(end - position, 1))
             try:
                 for chunk in chunks:
                     if attempt.abandoned:
                         return None
-                    chunk = chunk[: job.size - position]
+                    chunk = chunk[: end - position]
                     if digest is not None:
                         digest.update(chunk)
                     if chunk:
                         os.pwrite(fd, chunk, position)
                         position = attempt.written = position + len(chunk)
-                    if position >= job.size:
+                    if position >= end:
                         break
             finally:
                 close = getattr(chunks, "close", None)
@@ -513,6 +534,10 @@ class _Worker:
             partial = os.fstat(fd)
         finally:
             os.close(fd)
+        if job.final is None:  # a range of a bigger fetch: the daemon counts it
+            with attempt.lock:
+                self.finish(attempt, Outcome(position))
+            return None
         verify_download(
             job.url,
             partial.st_size,
@@ -534,8 +559,20 @@ class _Worker:
         return None
 
     def serve(self) -> None:
-        """Run jobs in `THREADS` threads, each reading the next message itself (a thread
-        handing jobs to others would cost a wake-up per job), until the daemon is gone."""
+        """Warm up, then run jobs in `THREADS` threads, each reading the next message itself
+        (a thread handing jobs to others would cost a wake-up per job), until the daemon is
+        gone."""
+        from clearmount import backends
+
+        try:
+            kind, config = self.conn.next()
+        except (EOFError, OSError):
+            return
+        if kind == "warm" and config is not None:
+            try:
+                backends.warm_up(config)
+            except Exception:  # the daemon's own warm-up said it; the first job says it again
+                log.debug("warm-up failed", exc_info=True)
         threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(THREADS)]
         for thread in threads:
             thread.start()

@@ -283,3 +283,39 @@ class SecretGuard:
                 if value in text:
                     found.append(f"{label} appears in {log}")
         return found
+
+
+def fetch_process_ids(mount: Mount) -> list[int]:
+    """The daemon's child processes (its fetch processes)."""
+    assert mount.proc is not None
+    pid = mount.proc.pid
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+def written_by_fetch_processes(mount: Mount) -> int:
+    """Bytes the fetch processes wrote (files and their socket)."""
+    total = 0
+    for pid in fetch_process_ids(mount):
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                total += int(line.split()[1])
+    return total
+
+
+def tcp_peer_ports(pid: int) -> list[int]:
+    """The remote ports of process `pid`'s IPv4 TCP connections (from /proc)."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                sockets.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = []
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in sockets:
+            ports.append(int(fields[2].rpartition(":")[2], 16))
+    return ports

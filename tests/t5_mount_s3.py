@@ -31,7 +31,7 @@ from devkit.confs import s3_conf
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy, Seen
 from devkit.s3 import S3Server
-from support import Mount, status_json
+from support import Mount, status_json, written_by_fetch_processes
 
 MIB = 1 << 20
 
@@ -600,6 +600,33 @@ def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
     assert sorted(h for h in headers if any(s <= h < e for s, e in small)) == headers[1:]
     assert len(small) == len(members) - 1, small  # one GET each
     assert sum(e - s for s, e in asked) <= 2 * FIRST_WINDOW + len(members) * (16 << 10), asked
+
+
+def test_zip_member_headers_fetched_ahead_by_fetch_processes_are_the_same_gets_and_bytes(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, zip_object
+) -> None:
+    # With fetch processes ready, the small GETs of the headers fetched ahead are theirs
+    # (`Fetch._fetch_in_process`): the same GETs as the daemon's threads make, the same bytes.
+    key, data = zip_object
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=["fetch_processes=2"])
+    poll_until(lambda: "2 fetch processes ready" in mount.log_text(), 60, "the fetch processes")
+    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
+    path.stat()
+    s3_proxy.reset()
+    written = written_by_fetch_processes(mount)
+    with open(path, "rb") as f:
+        members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
+        names = read_member_names(f, members)
+        asked = requested(s3_proxy.requests("GET", f"/{bucket}/{key}"))
+        middle = members[len(members) // 2]
+        assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
+    assert names == [m.filename.encode() for m in members]
+    headers = [m.header_offset for m in members]
+    small = [(s, e) for s, e in asked if e - s <= 16 << 10 and any(s <= h < e for h in headers)]
+    assert len(small) == len(members) - 1, small  # one GET each, as without processes
+    # their bytes were written by the fetch processes
+    assert written_by_fetch_processes(mount) - written >= sum(e - s for s, e in small)
+    assert read_file(path) == data
 
 
 def test_a_reader_extracting_one_zip_member_gets_a_bounded_header_look_ahead(

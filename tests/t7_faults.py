@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -30,7 +31,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +46,16 @@ from devkit.fake_gcs import FakeGcsServer
 from devkit.processes import poll_until, unique_name
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
-from support import Mount, status_json, tmpfs
+from support import (
+    Mount,
+    fetch_process_ids,
+    status_json,
+    tcp_peer_ports,
+    tmpfs,
+    written_by_fetch_processes,
+)
 from t5_mount_azure_gcs import AzureCloud, Cloud, GcsCloud
+from t5_mount_s3 import read_member_names
 
 MIB = 1 << 20
 PART = 4 * MIB
@@ -599,26 +610,6 @@ def mount_small(scene: Scene, mounted: MountFactory, processes: int, *options: s
     return mount
 
 
-def fetch_process_ids(mount: Mount) -> list[int]:
-    """The daemon's child processes (its fetch processes)."""
-    assert mount.proc is not None
-    pid = mount.proc.pid
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return children
-
-
-def written_by_fetch_processes(mount: Mount) -> int:
-    """Bytes the fetch processes wrote (files and their socket)."""
-    total = 0
-    for pid in fetch_process_ids(mount):
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-            if line.startswith("wchar:"):
-                total += int(line.split()[1])
-    return total
-
-
 def is_gone(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -797,6 +788,64 @@ def test_a_killed_fetch_process_is_replaced_and_small_files_read_on(
     # the new process fetched them: their bytes were written by it, not by the daemon
     assert written_by_fetch_processes(mount) >= sum(map(len, after.values()))
     scene.check_after()
+
+
+def test_fetch_processes_killed_while_they_fetch_zip_headers_ahead_lose_no_byte(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy
+) -> None:
+    # The small GETs of a big object's zip headers fetched ahead go to the fetch processes
+    # (`Fetch._fetch_in_process`); the jobs of a process killed mid-GET are resumed in the
+    # daemon's threads, from what is known to be on disk.
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        # members 5 MiB apart: a buffered read at a header (and the kernel's 1 MiB
+        # readahead) never reaches the next, each header after the first window is a jump
+        for i in range(12):
+            archive.writestr(f"checkpoint/data/{i}", object_data(5 * MIB + i))
+    data = out.getvalue()
+    key = unique_name("zip-kill") + ".zip"
+    scene.put(key, data)
+    request_path, url = f"/{scene.bucket}/{key}", scene.url(key)
+    mount = mount_small(scene, mounted, 2)
+    path = scene.path(key)
+    assert path.stat().st_size == len(data)
+    with open(path, "rb") as f, ThreadPoolExecutor(1) as pool:
+        members = zipfile.ZipFile(f).infolist()  # the end, then the directory
+        # every GET from now on is held before its first byte
+        s3_proxy.stall(0, 120, count=None, method="GET", path=request_path)
+        seen = len(s3_proxy.requests("GET", request_path))
+
+        def small_held() -> bool:
+            later = s3_proxy.requests("GET", request_path)[seen:]
+            return sum(1 for get in later if get.range and _range_length(get.range) < MIB) >= 4
+
+        walk = pool.submit(read_member_names, f, members)
+        poll_until(small_held, 30, "the header GETs held")
+        # the processes sent those GETs: each held one has a connection of its own
+        pids = fetch_process_ids(mount)
+        proxy_port = int(s3_proxy.endpoint.rpartition(":")[2])
+        assert sum(tcp_peer_ports(pid).count(proxy_port) for pid in pids) >= 4
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+        def resumed() -> bool:
+            log = mount.log_text()
+            return log.count("its files go on in threads") == 2 and f"resuming {url}" in log
+
+        # their jobs are resumed in threads at once (those GETs are held too, until the reset)
+        poll_until(resumed, 30, "the lost jobs resumed")
+        s3_proxy.reset()
+        assert walk.result(timeout=120) == [m.filename.encode() for m in members]
+        middle = members[len(members) // 2]
+        expected = zipfile.ZipFile(io.BytesIO(data))
+        assert zipfile.ZipFile(f).read(middle) == expected.read(middle)
+    assert read_now(path).data == data
+    scene.check_after()
+
+
+def _range_length(header: str) -> int:
+    first, _, last = header.removeprefix("bytes=").partition("-")
+    return int(last) + 1 - int(first)
 
 
 # ----------------------------------------------------------------------------- server killed

@@ -23,7 +23,8 @@ thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt
 small file costs the loop one hop and no task, where a fetch's runs cost three tasks and a
 hop more. A failed or given-up first attempt goes on as any fetch does. With fetch processes
 (`clearmount.workers`, `-o fetch_processes=N`), the first attempt of a cold one runs in one
-of them instead, and its open makes no thread hop at all (`Fetcher._open_in_process`).
+of them instead, and its open makes no thread hop at all (`Fetcher._open_in_process`); so do
+the small ranged GETs of a bigger fetch (a zip member's header: `Fetch._fetch_in_process`).
 
 Threads: each run (one GET) is downloaded in a worker thread (through `Transfer.in_thread`)
 that opens its own descriptor of the partial file, so a thread abandoned at shutdown can only
@@ -273,6 +274,8 @@ class Fetch:
         self.verify = verify
         self.events = events or FetchEvents()
         self.store = store
+        #: the fetch processes that take its small ranged GETs (`_fetch_in_process`), or None
+        self.processes: FetchProcesses | None = None
         self.info = info
         self.final = final
         self.partial = partial
@@ -808,10 +811,15 @@ class Fetch:
         progress = run.progress or self.progress()
         run.progress = progress
         tries = 0
+        # a failed or given-up attempt in a process is resumed in a thread
+        in_process = self.processes is not None
         while run.front < run.end:
             started = time.monotonic()
             run.attempt += 1
             try:
+                if in_process and await self._fetch_in_process(run, run.attempt, progress):
+                    return
+                in_process = False
                 await transfer.in_thread(
                     self._fetch_range,
                     run,
@@ -823,6 +831,7 @@ class Fetch:
                 )
                 return
             except Unavailable as exc:
+                in_process = False
                 # the bytes its thread wrote and has not told yet count too
                 self._advance(run, run.written, run.attempt, 0)
                 if progress.stalled:
@@ -839,6 +848,52 @@ class Fetch:
                     raise
                 log.warning("resuming %s at byte %d: %s", self.url, run.front, exc)
                 await trio.sleep(min(_backoff(tries), left))
+
+    async def _fetch_in_process(self, run: _Run, attempt: int, progress: Progress) -> bool:
+        """One attempt at a run too small to bring 1 MiB (a zip member's header), in a fetch
+        process (`workers`): a thread's GET, in the daemon, costs the loop GIL hand-overs and
+        takes the GIL from it. False: the run is not that small, or no process takes the
+        fetch's store now (not ready yet, an L2 file); the caller takes a thread. Raises as
+        `_fetch_range` does: `Unavailable` once given up at the stall watch's deadline (its
+        bytes so far counted), so that the caller resumes the run from there.
+
+        The outcome is the only thing counted, and only for the current attempt of a fetch
+        still going (`_advance`): what the process writes after it was given up lands at
+        its own offset of the same version, in the same partial file, and nobody counts it.
+        """
+        processes = self.processes
+        if processes is None or run.whole or not processes.takes(self.store):
+            return False  # (a whole object's run is hashed as it arrives, in a thread)
+        progress.restart()
+        deadline = progress.fixed_deadline(run.end - run.front)
+        if deadline is None:
+            return False
+        window = max(0.0, deadline - trio.current_time())
+        job = Job(
+            self.url,
+            self.info.key,
+            self.info.version,
+            self.info.size,
+            str(self.partial),
+            final=None,
+            md5=None,
+            window=window,
+            start=run.front,
+            end=run.end,
+        )
+        # the process gives the job up after `window`; this bounds one that stopped answering
+        outcome = await processes.fetch(self.store, job, 2 * window + 1)
+        received = max(0, outcome.written - run.front)
+        progress.add(received)
+        if not self.aborted and attempt == run.attempt:
+            run.written = max(run.written, outcome.written)
+        self._advance(run, outcome.written, attempt, received)
+        if outcome.error is not None:
+            raise error_from(outcome.error)
+        if outcome.stalled:
+            progress.stalled = progress.why_stalled()
+            raise Unavailable(progress.stalled, self.url)
+        return True
 
     def progress(self) -> Progress:
         """A new stall watch for a run of this fetch (`transfer.Progress`)."""
@@ -1392,6 +1447,7 @@ class Fetcher:
             self.layout.name_of(final),
         )
         fetch.readers = 1
+        fetch.processes = self.processes
         return fetch
 
     async def _open_small(

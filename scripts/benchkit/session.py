@@ -182,6 +182,18 @@ def cpu_seconds(stat: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu(pid: int) -> tuple[float, float, float]:
+    """CPU seconds of process `pid` (threads gone included) and its live child processes
+    (clearmount's fetch processes), of its main thread, and of those children."""
+    children: list[str] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += (task / "children").read_text().split()
+    child_cpu = sum(cpu_seconds(f"/proc/{child}/stat") for child in children)
+    total = cpu_seconds(f"/proc/{pid}/stat") + child_cpu
+    return total, cpu_seconds(f"/proc/{pid}/task/{pid}/stat"), child_cpu
+
+
 class Profiler:
     """py-spy (--nonblocking) on the mount process while one step runs, collapsed stacks;
     and, profiled or not, the process's CPU seconds over the step, logged (all threads, and
@@ -196,15 +208,8 @@ class Profiler:
         self.cpu = (0.0, 0.0, 0.0)
 
     def _cpu(self) -> tuple[float, float, float]:
-        """CPU seconds of the whole process (threads gone included) and its live child
-        processes (clearmount's fetch processes), of its main thread, and of those children."""
-        children: list[str] = []
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{self.pid}/task").iterdir():
-                children += (task / "children").read_text().split()
-        child_cpu = sum(cpu_seconds(f"/proc/{child}/stat") for child in children)
-        total = cpu_seconds(f"/proc/{self.pid}/stat") + child_cpu
-        return total, cpu_seconds(f"/proc/{self.pid}/task/{self.pid}/stat"), child_cpu
+        assert self.pid is not None
+        return process_cpu(self.pid)
 
     def __enter__(self) -> Profiler:
         if self.pid is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import mlrun
 from ..common import MIB, log
-from ..session import cpu_seconds
+from ..session import process_cpu
 from . import Row, Scenario, register
 
 if TYPE_CHECKING:
@@ -91,18 +91,19 @@ def register_pair(spec: OneTensor) -> None:
     def contender_time(v: Visit) -> None:
         cpu: list[float] = []
 
-        def loop_cpu() -> float:
+        def mount_cpu() -> tuple[float, float, float]:
             pid = v.mount.proc_pid
-            return 0.0 if pid is None else cpu_seconds(f"/proc/{pid}/task/{pid}/stat")
+            return (0.0, 0.0, 0.0) if pid is None else process_cpu(pid)
 
         def before() -> None:
             v.page_cache.drop()
-            cpu[:] = [v.mount.cpu_seconds(), loop_cpu()]
+            cpu[:] = mount_cpu()
 
         def after() -> None:
+            total, main, children = (now - then for now, then in zip(mount_cpu(), cpu, strict=True))
             log(
-                f"{v.who}: mount CPU {v.mount.cpu_seconds() - cpu[0]:.3f} s over {spec.call} "
-                f"({loop_cpu() - cpu[1]:.3f} s main thread)"
+                f"{v.who}: mount CPU {total:.3f} s over {spec.call} ({main:.3f} s main "
+                f"thread, {children:.3f} s fetch processes)"
             )
 
         with v.step(time_key), v.watchdog(900, spec.call):
