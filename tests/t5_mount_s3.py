@@ -573,6 +573,23 @@ def read_member_names(f: BinaryIO, members: list[zipfile.ZipInfo]) -> list[bytes
     return names
 
 
+def walk_zip_headers(
+    path: Path, data: bytes, proxy: Proxy, request_path: str
+) -> tuple[list[zipfile.ZipInfo], list[tuple[int, int]]]:
+    """Open the zip at `path` as zipfile does (its end, then the directory), read every
+    member's local header in order, then one member in the middle (checked against `data`):
+    the members, and the ranges the server was asked for meanwhile."""
+    proxy.reset()
+    with open(path, "rb") as f:
+        members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
+        names = read_member_names(f, members)
+        asked = requested(proxy.requests("GET", request_path))
+        middle = members[len(members) // 2]
+        assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
+    assert names == [m.filename.encode() for m in members]
+    return members, asked
+
+
 def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
     mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str, zip_object
 ) -> None:
@@ -580,14 +597,7 @@ def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
     mount = mounted(s3_conf(s3_proxy, s3_server.admin))
     path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
     path.stat()
-    s3_proxy.reset()
-    with open(path, "rb") as f:
-        members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
-        names = read_member_names(f, members)
-        asked = requested(s3_proxy.requests("GET", f"/{bucket}/{key}"))
-        middle = members[len(members) // 2]
-        assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
-    assert names == [m.filename.encode() for m in members]
+    members, asked = walk_zip_headers(path, data, s3_proxy, f"/{bucket}/{key}")
     # The first jump onto a member's header, once the directory is read, is fetched alone and
     # has the next headers fetched ahead: each header after the opener's window comes in one
     # small GET of its own, not a first window: a page or two, what a buffered read of a
@@ -612,15 +622,8 @@ def test_zip_member_headers_fetched_ahead_by_fetch_processes_are_the_same_gets_a
     poll_until(lambda: "2 fetch processes ready" in mount.log_text(), 60, "the fetch processes")
     path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
     path.stat()
-    s3_proxy.reset()
     written = written_by_fetch_processes(mount)
-    with open(path, "rb") as f:
-        members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
-        names = read_member_names(f, members)
-        asked = requested(s3_proxy.requests("GET", f"/{bucket}/{key}"))
-        middle = members[len(members) // 2]
-        assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
-    assert names == [m.filename.encode() for m in members]
+    members, asked = walk_zip_headers(path, data, s3_proxy, f"/{bucket}/{key}")
     headers = [m.header_offset for m in members]
     small = [(s, e) for s, e in asked if e - s <= 16 << 10 and any(s <= h < e for h in headers)]
     assert len(small) == len(members) - 1, small  # one GET each, as without processes

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -27,6 +28,9 @@ from devkit.processes import poll_until
 from devkit.proxy import Proxy
 from devkit.s3 import S3Server
 from support import Mount, sdk_local_copy, tmpfs
+
+if TYPE_CHECKING:
+    from clearmount.cache.shared import SharedCache
 
 MIB = 1 << 20
 
@@ -262,16 +266,23 @@ def test_a_hung_l2_never_hangs_a_read(
     assert "unusable" in mount.log_text()
 
 
-def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) -> None:
+def two_nodes(l2: Path, recent_seconds: float) -> tuple[SharedCache, SharedCache, Path]:
+    """Two nodes' L2 caches on `l2`, limited to 5 000 bytes (margin 20 %), and the folder of
+    a bucket's files in it."""
     from clearmount.cache.shared import L2Limits, SharedCache
     from clearmount.transfer import Transfer
 
-    l2 = tmp_path / "l2"
-    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=60)
-    shared = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
-    other = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
+    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=recent_seconds)
+    a = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
+    b = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
     folder = l2 / "storage/s3/bucket"
     folder.mkdir(parents=True)
+    return a, b, folder
+
+
+def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) -> None:
+    l2 = tmp_path / "l2"
+    shared, other, folder = two_nodes(l2, recent_seconds=60)
     old = time.time() - 3600
     paths = []
     for i in range(10):
@@ -298,15 +309,7 @@ def test_l2_eviction_one_evictor_never_a_leased_or_fresh_file(tmp_path: Path) ->
 def test_one_l2_eviction_round_answers_the_whole_fleet(tmp_path: Path) -> None:
     """Each round walks the whole L2 tree: a node does not walk it again for a reason that a
     round of another node, started after that reason, already answered."""
-    from clearmount.cache.shared import L2Limits, SharedCache
-    from clearmount.transfer import Transfer
-
-    l2 = tmp_path / "l2"
-    limits = L2Limits(max_bytes=5000, margin=0.2, recent_seconds=0)
-    a = SharedCache(l2, Transfer(4, 4), node="a", limits=limits)
-    b = SharedCache(l2, Transfer(4, 4), node="b", limits=limits)
-    folder = l2 / "storage/s3/bucket"
-    folder.mkdir(parents=True)
+    a, b, folder = two_nodes(tmp_path / "l2", recent_seconds=0)
     assert b.round_due(time.time(), spacing=5) == 0  # no round yet: due now
 
     before = time.time()
