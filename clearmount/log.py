@@ -29,6 +29,13 @@ LEVELS["error"] = logging.ERROR
 _RECENT_ERRORS = 20
 
 
+def _expected_pool_overflow(record: logging.LogRecord) -> bool:
+    """Drop urllib3's "Connection pool is full" warning: pools hold one connection per
+    request slot (`backends.base.limit_pools`), so a request given up and finished later
+    closes its connection by design; the give-up was logged when it happened."""
+    return not str(record.msg).startswith("Connection pool is full")
+
+
 class _JournalFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
@@ -102,3 +109,4 @@ def setup(
     root.setLevel(logging.DEBUG if debug else LEVELS.get(level, logging.INFO))
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").addFilter(_expected_pool_overflow)

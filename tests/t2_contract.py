@@ -634,6 +634,42 @@ def test_s3_a_client_keeps_no_more_connections_than_requests_it_sends_at_once(
     assert established_to(proxy.port) <= 3
 
 
+def test_the_daemon_log_leaves_out_urllib3s_pool_overflow_and_keeps_its_other_warnings() -> None:
+    # with pools of one connection per request slot, a given-up request finishing later
+    # overflows its pool by design: urllib3 warns at each, the daemon's log does not
+    import io
+
+    import urllib3
+
+    from clearmount import log
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    pool = urllib3.HTTPConnectionPool("127.0.0.1", maxsize=1, block=False)
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    try:
+        log.setup(stream=out)
+        pool._put_conn(pool._new_conn())
+        pool._put_conn(pool._new_conn())  # one more than the pool holds
+        pool_log.warning("Retrying after connection broken")
+        assert "Connection pool is full" not in out.getvalue()
+        assert "Retrying after connection broken" in out.getvalue()
+        for dropper in pool_log.filters:
+            pool_log.removeFilter(dropper)
+        pool._put_conn(pool._new_conn())  # the same overflow, seen without the filter
+        assert "Connection pool is full" in out.getvalue()
+    finally:
+        for dropper in pool_log.filters:
+            pool_log.removeFilter(dropper)
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        pool.close()
+
+
 @pytest.mark.parametrize("reused", [True, False])
 def test_s3_a_keys_later_gets_resend_the_url_signed_for_it_for_a_while(
     s3_backend: S3Backend, s3_proxy: Proxy, monkeypatch: pytest.MonkeyPatch, reused: bool
