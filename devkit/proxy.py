@@ -219,6 +219,9 @@ class _BodySink:
         self.cut = cut
         self.trickle = trickle
         self.stalled = False
+        # taken once per response: a `release` during its trickle frees all of its body,
+        # whichever later chunk of the upstream's it comes in (`release` swaps the event)
+        self.released = conn.proxy._release
 
     def _deliver(self, data: bytes) -> None:
         self.seen.body_bytes += len(data)
@@ -226,7 +229,7 @@ class _BodySink:
 
     def _trickle(self, data: bytes, fault: Fault) -> None:
         """Send `data` one byte every `fault.seconds`; all at once after `release`."""
-        released = self.conn.proxy._release
+        released = self.released
         for at in range(len(data)):
             if self.conn.proxy._stopping.is_set():
                 raise _Closed("proxy stopping")
