@@ -10,6 +10,7 @@ not empty, already mounted, or a stale mount left by a crash, which is cleaned u
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import faulthandler
 import gc
@@ -95,6 +96,8 @@ class _Service:
     notifier: Notifier
     control: control.ControlServer | None
     metrics: MetricsServer | None
+    #: the SDK warm-up of the config mounted, started before the mount
+    warming: concurrent.futures.Future[None]
 
 
 def prepare_mountpoint(path: Path, nonempty: bool) -> None:
@@ -177,6 +180,8 @@ def _shared_cache(
 def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
     """Mount, call `on_ready` once the mount answers, serve until unmounted or signalled."""
     faulthandler.enable()
+    # beside the index, the kernel mount and the first requests (see `start_warm_up`)
+    warming = backends.start_warm_up(request.config)
     _raise_open_files_limit()
     cache = request.cache
     cache.sweep_partials(older_than=_STALE_PARTIAL_SECONDS)
@@ -228,6 +233,7 @@ def serve(request: MountRequest, on_ready: Callable[[], None]) -> None:
         Notifier(),
         _control_server(request),
         metrics,
+        warming,
     )
     try:
         pyfuse3.init(operations, str(request.mountpoint), options.fuse_options())
@@ -454,11 +460,10 @@ async def _announce_ready(
     log.info("ready: %s", mountpoint)
     on_ready()
     service.notifier.ready()  # STATUS= lines come from the monitor
-    # Importing an SDK and building its clients takes a few hundred ms: do it now, not in
-    # the first reader's open().
-    await service.namespace.transfer.metadata(backends.warm_up, service.namespace.config)
+    await trio.to_thread.run_sync(service.warming.result, abandon_on_cancel=True)
     if service.fetcher.processes is not None:
-        # after ready: their start (an interpreter and the SDK's imports each) delays no one
+        # after ready, at the lowest CPU priority until they are ready too: their start (an
+        # interpreter and the SDK's imports each) takes no core from the first requests
         nursery.start_soon(service.fetcher.processes.run, service.namespace.config)
     # What start-up and the SDKs built (~90 000 objects, mostly botocore's service models)
     # lives as long as the daemon: out of the collector's sight, a full collection, which

@@ -415,7 +415,7 @@ class Namespace:
                 # Listings answer for the names they saw, never for absent ones: an object
                 # uploaded a moment ago must be found by the job just handed its URL.
                 store, key = await self.store_for(parts)
-                known = await self._probe(store, key)
+                known = await self._probe(store, key, path)
                 if store.listable:
                     self._list_ahead(parent.path)
                 else:
@@ -489,16 +489,20 @@ class Namespace:
             call, *args, deadline=store.deadlines.operation, url=store.base_url
         )
 
-    async def _probe(self, store: ObjectStore, key: str) -> _Known:
-        """Ask the server whether `key` is a file, a directory, or nothing.
+    async def _probe(self, store: ObjectStore, key: str, path: MountPath) -> _Known:
+        """Ask the server whether `key` (at `path`) is a file, a directory, or nothing.
 
         HEAD and a one-key listing run together: a key `a` beside keys `a/...` shows as the
-        directory (as listings do), and neither answer waits for the other.
+        directory (as listings do), and neither answer waits for the other. A folder the
+        listing shows inside is remembered as one, as a listing's are: the walk down a deep
+        path (`a/b/c/file`, each folder holding one folder) asks nothing of the next level.
         """
         if not store.listable:
             return await self._probe_unlisted(store, key)
         found: dict[str, object] = {}
         failures: dict[str, StoreError] = {}
+        folders: tuple[str, ...] = ()  # what the one-key listing began with
+        started = time.monotonic()
 
         async def head() -> None:
             try:
@@ -509,12 +513,14 @@ class Namespace:
                 failures["head"] = exc
 
         async def children() -> None:
+            nonlocal folders
             try:
                 page = await self._ask(store, store.list_page, key + "/", None, 1)
             except StoreError as exc:
                 failures["list"] = exc
             else:
                 found["dir"] = bool(page.objects or page.prefixes)
+                folders = page.prefixes
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(head)
@@ -526,11 +532,29 @@ class Namespace:
         if found.get("dir"):
             if "file" in found:
                 log.warning("skipping object %s: a directory of the same name exists", key)
+            self._learn_folders(path, key + "/", folders, started)
             return _Known(Kind.DIR, None, now)
         info = found.get("file")
         if isinstance(info, ObjectInfo):
             return _Known(Kind.FILE, info, now)
         return _Known(None, None, now)
+
+    def _learn_folders(
+        self, path: MountPath, prefix: str, folders: tuple[str, ...], at: float
+    ) -> None:
+        """Remember the `folders` (prefixes `prefix` + name + "/") a listing of `path` began
+        with, unless something newer is known of them. Not where direct-access rules may
+        make a name a symlink instead (`_apply_direct` decides those, for whole listings)."""
+        if self._remote_rules:
+            return
+        for folder in folders:
+            name = folder[len(prefix) :].removesuffix("/")
+            if not showable(name):
+                continue
+            child = path.child(name)
+            newer = self._known.get(child)
+            if newer is None or newer.at <= at:
+                self._remember(child, _Known(Kind.DIR, None, at))
 
     async def _probe_unlisted(self, store: ObjectStore, key: str) -> _Known:
         """A server without listings (plain HTTP): the name is a file when the server has

@@ -28,8 +28,9 @@ uses (`backends.warm_up`, as the daemon does at its start): ~0.15 s of CPU per c
 which its first jobs would otherwise pay while a reader waits.
 Processes die with the daemon: they read their socket in their main thread and exit at its
 end, and the kernel kills them once the daemon is gone (`PR_SET_PDEATHSIG`). They are
-started after the mount is ready and are used once they say they are; until then, and for
-stores they cannot build (`ObjectStore.origin` unset), opens take the daemon's threads.
+started after the mount is ready, at the lowest CPU priority (`STARTING_NICE`) until they
+say they are ready too, and are used from then on; until then, and for stores they cannot
+build (`ObjectStore.origin` unset), opens take the daemon's threads.
 
 A process that dies (the OOM killer, an operator's kill) is started again: after
 `_RESTART_SECONDS`, doubling up to `_RESTART_MAX_SECONDS` while its successors keep dying,
@@ -58,6 +59,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
@@ -75,6 +77,10 @@ log = logging.getLogger(__name__)
 
 #: Jobs one process runs at once (each one GET in its own thread, as in the daemon).
 THREADS = 8
+#: A process's CPU priority until it is ready (the lowest): its start (an interpreter, then
+#: the SDK's imports and clients, ~0.4 s of CPU each) comes just as a fresh mount's first
+#: lookups and reads arrive, and on a small node it took the cores they needed.
+STARTING_NICE = 19
 #: A process that has not said it is ready after this long is not waited for.
 _START_SECONDS = 30.0
 #: A process that died is started again after this long, doubled for each successor that dies
@@ -321,20 +327,22 @@ class FetchProcesses:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         nice = worker_nice()
         try:
-            popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "clearmount.workers",
-                    str(theirs.fileno()),
-                    str(os.getpid()),
-                    # forked from the loop thread, it would keep the loop's priority
-                    "" if nice is None else str(nice),
-                ],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
+            with _children_start_niced(nice):
+                popen = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "clearmount.workers",
+                        str(theirs.fileno()),
+                        str(os.getpid()),
+                        # where it goes once ready (forked from the loop thread, it would
+                        # keep the loop's priority)
+                        "" if nice is None else str(nice),
+                    ],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                )
         except BaseException:
             ours.close()
             raise
@@ -462,7 +470,6 @@ class _Worker:
         self._watched: list[_Attempt] = []
         self._watch = threading.Condition()
         self._recv_lock = threading.Lock()
-        threading.Thread(target=self._watchdog, daemon=True).start()
 
     def send(self, message: object) -> None:
         with self._send_lock:
@@ -558,10 +565,10 @@ class _Worker:
             self.finish(attempt, Outcome(position, True, replacing, identity))
         return None
 
-    def serve(self) -> None:
-        """Warm up, then run jobs in `THREADS` threads, each reading the next message itself
-        (a thread handing jobs to others would cost a wake-up per job), until the daemon is
-        gone."""
+    def serve(self, nice: int | None) -> None:
+        """Warm up, go to CPU priority `nice` (None: stay), then run jobs in `THREADS`
+        threads, each reading the next message itself (a thread handing jobs to others would
+        cost a wake-up per job), until the daemon is gone."""
         from clearmount import backends
 
         try:
@@ -573,6 +580,9 @@ class _Worker:
                 backends.warm_up(config)
             except Exception:  # the daemon's own warm-up said it; the first job says it again
                 log.debug("warm-up failed", exc_info=True)
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)  # the threads started below inherit it
+        threading.Thread(target=self._watchdog, daemon=True).start()
         threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(THREADS)]
         for thread in threads:
             thread.start()
@@ -612,12 +622,27 @@ def _die_with(parent: int) -> None:
         os._exit(0)  # it died before the line above
 
 
+@contextlib.contextmanager
+def _children_start_niced(nice: int | None) -> Iterator[None]:
+    """Processes started inside start at `STARTING_NICE` (they inherit the calling thread's
+    priority, lowered meanwhile), unless `nice` is None: without the right to raise their
+    priority again (see `transfer.favor_loop`), they start as they always did."""
+    if nice is None:
+        yield
+        return
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, STARTING_NICE)
+    try:
+        yield
+    finally:
+        os.setpriority(os.PRIO_PROCESS, thread, before)
+
+
 def serve(fd: int, parent: int, nice: int | None) -> None:
     """The worker process: run the jobs the daemon sends on socket `fd` until it closes, at
-    CPU priority `nice` (None: as started)."""
+    CPU priority `nice` once warmed up (None: as started)."""
     _die_with(parent)
-    if nice is not None:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
     # the terminal's ^C and the service manager's stop are the daemon's to handle
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -625,7 +650,7 @@ def serve(fd: int, parent: int, nice: int | None) -> None:
     # warnings (a credentials entry it cannot use, ...) once already
     logging.basicConfig(level=logging.ERROR, format="clearmount fetch process: %(message)s")
     limit_pools(THREADS)
-    _Worker(Channel(socket.socket(fileno=fd))).serve()
+    _Worker(Channel(socket.socket(fileno=fd))).serve(nice)
     os._exit(0)  # threads still in a GET are not waited for
 
 

@@ -21,6 +21,7 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -211,6 +212,50 @@ def test_listing_is_complete_paginated_and_nested(
     sizes = [entry.stat().st_size for entry in os.scandir(root / "many")]
     assert sizes == [1] * 10_000
     assert s3_proxy.count("HEAD") == 0
+
+
+def test_the_first_stat_of_a_deep_path_asks_each_folder_once(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy
+) -> None:
+    bucket = s3_server.make_bucket()
+    data = os.urandom(100_000)
+    s3_server.put(bucket, "project/task.1/artifacts/model/model.pt", data)
+    s3_server.put(bucket, "project/task.1", b"a key that is a folder too")
+    s3_server.put(bucket, "project/README.txt", b"readme")
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin))
+    root = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}")
+    s3_proxy.reset()
+    assert os.stat(root / "project/task.1/artifacts/model/model.pt").st_size == len(data)
+
+    def one_key_listings() -> list[str]:  # the lookups' own (listings ahead take 1 000 keys)
+        return [
+            parse_qs(seen.query)["prefix"][0]
+            for seen in s3_proxy.requests("GET", f"/{bucket}")
+            if parse_qs(seen.query).get("max-keys") == ["1"]
+        ]
+
+    # the bucket, project, task.1 (a key too: found by its HEAD, shown as the folder), then
+    # not artifacts (task.1's listing began with artifacts/), model, model.pt
+    heads = [seen.path for seen in s3_proxy.requests("HEAD")]
+    assert sorted(heads) == [
+        f"/{bucket}",
+        f"/{bucket}/project",
+        f"/{bucket}/project/task.1",
+        f"/{bucket}/project/task.1/artifacts/model",
+        f"/{bucket}/project/task.1/artifacts/model/model.pt",
+    ]
+    assert sorted(one_key_listings()) == [
+        "project/",
+        "project/task.1/",
+        "project/task.1/artifacts/model/",
+        "project/task.1/artifacts/model/model.pt/",
+    ]
+    # the walk's answers are the server's: a key that is a folder too shows as the folder
+    assert (root / "project/task.1").is_dir()
+    assert (root / "project/task.1/artifacts/model").is_dir()
+    assert read_file(root / "project/task.1/artifacts/model/model.pt") == data
+    assert read_file(root / "project/README.txt") == b"readme"
+    assert sorted(os.listdir(root / "project")) == ["README.txt", "task.1"]
 
 
 def test_buckets_configured_listed_and_unlisted_found_by_name(
