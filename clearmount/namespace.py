@@ -440,6 +440,13 @@ class Namespace:
     def _age(moment: float) -> float:
         return time.monotonic() - moment
 
+    def _remember_unless_newer(self, path: MountPath, known: _Known) -> None:
+        """`_remember`, unless what is known of `path` was learnt after `known` (a listing
+        or a lookup's one-key listing answers with what was true when it was sent)."""
+        newer = self._known.get(path)
+        if newer is None or newer.at <= known.at:
+            self._remember(path, known)
+
     def _remember(self, path: MountPath, known: _Known) -> None:
         if len(self._known) >= _ENTRY_SWEEP_AT:
             horizon = time.monotonic() - max(self.options.attr_timeout, self.options.dir_timeout)
@@ -551,10 +558,7 @@ class Namespace:
             name = folder[len(prefix) :].removesuffix("/")
             if not showable(name):
                 continue
-            child = path.child(name)
-            newer = self._known.get(child)
-            if newer is None or newer.at <= at:
-                self._remember(child, _Known(Kind.DIR, None, at))
+            self._remember_unless_newer(path.child(name), _Known(Kind.DIR, None, at))
 
     async def _probe_unlisted(self, store: ObjectStore, key: str) -> _Known:
         """A server without listings (plain HTTP): the name is a file when the server has
@@ -689,10 +693,7 @@ class Namespace:
         if listing.complete:
             self._listings[path] = listing
         for name, known in listing.names.items():
-            child = path.child(name)
-            newer = self._known.get(child)
-            if newer is None or newer.at <= known.at:
-                self._remember(child, known)
+            self._remember_unless_newer(path.child(name), known)
 
     def _list_looked_up(self, path: MountPath) -> _Listing:
         """A directory of a server without listings: the names looked up in it that are still

@@ -1674,6 +1674,8 @@ class Fetcher:
         """Hold `fetch` back while the eviction loop is behind (`limits.waits_for_room`),
         until a pass made room, for at most `ROOM_WAIT` seconds; never after a pass that could
         not (so never for good, whatever is open or pinned)."""
+        if self.limits.max_bytes is None:
+            return  # (no sums over the fetches in flight for a cache without a size limit)
         size = fetch.info.size
         with trio.move_on_after(ROOM_WAIT):
             while (
