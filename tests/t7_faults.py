@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MountFactory
+from devkit import REPO
 from devkit.azurite import AzuriteServer
 from devkit.confs import s3_conf
 from devkit.fake_gcs import FakeGcsServer
@@ -787,6 +788,41 @@ def test_a_killed_fetch_process_is_replaced_and_small_files_read_on(
         assert outcome.errno is None and sha256(outcome.data) == sha256(data), key
     # the new process fetched them: their bytes were written by it, not by the daemon
     assert written_by_fetch_processes(mount) >= sum(map(len, after.values()))
+    scene.check_after()
+
+
+def test_fetch_processes_that_never_get_ready_are_given_up_and_small_files_use_threads(
+    mounted: MountFactory, scene: Scene, s3_proxy: Proxy, tmp_path: Path
+) -> None:
+    """A broken install, where every fetch process dies before it is ready: after 5 in a row
+    the daemon starts no more, says so once, and small files are fetched by its threads."""
+    broken = tmp_path / "broken-install"
+    broken.mkdir()
+    # imported by every Python this environment starts: only the fetch processes die of it
+    (broken / "sitecustomize.py").write_text(
+        "import os, sys\nif 'clearmount.workers' in sys.orig_argv:\n    os._exit(3)\n"
+    )
+    files = {unique_name(f"unready{size}") + ".bin": object_data(size) for size in SMALL_SIZES}
+    for key, data in files.items():
+        scene.put(key, data)
+    path = os.pathsep.join(filter(None, (str(broken), str(REPO), os.environ.get("PYTHONPATH"))))
+    mount = scene.mount = mounted(
+        fast_conf(scene.endpoint, scene.server),
+        options=("fetch_processes=1",),
+        env={"PYTHONPATH": path},
+    )
+    # the 5 starts are 1 + 2 + 4 + 8 s apart
+    poll_until(lambda: "no more are started" in mount.log_text(), 60, "the give-up")
+    log_text = mount.log_text()
+    assert len(re.findall(r"fetch process \d+ ended \(exit status 3\)", log_text)) == 5
+    assert log_text.count("no more are started") == 1
+    assert fetch_process_ids(mount) == []
+    status = status_json(mount.path, mount.env)["fetch_processes"]
+    assert status == {"ready": 0, "count": 1, "restarts": 4}
+    for key, data in files.items():
+        outcome = read_now(scene.path(key))
+        assert outcome.errno is None and sha256(outcome.data) == sha256(data), key
+    assert fetch_process_ids(mount) == [], "a fetch process started after the give-up"
     scene.check_after()
 
 
