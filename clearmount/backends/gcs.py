@@ -5,8 +5,11 @@ turns google-api-core / google-auth errors into clearmount's `StoreError`s (`tra
 every SDK call runs inside `_border`, the shared `sdk_border` with that table). The only
 importer of google.*. Blocking and thread-safe, as `ObjectStore` requires.
 
-Credentials, in order: the entry's `credentials_json` (a file path or the JSON itself, any
-type google-auth loads: service account, authorized user, external account); without it,
+Credentials, in order: the entry's `credentials_json` (a file path or the JSON itself, of a
+service account, as ClearML reads it, or of an authorized user; each through its own
+google-auth loader, not the generic one, which google-auth deprecates: an external-account
+configuration can run commands and reach URLs, and belongs in the default credentials, where
+the operator puts it with `GOOGLE_APPLICATION_CREDENTIALS`); without it,
 anonymous when `STORAGE_EMULATOR_HOST` points at an emulator; else application-default
 credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, the metadata server); else anonymous,
 with a warning, which still reads public buckets. A version is the object's generation.
@@ -26,11 +29,13 @@ from typing import Any
 
 import google.auth
 import google.auth.exceptions
+import google.oauth2.credentials
 import requests.exceptions
 from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
+from google.oauth2 import service_account
 
 from clearmount.backends.base import ListPage, ObjectInfo, ObjectStore, sdk_border
 from clearmount.config import Config, GcsCredentials, GcsSettings
@@ -73,10 +78,20 @@ def _load_credentials(
     try:
         if value.startswith("{"):
             info = json.loads(value)
-            loaded = google.auth.load_credentials_from_dict(info, scopes=scopes)  # type: ignore[no-untyped-call]
         else:
-            path = os.path.expanduser(value)
-            loaded = google.auth.load_credentials_from_file(path, scopes=scopes)  # type: ignore[no-untyped-call]
+            with open(os.path.expanduser(value), encoding="utf-8") as f:
+                info = json.load(f)
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind == "service_account":
+            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=scopes
+            )
+            return credentials, info.get("project_id")
+        if kind == "authorized_user":
+            user = google.oauth2.credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+                info, scopes=scopes
+            )
+            return user, None
     except (OSError, ValueError, google.auth.exceptions.GoogleAuthError) as exc:
         # ClearML falls back to the default credentials too; the value may be a secret, so
         # only the kind of failure is logged.
@@ -87,8 +102,13 @@ def _load_credentials(
             type(exc).__name__,
         )
         return None, None
-    credentials, project = loaded
-    return credentials, project
+    log.warning(
+        "%s: credentials_json is %s, not a service account or an authorized user; using the "
+        "default credentials (GOOGLE_APPLICATION_CREDENTIALS takes the other kinds)",
+        entry.source,
+        f"of type {str(kind)[:40]!r}" if kind else "without a type",
+    )
+    return None, None
 
 
 def _anonymous() -> Credentials:
