@@ -593,6 +593,39 @@ def test_gcs_credentials_json_chosen_per_bucket_and_per_subdir(
     assert set(token_server.issued) == {"bucket", "default", "own", "subdir"}
 
 
+def test_gcs_credentials_json_of_another_kind_is_named_and_the_default_credentials_read(
+    fake_gcs: FakeGcsServer,
+    mounted: MountFactory,
+    make_proxy: Callable[[str], Proxy],
+    tmp_path: Path,
+) -> None:
+    # An external-account configuration can run a command: only GOOGLE_APPLICATION_CREDENTIALS
+    # may bring one. In credentials_json it is named and left, and the bucket still reads.
+    bucket = fake_gcs.make_bucket()
+    fake_gcs.put(bucket, "x.txt", b"read anyway")
+    external = tmp_path / "external.json"
+    external.write_text(
+        json.dumps(
+            {
+                "type": "external_account",
+                "audience": "//iam.googleapis.com/pool-audience-material",
+                "credential_source": {"executable": {"command": "/bin/false"}},
+            }
+        )
+    )
+    proxy = make_proxy(fake_gcs.endpoint)
+    conf = sdk_block([google_section({"bucket": bucket, "credentials_json": str(external)})])
+    mount = mounted(conf, env={"STORAGE_EMULATOR_HOST": proxy.url})
+    assert read_file(mount / "gs" / bucket / "x.txt") == b"read anyway"
+    assert bearer_of(proxy, bucket) == {""}  # the default credentials: anonymous here
+    log_text = mount.log_text()
+    warnings = [line for line in log_text.splitlines() if "credentials_json is" in line]
+    assert len(warnings) == 1, warnings
+    assert "sdk.google.storage.credentials[0]:" in warnings[0]
+    assert "'external_account'" in warnings[0]
+    assert "pool-audience-material" not in log_text
+
+
 def test_gcs_subdir_entries_resolve_on_segment_boundaries(tmp_path: Path) -> None:
     conf = tmp_path / "clearml.conf"
     conf.write_text(
