@@ -14,9 +14,9 @@ runs (`SharedCache.prepare`: the L2 file, or the bucket) and hands it the result
 Order and pace (`Fetch`): the opener's first window (`FIRST_WINDOW`) is asked for at once; a
 read elsewhere starts a GET at its own offset at once, whatever else is in flight; a reader
 that reads on gets a window ahead of it that doubles with what it has read in a row; a zip
-reader that jumps onto a member's header gets the next headers fetched ahead
-(`cache.zipahead` finds them in the directory it read); the bytes nobody asked for are
-fetched by background GETs that give way while readers wait.
+reader that jumps onto a member's header gets the next headers fetched ahead, those close
+together in one GET (`cache.zipahead` finds them in the directory it read); the bytes nobody
+asked for are fetched by background GETs that give way while readers wait.
 
 Small objects (up to `_SMALL`, one chunk): the open itself fetches them, in the one worker
 thread hop it makes anyway (`Fetcher._open_small`), as the fetch's first attempt: a cold
@@ -144,6 +144,12 @@ _END_RUN = 64 << 10
 _HEADER_HINT = 1 << 20
 #: How many members' headers are fetched ahead of a reader walking them.
 _HEADERS_AHEAD = 64
+#: Headers at most this far apart are fetched ahead in one GET, with the members between: a
+#: small range GET costs the server and the client as much CPU as about a MiB more would
+_HEADER_GAP = 256 << 10
+#: A read of at most this many bytes can be a header walker's: the kernel asks for a page or
+#: two at a header, up to its first readahead window past it
+_WALK_READ = 128 << 10
 #: A worker thread tells the loop at least every this many bytes (and as soon as a waiting
 #: reader's bytes are in, and at the end of its run).
 _REPORT_EVERY = 4 << 20
@@ -241,7 +247,10 @@ class Fetch:
       headers fetched ahead in small runs, and each header read after it the next
       `_HEADERS_AHEAD`, like a window, `parallel` at a time (a run shorter than
       `_TIMED_GET` is a round trip more than a stream of bytes: `lanes` does not hold it),
-      started in the order the reader will read them;
+      started in the order the reader will read them; headers at most `_HEADER_GAP` apart
+      (a state dict's biases and norms between two weights) share one run, and once the
+      reader walks the headers, its small reads (`_WALK_READ`) near its last one that land
+      on a header are a walker's, not a reader reading on: they get their own bytes alone;
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
       last `_QUIET` seconds, `lanes` at a time otherwise. So an opened file still ends up
@@ -396,12 +405,16 @@ class Fetch:
         # a read of bytes no run brings, elsewhere than its reader read last: it jumped here
         jumped = missing is not None and missing[1] is None and not ahead and not continues
         # a read that goes on from the last one (a reader reading the archive in order) reads
-        # a header on its way, not onto it
-        header = self._header_in(start, end) if self._headers and not continues else -1
+        # a header on its way, not onto it; but once a reader walks the headers, its small
+        # read near the last one is onto the next header: the members between two headers can
+        # be smaller than a READ (a state dict's biases and norms)
+        walking = self._hinting and end - start <= _WALK_READ
+        onto = bool(self._headers) and (walking or not continues)
+        header = self._header_in(start, end) if onto else -1
         if missing is not None and self.error is None:
             self._demand_at = time.monotonic()
             # a jump onto a member's header wants that header, not the member's first window
-            self._want(missing[0], end, exact=jumped and header >= 0)
+            self._want(missing[0], end, exact=header >= 0 and (jumped or walking))
         if ahead and self.error is None:
             self._want(end, end + ahead, ahead=True)
         if header >= 0 and (jumped or self._hinting) and self.error is None:
@@ -500,8 +513,9 @@ class Fetch:
         reads them one after the other) finds them on disk instead of waiting a GET for each.
         The jump that starts it asks for the next `parallel`, a page or two each (a reader that
         extracts one member stops there), each header read after it for the next
-        `_HEADERS_AHEAD`. A reader that reads the archive in order (torch.load without mmap)
-        never reads onto a header: each of its reads goes on from its last one. (A read that
+        `_HEADERS_AHEAD`; headers at most `_HEADER_GAP` apart come in one run. A reader that
+        reads the archive in order (torch.load without mmap) never jumps onto a header: each
+        of its reads goes on from its last one. (A read that
         finds the directory, the first jump of every zip reader, can hold the last members'
         headers: the headers are not known yet then, so it starts nothing.)"""
         headers = self._headers
@@ -516,16 +530,25 @@ class Fetch:
             first = self._hinted_to  # on from the headers already asked for
         else:
             first = self._hinted_from = k + 1
+        spans: list[list[int]] = []
         for header in headers[first:last]:
             first_page = header - header % mmap.PAGESIZE
             end_page = -(-(header + reach) // mmap.PAGESIZE) * mmap.PAGESIZE
-            self._want(first_page, min(end_page, self.info.size), ahead=True)
+            if spans and first_page - spans[-1][1] <= _HEADER_GAP:
+                # the members between are small: one GET for these headers and the bytes
+                # between costs less than a GET each
+                spans[-1][1] = end_page
+            else:
+                spans.append([first_page, end_page])
+        for span_start, span_end in spans:
+            self._want(span_start, min(span_end, self.info.size), ahead=True, exact=True)
         self._hinted_to = max(self._hinted_to, last)
 
     def _want(self, start: int, end: int, ahead: bool = False, exact: bool = False) -> None:
         """Make sure runs will bring bytes [start, end): new reader runs for the gaps; for
         bytes needed now (not `ahead`), a background run far behind them is cut there. A run
-        for bytes needed now brings a first window from there, unless `exact`."""
+        for bytes needed now brings a first window from there, unless `exact`; bytes `ahead`
+        and `exact` (headers) are asked for however small their gap."""
         end = min(end, self.info.size)
         at = start
         while at < end:
@@ -536,6 +559,7 @@ class Fetch:
                 stop = min(gap_end, end)
                 if (
                     ahead
+                    and not exact
                     and stop < self.info.size
                     and stop - at < min(self.part_size, (end - start) // 2)
                 ):

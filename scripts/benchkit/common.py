@@ -23,8 +23,9 @@ BIG_KEY = "big/blob.bin"
 ONE_BYTE_KEY = "one-byte"
 SMALL_PREFIX = "small/"
 TINY_PREFIX = "tiny/"
-# the ML rows' objects (scenarios torch, mmap, safetensors, dataloader, latency)
+# the ML rows' objects (scenarios torch, mmap, mmap-state-dict, safetensors, dataloader, latency)
 CKPT_KEY = "ml/checkpoint.pt"
+STATE_DICT_KEY = "ml/state-dict.pt"
 SAFETENSORS_KEY = "ml/model.safetensors"
 LATENCY_KEY = "ml/cached.bin"
 SAMPLE_PREFIX = "samples/"

@@ -7,11 +7,11 @@ mismatch) and prints that, then waits for stdin to close before it exits. The pa
 (``benchkit.mlrun``) drops the page cache between ``ready`` and ``go`` and counts the bucket's
 bytes when the first result line arrives, i.e. right after the call returned.
 
-``{"job": "make-..."}`` jobs build the data set once (a torch checkpoint, a safetensors file)
-and print their manifest: each tensor's float64 sum, which the timed jobs compare with.
-Jobs: make-checkpoint, make-safetensors, load (``torch.load``, optionally ``mmap=True`` and
-one tensor summed), safetensors (``safe_open`` + one tensor summed), loader (a ``DataLoader``
-over files or over boto3 ``get_object``).
+``{"job": "make-..."}`` jobs build the data set once (a torch checkpoint, a model's state
+dict, a safetensors file) and print their manifest: each tensor's float64 sum, which the
+timed jobs compare with. Jobs: make-checkpoint, make-state-dict, make-safetensors, load
+(``torch.load``, optionally ``mmap=True`` and one tensor summed), safetensors (``safe_open``
++ one tensor summed), loader (a ``DataLoader`` over files or over boto3 ``get_object``).
 """
 
 from __future__ import annotations
@@ -52,7 +52,49 @@ def make_state(total: int, tensor_bytes: int) -> tuple[dict[str, torch.Tensor], 
     }
 
 
+def make_state_dict(layers: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A GPT-2 small shaped state dict of random float32 values (width 768, `layers` blocks):
+    each block's weights of 2-9 MiB with its biases and norms of 3-12 KiB between them, as
+    `torch.save` lays out a real model; and its manifest (the middle: a block's 9 MiB MLP
+    weight)."""
+    gen = torch.Generator().manual_seed(16)
+    width, vocab, positions = 768, 50257, 1024
+    shapes: dict[str, tuple[int, ...]] = {
+        "wte.weight": (vocab, width),
+        "wpe.weight": (positions, width),
+    }
+    for i in range(layers):
+        block = {
+            "ln_1.weight": (width,),
+            "ln_1.bias": (width,),
+            "attn.c_attn.weight": (width, 3 * width),
+            "attn.c_attn.bias": (3 * width,),
+            "attn.c_proj.weight": (width, width),
+            "attn.c_proj.bias": (width,),
+            "ln_2.weight": (width,),
+            "ln_2.bias": (width,),
+            "mlp.c_fc.weight": (width, 4 * width),
+            "mlp.c_fc.bias": (4 * width,),
+            "mlp.c_proj.weight": (4 * width, width),
+            "mlp.c_proj.bias": (width,),
+        }
+        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+    shapes.update({"ln_f.weight": (width,), "ln_f.bias": (width,)})
+    state = {name: torch.rand(shape, generator=gen) for name, shape in shapes.items()}
+    middle = f"h.{layers // 2}.mlp.c_fc.weight"
+    return state, {
+        "sums": {name: tensor_sum(t) for name, t in state.items()},
+        "middle": middle,
+        "tensor_bytes": state[middle].nbytes,
+        "count": len(state),
+    }
+
+
 def make(params: dict[str, Any]) -> dict[str, Any]:
+    if params["job"] == "make-state-dict":
+        state, manifest = make_state_dict(params["layers"])
+        torch.save(state, params["out"])
+        return manifest
     state, manifest = make_state(params["total"], params["tensor_bytes"])
     if params["job"] == "make-checkpoint":
         torch.save(state, params["out"])

@@ -1,10 +1,11 @@
 """The data set: its sizes, and seeding a site with it once (checksums kept for the checks).
 
 The server starts empty on every run, so every run uploads; the parts are chosen by the
-selected scenarios (``Scenario.seeds``). The ML rows' files (a torch checkpoint, a safetensors
-file, the DataLoader's samples, the latency row's file) are built once per size under
-``.cache/bench/ml-data/`` with their manifest (each tensor's sum, each sample's CRC32) and
-reused by later runs; the reference rows read those files as their "local copy".
+selected scenarios (``Scenario.seeds``). The ML rows' files (a torch checkpoint, a model's
+state dict, a safetensors file, the DataLoader's samples, the latency row's file) are built
+once per size under ``.cache/bench/ml-data/`` with their manifest (each tensor's sum, each
+sample's CRC32) and reused by later runs; the reference rows read those files as their "local
+copy".
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .common import (
     ONE_BYTE_KEY,
     READERS,
     SAFETENSORS_KEY,
+    STATE_DICT_KEY,
     WORKDIR,
     log,
     parallel_map,
@@ -49,6 +51,7 @@ class Sizes:
     small_size: int
     tiny_count: int
     ckpt: int = 2 * GIB  # the torch checkpoint: ckpt // tensor float32 tensors
+    state_dict_layers: int = 12  # the GPT-2 small shaped state dict's blocks (474 MiB)
     safetensors: int = GIB
     tensor: int = 10 * MIB
     sample_count: int = 5000  # the DataLoader's files
@@ -63,6 +66,7 @@ QUICK = Sizes(
     small_size=256 * KIB,
     tiny_count=1000,
     ckpt=256 * MIB,
+    state_dict_layers=2,
     safetensors=128 * MIB,
     sample_count=500,
 )
@@ -78,6 +82,8 @@ class Dataset:
     # the ML rows' local copies and manifests (set when their part is seeded)
     ckpt: Path | None = None
     ckpt_manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
+    state_dict: Path | None = None
+    state_dict_manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
     safetensors: Path | None = None
     safetensors_manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
     samples: list[Path] = dataclasses.field(default_factory=list)
@@ -112,15 +118,20 @@ def seed(site: Site, sizes: Sizes, scratch: Path, parts: frozenset[str]) -> Data
         seed_base(site, data, scratch)
     if "checkpoint" in parts:
         data.ckpt, data.ckpt_manifest = tensors_file(
-            "make-checkpoint", f"checkpoint-{sizes.ckpt}-{sizes.tensor}.pt", sizes.ckpt, sizes
+            f"checkpoint-{sizes.ckpt}-{sizes.tensor}.pt",
+            {"job": "make-checkpoint", "total": sizes.ckpt, "tensor_bytes": sizes.tensor},
         )
         site.put_file(CKPT_KEY, data.ckpt)
+    if "state-dict" in parts:
+        data.state_dict, data.state_dict_manifest = tensors_file(
+            f"state-dict-gpt2-{sizes.state_dict_layers}.pt",
+            {"job": "make-state-dict", "layers": sizes.state_dict_layers},
+        )
+        site.put_file(STATE_DICT_KEY, data.state_dict)
     if "safetensors" in parts:
         data.safetensors, data.safetensors_manifest = tensors_file(
-            "make-safetensors",
             f"model-{sizes.safetensors}-{sizes.tensor}.safetensors",
-            sizes.safetensors,
-            sizes,
+            {"job": "make-safetensors", "total": sizes.safetensors, "tensor_bytes": sizes.tensor},
         )
         site.put_file(SAFETENSORS_KEY, data.safetensors)
     if "samples" in parts:
@@ -139,17 +150,16 @@ def seed(site: Site, sizes: Sizes, scratch: Path, parts: frozenset[str]) -> Data
     return data
 
 
-def tensors_file(job: str, name: str, total: int, sizes: Sizes) -> tuple[Path, dict[str, Any]]:
-    """A checkpoint or safetensors file of random tensors (built once), and its manifest."""
+def tensors_file(name: str, job: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint or safetensors file of random tensors that the mlwork `job` makes (built
+    once), and its manifest."""
     ML_DATA.mkdir(parents=True, exist_ok=True)
     path, manifest_path = ML_DATA / name, ML_DATA / f"{name}.json"
     if path.exists() and manifest_path.exists():
         return path, json.loads(manifest_path.read_text())
-    log(f"building {name} ({job}, once)")
+    log(f"building {name} ({job['job']}, once)")
     partial = path.with_suffix(".partial")
-    manifest = mlrun.make(
-        {"job": job, "out": str(partial), "total": total, "tensor_bytes": sizes.tensor}
-    )
+    manifest = mlrun.make({**job, "out": str(partial)})
     partial.rename(path)
     manifest_path.write_text(json.dumps(manifest))
     return path, manifest

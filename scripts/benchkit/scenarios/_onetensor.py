@@ -43,6 +43,7 @@ class OneTensor:
     local: Callable[[Dataset], Path | None]  # the local copy the reference reads
     manifest: Callable[[Dataset], dict[str, Any]]  # the file's tensors: middle, sums, bytes
     job: Callable[[Dataset, Path], dict[str, Any]]  # the mlwork job reading `path`
+    target: str = "ratio<=3"  # clearmount's target for the time row ("": none)
 
 
 def register_pair(spec: OneTensor) -> None:
@@ -57,7 +58,7 @@ def register_pair(spec: OneTensor) -> None:
                 "ms",
                 False,
                 spec.reference,
-                "ratio<=3",
+                spec.target,
                 1,
                 position=spec.position,
             )

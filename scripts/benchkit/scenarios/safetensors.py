@@ -42,7 +42,7 @@ register_pair(
         seed="safetensors",
         order=75,
         prefix="st",
-        position=74,
+        position=76,
         title=title,
         reference="the same on a local copy (page cache dropped)",
         call="safetensors get_tensor",
