@@ -619,16 +619,19 @@ def read_member_names(f: BinaryIO, members: list[zipfile.ZipInfo]) -> list[bytes
 
 
 def walk_zip_headers(
-    path: Path, data: bytes, proxy: Proxy, request_path: str
+    mount: Mount, proxy: Proxy, bucket: str, key: str, data: bytes
 ) -> tuple[list[zipfile.ZipInfo], list[tuple[int, int]]]:
-    """Open the zip at `path` as zipfile does (its end, then the directory), read every
-    member's local header in order, then one member in the middle (checked against `data`):
-    the members, and the ranges the server was asked for meanwhile."""
+    """Stat the zip `key` on `mount` (reached through `proxy`), open it as zipfile does (its
+    end, then the directory), read every member's local header in order, then one member in
+    the middle (checked against `data`): the members, and the ranges the server was asked
+    for from the open on."""
+    path = mount.path_of(f"s3://{proxy.endpoint}/{bucket}/{key}")
+    path.stat()
     proxy.reset()
     with open(path, "rb") as f:
         members = zipfile.ZipFile(f).infolist()  # reads the end, then the directory
         names = read_member_names(f, members)
-        asked = requested(proxy.requests("GET", request_path))
+        asked = requested(proxy.requests("GET", f"/{bucket}/{key}"))
         middle = members[len(members) // 2]
         assert zipfile.ZipFile(f).read(middle) == zipfile.ZipFile(io.BytesIO(data)).read(middle)
     assert names == [m.filename.encode() for m in members]
@@ -640,9 +643,7 @@ def test_a_reader_walking_zip_member_headers_finds_them_fetched_ahead(
 ) -> None:
     key, data = zip_object
     mount = mounted(s3_conf(s3_proxy, s3_server.admin))
-    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
-    path.stat()
-    members, asked = walk_zip_headers(path, data, s3_proxy, f"/{bucket}/{key}")
+    members, asked = walk_zip_headers(mount, s3_proxy, bucket, key, data)
     # The first jump onto a member's header, once the directory is read, is fetched alone and
     # has the next headers fetched ahead: each header after the opener's window comes in one
     # small GET of its own, not a first window: a page or two, what a buffered read of a
@@ -665,16 +666,14 @@ def test_zip_member_headers_fetched_ahead_by_fetch_processes_are_the_same_gets_a
     key, data = zip_object
     mount = mounted(s3_conf(s3_proxy, s3_server.admin), options=["fetch_processes=2"])
     poll_until(lambda: "2 fetch processes ready" in mount.log_text(), 60, "the fetch processes")
-    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
-    path.stat()
     written = written_by_fetch_processes(mount)
-    members, asked = walk_zip_headers(path, data, s3_proxy, f"/{bucket}/{key}")
+    members, asked = walk_zip_headers(mount, s3_proxy, bucket, key, data)
     headers = [m.header_offset for m in members]
     small = [(s, e) for s, e in asked if e - s <= 16 << 10 and any(s <= h < e for h in headers)]
     assert len(small) == len(members) - 1, small  # one GET each, as without processes
     # their bytes were written by the fetch processes
     assert written_by_fetch_processes(mount) - written >= sum(e - s for s, e in small)
-    assert read_file(path) == data
+    assert read_file(mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")) == data
 
 
 def test_a_reader_extracting_one_zip_member_gets_a_bounded_header_look_ahead(
@@ -728,9 +727,7 @@ def test_a_reader_walking_headers_a_few_kib_apart_gets_them_in_one_small_get_per
     # on: no first window of 4 MiB each, and the headers close together come in one GET.
     key, data = state_dict_zip
     mount = mounted(s3_conf(s3_proxy, s3_server.admin))
-    path = mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/{key}")
-    path.stat()
-    members, asked = walk_zip_headers(path, data, s3_proxy, f"/{bucket}/{key}")
+    members, asked = walk_zip_headers(mount, s3_proxy, bucket, key, data)
     windows = [(s, e) for s, e in asked if e - s >= FIRST_WINDOW]
     assert windows == [(0, FIRST_WINDOW)], windows  # the opener's
     headers = [m.header_offset for m in members]

@@ -28,14 +28,15 @@ def title(data: Dataset) -> str:
     )
 
 
-def job(data: Dataset, path: Path) -> dict[str, Any]:
-    name = data.ckpt_manifest["middle"]
+def mmap_job(manifest: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``torch.load(mmap=True)`` of `path` and the sum of the middle tensor `manifest` names."""
+    name = manifest["middle"]
     return {
         "job": "load",
         "path": str(path),
         "mmap": True,
         "tensor": name,
-        "sums": {name: data.ckpt_manifest["sums"][name]},
+        "sums": {name: manifest["sums"][name]},
     }
 
 
@@ -52,6 +53,6 @@ register_pair(
         key=CKPT_KEY,
         local=lambda data: data.ckpt,
         manifest=lambda data: data.ckpt_manifest,
-        job=job,
+        job=lambda data, path: mmap_job(data.ckpt_manifest, path),
     )
 )

@@ -9,14 +9,13 @@ reference is the same call on a local copy (page cache dropped).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..common import MIB, STATE_DICT_KEY
 from ._onetensor import OneTensor, register_pair
+from .mmap import mmap_job
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from ..seed import Dataset
 
 
@@ -28,17 +27,6 @@ def title(data: Dataset) -> str:
         f"of GPT-2 small's {manifest['count']} tensors + sum of one "
         f"{manifest['tensor_bytes'] // MIB} MiB weight in its middle (sum checked), cold"
     )
-
-
-def job(data: Dataset, path: Path) -> dict[str, Any]:
-    name = data.state_dict_manifest["middle"]
-    return {
-        "job": "load",
-        "path": str(path),
-        "mmap": True,
-        "tensor": name,
-        "sums": {name: data.state_dict_manifest["sums"][name]},
-    }
 
 
 register_pair(
@@ -54,7 +42,7 @@ register_pair(
         key=STATE_DICT_KEY,
         local=lambda data: data.state_dict,
         manifest=lambda data: data.state_dict_manifest,
-        job=job,
+        job=lambda data, path: mmap_job(data.state_dict_manifest, path),
         target="",  # no target: it shows what a real model's layout costs
     )
 )
