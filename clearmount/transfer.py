@@ -183,6 +183,11 @@ class Transfer:
         #: stop the downloads nobody reads any more
         self.on_reader_waiting: Callable[[], None] = lambda: None
         self.readers_waiting = 0
+        #: the GETs readers wait for, of every file (`Fetch`'s reader runs in flight), and
+        #: when a reader last waited for bytes (monotonic): meanwhile, the background runs of
+        #: the other files go one at a time (`Fetch._pump`)
+        self.reader_runs = 0
+        self.reader_demand_at = -math.inf
         self.local_limiter = trio.CapacityLimiter(LOCAL_CONCURRENCY)
         self.shared_limiter = trio.CapacityLimiter(SHARED_CONCURRENCY)
         self._shared_threads = trio.CapacityLimiter(SHARED_CONCURRENCY + _ABANDONED_MAX)

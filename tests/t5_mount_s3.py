@@ -17,6 +17,7 @@ import random
 import struct
 import subprocess
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -185,6 +186,59 @@ def test_a_sequential_read_over_a_slow_link_runs_many_gets_at_once(
         got = f.read(64 * MIB)
     assert sha256(got) == sha256(data[: 64 * MIB])
     assert most_at_once(s3_proxy.requests("GET", f"/{bucket}/{key}")) > 5
+
+
+def test_a_file_nobody_reads_fills_one_get_at_a_time_while_another_files_reader_waits(
+    mounted: MountFactory, s3_server: S3Server, s3_proxy: Proxy, bucket: str
+) -> None:
+    # An opened file still ends up whole in the cache, but the bytes nobody asked for must not
+    # take the link and the CPU from another file's reader: while a GET some reader waits for
+    # is out (here one the server holds), another file's fill runs one GET at a time. Once no
+    # reader waits, a fill runs several at once again.
+    rng = random.Random(8)
+    sizes = {"unread-a": 24 * MIB, "read": 8 * MIB, "unread-c": 24 * MIB}
+    objects = {name: rng.randbytes(size) for name, size in sizes.items()}
+    client = s3_server.client()
+    for name, data in objects.items():
+        client.put_object(Bucket=bucket, Key=f"fill/{name}.bin", Body=data)
+    boto3 = "aws.boto3 { multipart_chunksize: 2097152, max_multipart_concurrency: 16 }"
+    mount = mounted(s3_conf(s3_proxy, s3_server.admin, sdk_extra=boto3))
+    paths = {
+        name: mount.path_of(f"s3://{s3_proxy.endpoint}/{bucket}/fill/{name}.bin")
+        for name in objects
+    }
+    for path in paths.values():
+        path.stat()
+    s3_proxy.reset()
+
+    def gets(name: str) -> list[Seen]:
+        return s3_proxy.requests("GET", f"/{bucket}/fill/{name}.bin")
+
+    def fill_after_close(name: str) -> list[Seen]:
+        """Opens, reads a byte, closes; returns its GETs once the file is whole on the
+        server's side, those started after the close: its fill."""
+        with open(paths[name], "rb") as f:
+            assert f.read(1) == objects[name][:1]
+        closed = time.monotonic()  # the proxy's clock
+        poll_until(
+            lambda: sum(get.body_bytes for get in gets(name) if get.ended) >= sizes[name],
+            30,
+            f"{name} filled",
+            diagnose=lambda: str(gets(name)),
+        )
+        return [get for get in gets(name) if get.time > closed]
+
+    s3_proxy.stall(1 * MIB, 60, count=1, method="GET", path=f"/{bucket}/fill/read.bin")
+    with open(paths["read"], "rb") as reader:
+        assert reader.read(4096) == objects["read"][:4096]  # the rest of its GET is held
+        fill = fill_after_close("unread-a")
+        assert len(fill) >= 3
+        assert most_at_once(fill) == 1
+        s3_proxy.release()
+        assert sha256(reader.read()) == sha256(objects["read"][4096:])
+    assert most_at_once(fill_after_close("unread-c")) > 1
+    for name in ("unread-a", "unread-c"):
+        assert sha256(read_file(paths[name])) == sha256(objects[name])
 
 
 def test_listing_is_complete_paginated_and_nested(

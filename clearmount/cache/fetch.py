@@ -253,7 +253,8 @@ class Fetch:
       on a header are a walker's, not a reader reading on: they get their own bytes alone;
     - the bytes nobody asked for yet are fetched by background runs, in order from past
       the last reader run: none starts while a reader run is in flight or a reader waited in the
-      last `_QUIET` seconds, `lanes` at a time otherwise. So an opened file still ends up
+      last `_QUIET` seconds; one at a time while another file's reader does (its bytes get
+      the link and the CPU); `lanes` at a time otherwise. So an opened file still ends up
       complete in the cache, and a reader never shares the link with bytes nobody wants yet.
     `lanes` is `parallel` until one of the fetch's GETs brings `_FAST_GET` bytes a second,
     then `_FAST_LANES`: on a fast link more GETs at once add no bytes, only threads.
@@ -624,12 +625,20 @@ class Fetch:
             if run.front >= run.end:
                 continue
             self._readers_active += 1
+            self._transfer.reader_runs += 1
             self._starting += 1
             self._start_in_order(nursery, run)
+        now = time.monotonic()
+        transfer = self._transfer
+        transfer.reader_demand_at = max(transfer.reader_demand_at, self._demand_at)
         if self._starting:
             allowed = 0  # a reader's first bytes go out before the link is shared
-        elif self._readers_active or time.monotonic() - self._demand_at < _QUIET:
+        elif self._readers_active or now - self._demand_at < _QUIET:
             allowed = 0  # readers came lately: the link is theirs
+        elif transfer.reader_runs or now - transfer.reader_demand_at < _QUIET:
+            # another file's reader waits: it gets the link and the CPU, while one run at a
+            # time keeps this fill going (and its end pumps again, once they are quiet)
+            allowed = 1
         else:
             allowed = self.lanes
         while self._background_active < allowed:
@@ -801,6 +810,7 @@ class Fetch:
         finally:
             if run.reader:
                 self._readers_active -= 1
+                transfer.reader_runs -= 1
                 if run.front == run.start:
                     self._starting -= 1
             else:
