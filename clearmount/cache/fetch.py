@@ -630,6 +630,7 @@ class Fetch:
             self._start_in_order(nursery, run)
         now = time.monotonic()
         transfer = self._transfer
+        # a reader that waits (`wait_for`) stamps this fetch and pumps: the others see it here
         transfer.reader_demand_at = max(transfer.reader_demand_at, self._demand_at)
         if self._starting:
             allowed = 0  # a reader's first bytes go out before the link is shared
